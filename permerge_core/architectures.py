@@ -1,0 +1,262 @@
+"""Model families described as data.
+
+A permutation acts on a *space* (the units of one hidden layer). For each space we list every
+tensor that touches it and the axis along which it does: producers have the space on their
+output rows (axis 0 of a Linear weight, the bias, LayerNorm gamma/beta), consumers on their
+input columns (axis 1 of a Linear weight, axis 1 of an Embedding table). Applying a
+permutation is then one generic loop (`permuting.py`), and supporting a new family is a new
+`Family` value here, not new code.
+
+Names are templates: `{i}` is the layer index. Names in `encoder` are relative to the base
+model (`bert.`, `roberta.` or nothing for a bare encoder); names in a `Head` are absolute.
+
+Residual tensors also say which *residual node* they sit at, so that the non-function-
+preserving `sep` mode (a different permutation per node) is described by the same data:
+node 0 is the embedding LayerNorm, node 2i+1 the LayerNorm after layer i's attention,
+node 2i+2 the LayerNorm after layer i's FFN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Where a residual tensor sits, as a function of its layer index i and the layer count L.
+EMBED = "embed"  # node 0
+LAYER_INPUT = "layer_input"  # node 2i: what layer i's attention reads
+AFTER_ATTENTION = "after_attention"  # node 2i+1
+AFTER_FFN = "after_ffn"  # node 2i+2
+FINAL = "final"  # node 2L: what the head reads
+
+
+def residual_node(rule: str, layer: int | None, num_layers: int) -> int:
+    """Index of the residual node a tensor touches."""
+    if rule == EMBED:
+        return 0
+    if rule == FINAL:
+        return 2 * num_layers
+    if rule == LAYER_INPUT:
+        return 2 * layer
+    if rule == AFTER_ATTENTION:
+        return 2 * layer + 1
+    if rule == AFTER_FFN:
+        return 2 * layer + 2
+    raise ValueError(f"unknown residual rule {rule!r}")
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One tensor touched by a permutation: its name template and the permuted axis."""
+
+    name: str
+    axis: int
+    node: str | None = None  # residual tensors only: which residual node
+    optional: bool = False  # e.g. a pooler that some checkpoints do not have
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Where the activation defining a space is read: a module's input or output."""
+
+    module: str
+    io: str  # "input" or "output"
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A BERT-style post-LayerNorm encoder: what each space touches and where it is read."""
+
+    embeddings: tuple[Touch, ...]
+    ffn: tuple[Touch, ...]  # per layer; intermediate (d_ff) space
+    attention: tuple[Touch, ...]  # per layer; concatenated head context (d_model) space
+    residual_per_layer: tuple[Touch, ...]
+    capture_ffn: Capture
+    capture_attention: Capture
+    capture_residual: tuple[tuple[str, Capture], ...]  # (node rule, capture)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A task head on top of the encoder, with the residual tensors it consumes."""
+
+    kind: str  # "mlm", "base" or "classification"
+    model_class: str  # transformers class name that loads it
+    residual: tuple[Touch, ...] = ()
+    mlm_module: str | None = None  # module mapping hidden states to vocabulary logits
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]  # config.model_type values
+    base_prefix: str  # attribute of the base model inside a head model, with a dot
+    encoder: Encoder
+    heads: dict[str, Head] = field(default_factory=dict)  # by architecture class name
+
+
+def _linear(prefix: str, axis: int, node: str | None = None, bias: bool = True) -> tuple[Touch, ...]:
+    touches = [Touch(f"{prefix}.weight", axis, node)]
+    if bias and axis == 0:
+        touches.append(Touch(f"{prefix}.bias", 0, node))
+    return tuple(touches)
+
+
+def _norm(prefix: str, node: str) -> tuple[Touch, ...]:
+    return (Touch(f"{prefix}.weight", 0, node), Touch(f"{prefix}.bias", 0, node))
+
+
+LAYER = "encoder.layer.{i}"
+
+BERT_STYLE_ENCODER = Encoder(
+    embeddings=(
+        Touch("embeddings.word_embeddings.weight", 1, EMBED),
+        Touch("embeddings.position_embeddings.weight", 1, EMBED),
+        Touch("embeddings.token_type_embeddings.weight", 1, EMBED),
+        *_norm("embeddings.LayerNorm", EMBED),
+    ),
+    ffn=(
+        *_linear(f"{LAYER}.intermediate.dense", 0),
+        *_linear(f"{LAYER}.output.dense", 1),
+    ),
+    attention=(
+        # Q and K take the same permutation as V: the head map comes from the context
+        # features, and within a head Q and K only have to agree with each other.
+        *_linear(f"{LAYER}.attention.self.query", 0),
+        *_linear(f"{LAYER}.attention.self.key", 0),
+        *_linear(f"{LAYER}.attention.self.value", 0),
+        *_linear(f"{LAYER}.attention.output.dense", 1),
+    ),
+    residual_per_layer=(
+        *_linear(f"{LAYER}.attention.self.query", 1, LAYER_INPUT),
+        *_linear(f"{LAYER}.attention.self.key", 1, LAYER_INPUT),
+        *_linear(f"{LAYER}.attention.self.value", 1, LAYER_INPUT),
+        *_linear(f"{LAYER}.attention.output.dense", 0, AFTER_ATTENTION),
+        *_norm(f"{LAYER}.attention.output.LayerNorm", AFTER_ATTENTION),
+        *_linear(f"{LAYER}.intermediate.dense", 1, AFTER_ATTENTION),
+        *_linear(f"{LAYER}.output.dense", 0, AFTER_FFN),
+        *_norm(f"{LAYER}.output.LayerNorm", AFTER_FFN),
+    ),
+    capture_ffn=Capture(f"{LAYER}.output.dense", "input"),
+    capture_attention=Capture(f"{LAYER}.attention.output.dense", "input"),
+    capture_residual=(
+        (EMBED, Capture("embeddings.LayerNorm", "output")),
+        (AFTER_ATTENTION, Capture(f"{LAYER}.attention.output.LayerNorm", "output")),
+        (AFTER_FFN, Capture(f"{LAYER}.output.LayerNorm", "output")),
+    ),
+)
+
+
+def _mlm_transform(prefix: str, norm: str) -> tuple[Touch, ...]:
+    """The MLM head transform, with its output space permuted too.
+
+    The decoder is tied to the word embeddings, whose columns the residual permutation has
+    already moved. Permuting the transform's output (dense rows, bias, LayerNorm) by the same
+    permutation makes the tied decoder line up, so B' computes exactly B's function. (The
+    authors' code restores the decoder in the wrong direction instead; see method.md §4.)
+    """
+    return (
+        Touch(f"{prefix}.weight", 1, FINAL),
+        Touch(f"{prefix}.weight", 0, FINAL),
+        Touch(f"{prefix}.bias", 0, FINAL),
+        *_norm(norm, FINAL),
+    )
+
+
+BERT = Family(
+    name="bert",
+    model_types=("bert",),
+    base_prefix="bert.",
+    encoder=BERT_STYLE_ENCODER,
+    heads={
+        "BertForMaskedLM": Head(
+            kind="mlm",
+            model_class="BertForMaskedLM",
+            residual=(
+                *_mlm_transform("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
+                Touch("cls.predictions.decoder.weight", 1, FINAL),
+            ),
+            mlm_module="cls",
+        ),
+        "BertModel": Head(
+            kind="base",
+            model_class="BertModel",
+            residual=(Touch("pooler.dense.weight", 1, FINAL, optional=True),),
+        ),
+        "BertForSequenceClassification": Head(
+            kind="classification",
+            model_class="BertForSequenceClassification",
+            residual=(Touch("bert.pooler.dense.weight", 1, FINAL),),
+        ),
+    },
+)
+
+ROBERTA = Family(
+    name="roberta",
+    model_types=("roberta",),
+    base_prefix="roberta.",
+    encoder=BERT_STYLE_ENCODER,
+    heads={
+        "RobertaForMaskedLM": Head(
+            kind="mlm",
+            model_class="RobertaForMaskedLM",
+            residual=(
+                *_mlm_transform("lm_head.dense", "lm_head.layer_norm"),
+                Touch("lm_head.decoder.weight", 1, FINAL),
+            ),
+            mlm_module="lm_head",
+        ),
+        "RobertaModel": Head(
+            kind="base",
+            model_class="RobertaModel",
+            residual=(Touch("pooler.dense.weight", 1, FINAL, optional=True),),
+        ),
+        "RobertaForSequenceClassification": Head(
+            kind="classification",
+            model_class="RobertaForSequenceClassification",
+            # RoBERTa's classifier reads the <s> hidden state directly (no pooler).
+            residual=(Touch("classifier.dense.weight", 1, FINAL),),
+        ),
+    },
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, ROBERTA)}
+
+# Architectures that are loaded as another supported class: pre-training checkpoints
+# (MultiBERTs ship as BertForPreTraining) are used through their masked-LM head.
+ARCHITECTURE_ALIASES = {
+    "BertForPreTraining": "BertForMaskedLM",
+    "BertLMHeadModel": "BertForMaskedLM",
+    "RobertaForCausalLM": "RobertaForMaskedLM",
+}
+
+
+def supported_architectures() -> list[str]:
+    return [name for fam in FAMILIES.values() for name in fam.heads]
+
+
+def family_for_model_type(model_type: str) -> Family | None:
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    return None
+
+
+def expand(touches: tuple[Touch, ...], layer: int | None) -> list[Touch]:
+    """Fill the layer index into name templates."""
+    if layer is None:
+        return list(touches)
+    return [Touch(t.name.format(i=layer), t.axis, t.node, t.optional) for t in touches]
+
+
+def space_names(num_layers: int) -> list[str]:
+    """Every permutable space, in the names used by the API, files and UI."""
+    names = []
+    for i in range(num_layers):
+        names += [f"layer.{i}.ffn", f"layer.{i}.attention"]
+    return names + ["residual"]
+
+
+def residual_node_names(num_layers: int) -> list[str]:
+    names = ["embeddings"]
+    for i in range(num_layers):
+        names += [f"layer.{i}.attention_out", f"layer.{i}.ffn_out"]
+    return names

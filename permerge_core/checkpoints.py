@@ -1,0 +1,343 @@
+"""Loading checkpoints safely, and deciding whether two of them can be compared.
+
+Weights are read from safetensors, or from `pytorch_model.bin` with `weights_only=True`
+(a pickle that holds anything but tensors is refused, never executed). No remote code is
+ever run. Half-precision weights are computed in float32. Every failure becomes a
+`CheckpointError` or `IncompatiblePairError` that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .architectures import ARCHITECTURE_ALIASES, Family, Head, family_for_model_type, supported_architectures, FAMILIES
+from .errors import CheckpointError, IncompatiblePairError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_MODELS = ASSETS / "models"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_ALLOW = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer*", "vocab*", "special_tokens_map.json", "merges.txt"]
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with everything needed to describe, compare and align it."""
+
+    source: str  # what the user gave: a folder or a hub id
+    path: Path  # local folder the files came from
+    family: Family
+    head: Head
+    architecture: str  # the class it is loaded as
+    config: object  # transformers PretrainedConfig
+    model: torch.nn.Module  # float32, eval mode
+    tokenizer: object
+    fingerprint: str  # sha256 over config and weights: identifies the content, not the path
+    stored_dtype: str
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def hidden(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def ffn(self) -> int:
+        return self.config.intermediate_size
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "path": str(self.path),
+            "family": self.family.name,
+            "architecture": self.architecture,
+            "head": self.head.kind,
+            "layers": self.num_layers,
+            "hidden": self.hidden,
+            "heads": self.num_heads,
+            "ffn": self.ffn,
+            "vocab": self.config.vocab_size,
+            "parameters": self.num_parameters,
+            "stored_dtype": self.stored_dtype,
+            "fingerprint": self.fingerprint,
+        }
+
+
+_fingerprints: dict[tuple, str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _fingerprints:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _fingerprints[key] = digest.hexdigest()
+    return _fingerprints[key]
+
+
+def resolve_source(source: str) -> Path:
+    """A local folder for `source`: the folder itself, or a hub snapshot when online."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{source} is a file; a checkpoint is a folder.", "Give the folder that holds config.json and the weights.")
+    # Hub ids look like "name" or "org/name"; anything else can only be a local path.
+    looks_like_path = source.startswith((".", "/", "~", "\\")) or source.count("/") > 1 or not source.strip()
+    if looks_like_path:
+        raise CheckpointError(f"Folder {source} does not exist.", "Check the path, or give a hub id such as google/multiberts-seed_0.")
+    return _hub_snapshot(source)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        raise CheckpointError("huggingface_hub is not installed.", "Give a local folder.") from None
+    try:  # already downloaded: no network needed
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW, local_files_only=True))
+    except Exception:
+        pass
+    if not _hub_reachable():
+        raise CheckpointError(
+            f"Cannot reach the Hugging Face hub to fetch {repo_id!r} (offline, or no such local folder).",
+            "Give a local folder that holds config.json and the weights.",
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW))
+    except Exception as err:
+        raise CheckpointError(f"Could not download {repo_id!r} from the hub: {type(err).__name__}: {err}".split("\n")[0], "Check the id, or give a local folder.") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The raw tensors of a checkpoint folder, loaded without executing anything."""
+    for name in WEIGHT_FILES:
+        file = folder / name
+        if file.exists():
+            break
+    else:
+        raise CheckpointError(
+            f"{folder} has config.json but no weights ({' or '.join(WEIGHT_FILES)}).",
+            "Copy the weight file into the folder, or save the model with save_pretrained().",
+        )
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file)), file
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{file} is truncated or corrupted ({str(err).splitlines()[0]}).",
+                "Download or save the checkpoint again.",
+            ) from None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{file} holds Python objects other than tensors; loading it could run arbitrary code, so it was refused.",
+            "Convert the checkpoint to safetensors with a trusted tool, or use a plain state dict.",
+        ) from None
+    except Exception as err:
+        raise CheckpointError(f"{file} cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).", "Download or save the checkpoint again.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file} is not a state dict of tensors.", "Save the model with save_pretrained().")
+    return state, file
+
+
+def _choose_head(family: Family, architectures: list[str] | None, keys: set[str]) -> Head:
+    for arch in architectures or []:
+        arch = ARCHITECTURE_ALIASES.get(arch, arch)
+        if arch in family.heads:
+            return family.heads[arch]
+    if architectures:
+        raise CheckpointError(
+            f"Architecture {architectures[0]} is not supported.",
+            f"Use one of: {', '.join(supported_architectures())}.",
+        )
+    by_kind = {h.kind: h for h in family.heads.values()}
+    if any(k.startswith(("cls.predictions", "lm_head")) for k in keys):
+        return by_kind["mlm"]
+    if any(k.startswith("classifier") for k in keys):
+        return by_kind["classification"]
+    return by_kind["base"]
+
+
+def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
+    """Old checkpoints name LayerNorm parameters gamma/beta; bare encoders lack the prefix."""
+    out = {}
+    for key, value in state.items():
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if head.kind == "base" and key.startswith(family.base_prefix):
+            key = key[len(family.base_prefix):]
+        out[key] = value
+    return out
+
+
+def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, device: str = "cpu") -> Checkpoint:
+    """Load a Hugging Face-format folder (or hub id) as a float32 model in eval mode."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = str(source)
+    folder = resolve_source(source)
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{folder} has no config.json, so it is not a Hugging Face checkpoint folder.", "Give the folder that save_pretrained() wrote.")
+    try:
+        raw_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file} is not valid JSON ({err}).", "Restore config.json from the original checkpoint.") from None
+    model_type = raw_config.get("model_type")
+    family = family_for_model_type(model_type or "")
+    if family is None:
+        raise CheckpointError(
+            f"Model type {model_type!r} ({', '.join(raw_config.get('architectures') or ['no architecture'])}) is not supported.",
+            f"Supported families: {', '.join(FAMILIES)} ({', '.join(supported_architectures())}).",
+        )
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except Exception as err:
+        raise CheckpointError(f"{config_file} cannot be read as a {model_type} config ({str(err).splitlines()[0]}).", "Restore config.json from the original checkpoint.") from None
+    state, weights_file = read_state_dict(folder)
+    head = _choose_head(family, raw_config.get("architectures"), set(state))
+    state = _normalise_keys(state, family, head)
+    stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "") if state else "unknown"
+    check_finite(state, source)
+
+    model_class = getattr(transformers, head.model_class)
+    config.torch_dtype = torch.float32
+    with torch.device("cpu"):
+        model = model_class(config)
+    model = model.float()
+    expected = model.state_dict()
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if shape_errors:
+        raise CheckpointError(f"{source}: weights do not match config.json ({shape_errors[0]}).", "Use the config.json that came with these weights.")
+    incompatible = model.load_state_dict({k: v.float() for k, v in state.items() if k in expected}, strict=False)
+    missing = [k for k in incompatible.missing_keys if not _may_be_missing(k)]
+    if missing:
+        raise CheckpointError(
+            f"{source} lacks {len(missing)} tensor(s) its {head.model_class} needs, e.g. {missing[0]}.",
+            "The weights do not belong to this architecture; check config.json's 'architectures'.",
+        )
+    if head.kind == "mlm":
+        model.tie_weights()
+    model.eval().to(device)
+
+    tok_source = Path(tokenizer) if tokenizer else folder
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"No usable tokenizer in {tok_source} ({type(err).__name__}).",
+            "Give the tokenizer folder explicitly (--tokenizer PATH in the CLI, 'Tokenizer folder' in the app).",
+        ) from None
+    digest = hashlib.sha256(config_file.read_bytes())
+    digest.update(_file_digest(weights_file).encode())
+    return Checkpoint(source, folder, family, head, head.model_class, config, model, tok, digest.hexdigest(), stored_dtype)
+
+
+def _may_be_missing(key: str) -> bool:
+    # Tied decoders and buffers that transformers rebuilds itself.
+    return key.endswith(("position_ids", "decoder.weight", "decoder.bias", "token_type_ids")) or "pooler" in key
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {key} holds {bad} NaN or infinite value(s).",
+                "The checkpoint is damaged (or training diverged); use another one.",
+            )
+
+
+def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
+    """Stop before any work if A and B cannot be aligned; name both values."""
+
+    def differ(what: str, va, vb, fix: str = "Pick two checkpoints of the same architecture.") -> None:
+        if va != vb:
+            raise IncompatiblePairError(f"The models differ in {what}: A has {va}, B has {vb}.", fix)
+
+    differ("family", a.family.name, b.family.name)
+    differ("head", a.architecture, b.architecture)
+    differ("number of layers", a.num_layers, b.num_layers)
+    differ("hidden size", a.hidden, b.hidden)
+    differ("number of attention heads", a.num_heads, b.num_heads)
+    differ("FFN size", a.ffn, b.ffn)
+    differ("vocabulary size", a.config.vocab_size, b.config.vocab_size)
+    if a.head.kind == "classification":
+        differ("number of labels", a.config.num_labels, b.config.num_labels, "Both classifiers must be fine-tuned on the same task.")
+        names_a = [a.config.id2label[i] for i in range(a.config.num_labels)]
+        names_b = [b.config.id2label[i] for i in range(b.config.num_labels)]
+        generic = all(n.startswith("LABEL_") for n in names_a + names_b)
+        if not generic:
+            differ("label names", names_a, names_b, "Both classifiers must be fine-tuned on the same task with the same label order.")
+    vocab_a, vocab_b = a.tokenizer.get_vocab(), b.tokenizer.get_vocab()
+    if vocab_a != vocab_b:
+        only_a = sorted(set(vocab_a) - set(vocab_b))[:3]
+        moved = [t for t in vocab_a if t in vocab_b and vocab_a[t] != vocab_b[t]][:3]
+        detail = f"tokens only in A: {only_a}" if only_a else f"tokens with other ids: {moved}"
+        raise IncompatiblePairError(
+            f"The tokenizers differ: A has {len(vocab_a)} entries, B has {len(vocab_b)} ({detail}).",
+            "Both models must share one tokenizer vocabulary; pass the same --tokenizer for both only if they were trained with it.",
+        )
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for key, value in sa.items():
+        if key not in sb:
+            raise IncompatiblePairError(f"Tensor {key} exists in A but not in B.", "Pick two checkpoints of the same architecture.")
+        differ(f"the shape of {key}", tuple(value.shape), tuple(sb[key].shape))
+
+
+def bundled_seeds() -> list[Path]:
+    """The seed models that ship with permerge, in seed order."""
+    if not BUNDLED_MODELS.is_dir():
+        return []
+    return sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").exists())
+
+
+def find_checkpoints(root: str | Path) -> list[Path]:
+    """Checkpoint folders (config.json plus weights) at most two levels under `root`."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    found = []
+    for config in sorted(list(root.glob("config.json")) + list(root.glob("*/config.json")) + list(root.glob("*/*/config.json"))):
+        if any((config.parent / w).exists() for w in WEIGHT_FILES):
+            found.append(config.parent)
+    return found

@@ -1,0 +1,206 @@
+"""Command line: `python -m permerge_core align|train|finetune ...`.
+
+The CLI is the scriptable contract the app and the tests share. Bad input exits non-zero
+with one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import PermergeError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every other bad input
+        sys.stderr.write(f"permerge: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _lambda_count(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"need at least 2 λ points (the two endpoints), got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"λ must be in [0, 1], got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import ATTENTION_MODES, RESIDUAL_MODES, AlignSettings
+
+    defaults = AlignSettings()
+    parser = _Parser(prog="python -m permerge_core", description="Align two transformer checkpoints by permutation and measure the loss barrier.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    align = sub.add_parser("align", help="align B to A and compute the loss path")
+    align.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
+    align.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
+    align.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
+    align.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
+    align.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
+    align.add_argument("--match-tokens", type=_positive_int, default=defaults.match_tokens)
+    align.add_argument("--eval-tokens", type=_positive_int, default=defaults.eval_tokens)
+    align.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    align.add_argument("--ffn", action=argparse.BooleanOptionalAction, default=defaults.ffn)
+    align.add_argument("--attention", choices=ATTENTION_MODES, default=defaults.attention)
+    align.add_argument("--residual", choices=RESIDUAL_MODES, default=defaults.residual)
+    align.add_argument("--absolute", action="store_true", help="match on |correlation| instead of signed")
+    align.add_argument("--drop-special", action="store_true", help="exclude [CLS]/[SEP] from statistics")
+    align.add_argument("--lambdas", type=_lambda_count, default=defaults.lambdas)
+    align.add_argument("--mask-seed", type=int, default=defaults.mask_seed)
+    align.add_argument("--device", default="cpu", help="cpu or cuda")
+    align.add_argument("--out", default="runs/latest", help="folder for report.json and curve.csv")
+    align.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    align.add_argument("--cache-dir", default=None)
+    align.add_argument("--save-merged", default=None, help="write the merged model at --merge-lambda here")
+    align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
+    align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
+    align.add_argument("--quiet", action="store_true")
+
+    train = sub.add_parser("train", help="pre-train a small BERT masked LM from scratch")
+    from .training import TrainConfig
+
+    tdef = TrainConfig(seed=0, out="")
+    train.add_argument("--seed", type=int, required=True)
+    train.add_argument("--out", required=True)
+    for name in ("layers", "hidden", "heads", "ffn", "steps", "batch_size", "warmup", "max_length", "eval_every", "save_every", "eval_tokens"):
+        train.add_argument(f"--{name.replace('_', '-')}", type=_positive_int, default=getattr(tdef, name))
+    train.add_argument("--lr", type=float, default=tdef.lr)
+    train.add_argument("--dropout", type=float, default=tdef.dropout)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--threads", type=_positive_int, default=None)
+    train.add_argument("--train-data", default=tdef.train_data)
+    train.add_argument("--eval-data", default=tdef.eval_data)
+    train.add_argument("--tokenizer", default=tdef.tokenizer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "align":
+            return _align(args)
+        if args.command == "train":
+            return _train(args)
+    except PermergeError as err:
+        sys.stderr.write(f"permerge: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("permerge: interrupted\n")
+        return 130
+    return 0
+
+
+def _train(args) -> int:
+    import torch
+
+    from .training import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = TrainConfig.__dataclass_fields__
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    train(cfg, log=lambda msg: print(msg, flush=True))
+    return 0
+
+
+def _align(args) -> int:
+    from .pipeline import AlignSettings, Pipeline, default_pair, write_outputs
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    model_a, model_b = args.model_a, args.model_b
+    if model_a is None or model_b is None:
+        default_a, default_b = default_pair()
+        model_a = model_a or default_a
+        model_b = model_b or default_b
+    settings = AlignSettings(
+        match_tokens=args.match_tokens,
+        eval_tokens=args.eval_tokens,
+        batch_size=args.batch_size,
+        ffn=args.ffn,
+        attention=args.attention,
+        residual=args.residual,
+        absolute=args.absolute,
+        drop_special=args.drop_special,
+        lambdas=args.lambdas,
+        mask_seed=args.mask_seed,
+        device=args.device,
+    )
+    started = time.time()
+    pipeline = Pipeline(
+        model_a,
+        model_b,
+        tokenizer=args.tokenizer,
+        match_data=args.match_data,
+        eval_data=args.eval_data,
+        cache_dir=None if args.no_cache else (args.cache_dir or "default"),
+        progress=_progress_printer(log),
+    )
+    report = pipeline.run(settings)
+    out = Path(args.out)
+    write_outputs(report, out)
+    if args.save_merged:
+        pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
+        log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
+    for note in report.get("notes", []):
+        log(f"note: {note}")
+    print(_summary(report, time.time() - started))
+    print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
+    return 0
+
+
+def _progress_printer(log):
+    last = {"stage": None, "shown": -1.0}
+
+    def progress(stage: str, fraction: float, message: str = "") -> None:
+        pct = int(fraction * 100)
+        if stage != last["stage"] or pct >= last["shown"] + 10 or fraction >= 1.0:
+            log(f"[{stage}] {pct:3d}% {message}")
+            last["stage"], last["shown"] = stage, pct
+
+    return progress
+
+
+def _summary(report: dict, seconds: float) -> str:
+    b = report["barrier"]
+    e = report["endpoint_loss"]
+    s = report["settings"]
+    lines = [
+        f"A: {report['models']['a']['source']}   B: {report['models']['b']['source']}",
+        f"settings: ffn={'on' if s['ffn'] else 'off'} attention={s['attention']} residual={s['residual']} "
+        f"{'|corr|' if s['absolute'] else 'signed corr'}, {s['lambdas']} λ points",
+        f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  (masked-LM nats, {report['eval']['num_predictions']:,} masked tokens)",
+        f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}  (lower is better)",
+        f"B' computes the same function as B: {'yes' if report['function_preserving'] else 'NO (non-preserving mode)'}; "
+        f"max |Δlogit| = {report['max_abs_logit_diff']:.2e}",
+        f"done in {seconds:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def print_json(obj) -> None:  # used by scripts that want machine-readable output
+    print(json.dumps(obj, indent=1))

@@ -1,0 +1,173 @@
+"""Text in, token batches out, and the masked-LM masks drawn once from a seed.
+
+Text files hold one passage per line. Passages are tokenised, split where longer than the
+model's maximum length (and the split is reported), cut to an exact token budget, sorted by
+length so that batches carry little padding, and padded per batch. Sorting is safe because
+every consumer (running sums, summed losses) is order-independent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CORPUS = ASSETS / "corpus"
+DEFAULT_MATCH_DATA = CORPUS / "match.txt"
+DEFAULT_EVAL_DATA = CORPUS / "eval.txt"
+
+
+def read_passages(path: str | Path) -> list[str]:
+    """Non-blank lines of a UTF-8 text file, with a clear error for every way that fails."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Text file {path} does not exist.", "Give the path of a UTF-8 text file with one passage per line.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a text file.", "Give the path of a UTF-8 text file with one passage per line.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"Text file {path} is not UTF-8 (undecodable byte at offset {err.start}).",
+            "Re-save it as UTF-8 text with one passage per line.",
+        ) from None
+    if not text.strip():
+        what = "empty" if not text else "only blank lines"
+        raise DataError(f"Text file {path} has {what}.", "Give a file with at least one non-blank line of text.")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def text_fingerprint(passages: list[str]) -> str:
+    digest = hashlib.sha256()
+    for line in passages:
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+@dataclass
+class TokenBatches:
+    """Padded batches of token ids and what was done to fit the request."""
+
+    input_ids: list[torch.Tensor]
+    attention_mask: list[torch.Tensor]
+    num_tokens: int  # real (non-padding) tokens, special tokens included
+    num_sequences: int
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(zip(self.input_ids, self.attention_mask))
+
+    def __len__(self):
+        return len(self.input_ids)
+
+
+def tokenize(
+    tokenizer,
+    passages: list[str],
+    max_tokens: int,
+    max_length: int = 128,
+    batch_size: int = 32,
+) -> TokenBatches:
+    """Tokenise passages into at most `max_tokens` real tokens, in padded batches."""
+    if max_tokens <= 0:
+        raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
+    if max_length < 3:
+        raise DataError(f"Maximum sequence length {max_length} leaves no room for text.", "Use a length of at least 8.")
+    body = max_length - 2  # room for [CLS] and [SEP]
+    encoded = tokenizer(passages, add_special_tokens=False)["input_ids"]
+    sequences: list[list[int]] = []
+    split_lines = 0
+    used = 0
+    for ids in encoded:
+        if not ids:
+            continue
+        chunks = [ids[k : k + body] for k in range(0, len(ids), body)]
+        split_lines += len(chunks) > 1
+        for chunk in chunks:
+            room = max_tokens - used - 2
+            if room <= 0:
+                break
+            chunk = chunk[:room]
+            seq = tokenizer.build_inputs_with_special_tokens(chunk)
+            sequences.append(seq)
+            used += len(seq)
+        if max_tokens - used - 2 <= 0:
+            break
+    if not sequences:
+        raise DataError("The text contains no tokens the tokenizer can use.", "Give text in the model's language.")
+    notes = []
+    if split_lines:
+        notes.append(f"{split_lines} passage(s) longer than {max_length} tokens were split into several sequences.")
+    if used < max_tokens:
+        notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
+    sequences.sort(key=len)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids, attention_mask = [], []
+    for start in range(0, len(sequences), batch_size):
+        group = sequences[start : start + batch_size]
+        width = max(len(s) for s in group)
+        ids = torch.full((len(group), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, seq in enumerate(group):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        input_ids.append(ids)
+        attention_mask.append(mask)
+    return TokenBatches(input_ids, attention_mask, used, len(sequences), notes)
+
+
+@dataclass
+class MaskedBatch:
+    """One batch prepared for masked-LM loss: corrupted inputs, where to predict, what."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor  # bool, same shape as input_ids
+    targets: torch.Tensor  # original ids at the masked positions, in row-major order
+
+
+def draw_mlm_masks(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_ids: list[int],
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    probability: float = 0.15,
+) -> MaskedBatch:
+    """BERT's scheme: 15% of non-special tokens; of those 80% [MASK], 10% random, 10% kept."""
+    special = torch.isin(input_ids, torch.tensor(special_ids, dtype=torch.long)) | (attention_mask == 0)
+    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & ~special
+    roll = torch.rand(input_ids.shape, generator=generator)
+    to_mask = chosen & (roll < 0.8)
+    to_random = chosen & (roll >= 0.8) & (roll < 0.9)
+    corrupted = input_ids.clone()
+    corrupted[to_mask] = mask_id
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[[i for i in special_ids if i < vocab_size]] = False
+    candidates = allowed.nonzero().squeeze(1)
+    picks = torch.randint(len(candidates), input_ids.shape, generator=generator)
+    corrupted[to_random] = candidates[picks[to_random]]
+    return MaskedBatch(corrupted, attention_mask, chosen, input_ids[chosen])
+
+
+def masked_batches(batches: TokenBatches, tokenizer, vocab_size: int, seed: int = 0, probability: float = 0.15) -> list[MaskedBatch]:
+    """Masks for a whole evaluation set, drawn once so every λ and method sees the same ones."""
+    if tokenizer.mask_token_id is None:
+        raise DataError("The tokenizer has no mask token, so masked-LM loss is undefined.", "Use the tokenizer the model was trained with.")
+    generator = torch.Generator().manual_seed(seed)
+    special_ids = sorted(set(tokenizer.all_special_ids))
+    out = [
+        draw_mlm_masks(ids, mask, special_ids, tokenizer.mask_token_id, vocab_size, generator, probability)
+        for ids, mask in batches
+    ]
+    if sum(int(b.positions.sum()) for b in out) == 0:
+        raise DataError("No token was selected for masking: the evaluation text is too short.", "Give more evaluation text or a larger token budget.")
+    return out

@@ -1,0 +1,99 @@
+"""Masked-LM loss and accuracy, computing vocabulary logits only where they are needed.
+
+For a small model the vocabulary projection is most of a forward pass; only the ~15% masked
+positions need it, so the encoder output is gathered at those positions first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import MaskedBatch
+
+
+def encoder_of(model):
+    """The bare encoder inside a head model (or the model itself if it is bare)."""
+    return getattr(model, "base_model", model)
+
+
+def mlm_logits_at(model, mlm_module: str, input_ids, attention_mask, positions) -> torch.Tensor:
+    """Vocabulary logits at the selected positions only, shape [n_selected, vocab]."""
+    hidden = encoder_of(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return getattr(model, mlm_module)(hidden[positions])
+
+
+@dataclass(frozen=True)
+class MlmResult:
+    loss: float  # mean cross-entropy over masked positions, nats
+    accuracy: float  # fraction of masked positions predicted exactly
+    num_predictions: int
+
+
+@torch.no_grad()
+def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "cpu") -> MlmResult:
+    """Mean masked-LM cross-entropy and accuracy over fixed, pre-drawn masks."""
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    count = 0
+    for batch in batches:
+        if not batch.positions.any():
+            continue
+        logits = mlm_logits_at(
+            model,
+            mlm_module,
+            batch.input_ids.to(device),
+            batch.attention_mask.to(device),
+            batch.positions.to(device),
+        ).float()
+        targets = batch.targets.to(device)
+        total_loss += F.cross_entropy(logits, targets, reduction="sum").double().cpu()
+        correct += int((logits.argmax(-1) == targets).sum())
+        count += int(targets.numel())
+    return MlmResult(float(total_loss / count), correct / count, count)
+
+
+@torch.no_grad()
+def max_abs_logit_diff(model_x, model_y, input_ids, attention_mask, device: str = "cpu", hidden_perm=None) -> float:
+    """max |logits(x) − logits(y)| over the real tokens of a batch: the equivalence check.
+
+    For a bare encoder the outputs are the pooler output (not permuted) and the last hidden
+    state, which lives in the residual space: pass `hidden_perm` (the final residual
+    permutation of x) to compare it with y's hidden state reindexed the same way.
+    """
+    model_x.eval()
+    model_y.eval()
+    ids, mask = input_ids.to(device), attention_mask.to(device)
+    out_x = model_x(input_ids=ids, attention_mask=mask)
+    out_y = model_y(input_ids=ids, attention_mask=mask)
+    keep = mask.bool()
+    pairs = []
+    if hasattr(out_x, "logits"):
+        pairs.append((out_x.logits, out_y.logits))
+    else:
+        if getattr(out_x, "pooler_output", None) is not None:
+            pairs.append((out_x.pooler_output, out_y.pooler_output))
+        if hidden_perm is not None:
+            index = torch.as_tensor(hidden_perm, device=ids.device)
+            pairs.append((out_x.last_hidden_state, out_y.last_hidden_state.index_select(-1, index)))
+    if not pairs:
+        raise ValueError("nothing to compare: a bare encoder without pooler needs hidden_perm")
+    worst = 0.0
+    for a, b in pairs:
+        if a.dim() >= 2 and a.shape[:2] == keep.shape:
+            a, b = a[keep], b[keep]
+        worst = max(worst, float((a.float() - b.float()).abs().max()))
+    return worst
+
+
+def barrier(losses: list[float]) -> float:
+    """Loss barrier of a path (Frankle et al.): max over the path minus the endpoints' mean.
+
+    `losses` are ordered along λ, so losses[0] and losses[-1] are the endpoints.
+    """
+    if len(losses) < 2:
+        raise ValueError("a path needs at least its two endpoints")
+    return max(losses) - 0.5 * (losses[0] + losses[-1])

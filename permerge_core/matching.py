@@ -1,0 +1,183 @@
+"""From correlation matrices to permutations (method.md §3).
+
+Convention everywhere: `perm[i] = j` means A's unit i is matched with B's unit j, so the
+aligned B′ is B reindexed by perm (B′[i] = B[perm[i]]). Every assignment maximises the sum of
+matched correlations; correlations are signed by default (a permutation cannot flip a sign).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+ATTENTION_MODES = ("none", "monotonic", "heads", "ignore-heads")
+RESIDUAL_MODES = ("none", "first", "last", "all", "sep")
+# Modes under which B′ is *not* the same function as B: they are ablations.
+NON_PRESERVING = {"attention": {"ignore-heads"}, "residual": {"sep"}}
+
+
+def assign(score: np.ndarray) -> np.ndarray:
+    """perm maximising Σ_i score[i, perm[i]] (Jonker–Volgenant via scipy)."""
+    rows, cols = linear_sum_assignment(score, maximize=True)
+    perm = np.empty(score.shape[0], dtype=np.int64)
+    perm[rows] = cols
+    return perm
+
+
+def identity(dim: int) -> np.ndarray:
+    return np.arange(dim, dtype=np.int64)
+
+
+@dataclass
+class HeadMatching:
+    """Head-Perm for one layer: what the Heads page draws."""
+
+    cost: np.ndarray  # [H, H], cost[j, k] = Σ matched corr of inner assignment (A head j, B head k)
+    assignment: np.ndarray  # [H], assignment[j] = k: A's head j ↔ B's head k
+    inner: np.ndarray  # [H, H, d_k], inner[j, k] = perm within the (j, k) block
+    perm: np.ndarray  # [H·d_k], the full feature permutation that was applied
+    head_perm_assignment: np.ndarray  # what Head-Perm would choose (differs from `assignment` for monotonic)
+
+
+def match_heads(corr: np.ndarray, num_heads: int, mode: str) -> HeadMatching:
+    """Head-aware attention matching: inner assignment per head pair, outer on the H×H cost."""
+    dim = corr.shape[0]
+    if dim % num_heads:
+        raise ValueError(f"{dim} features do not split into {num_heads} heads")
+    dk = dim // num_heads
+    blocks = corr.reshape(num_heads, dk, num_heads, dk).transpose(0, 2, 1, 3)  # [j, k, a, b]
+    cost = np.empty((num_heads, num_heads))
+    inner = np.empty((num_heads, num_heads, dk), dtype=np.int64)
+    for j in range(num_heads):
+        for k in range(num_heads):
+            p = assign(blocks[j, k])
+            inner[j, k] = p
+            cost[j, k] = blocks[j, k][np.arange(dk), p].sum()
+    head_perm = assign(cost)
+    chosen = head_perm if mode == "heads" else identity(num_heads)
+    perm = np.concatenate([chosen[j] * dk + inner[j, chosen[j]] for j in range(num_heads)])
+    return HeadMatching(cost, chosen, inner, perm, head_perm)
+
+
+@dataclass
+class Matching:
+    """Permutations for every space, plus what the app needs to explain them."""
+
+    permutations: dict[str, np.ndarray]  # "layer.i.ffn", "layer.i.attention", "residual" or "residual.n" (sep)
+    heads: dict[int, HeadMatching]
+    settings: dict
+    residual_score: np.ndarray | None = None  # the matrix the residual assignment used
+
+    @property
+    def function_preserving(self) -> bool:
+        return is_function_preserving(self.settings["attention"], self.settings["residual"])
+
+    def residual_perm(self, node: int) -> np.ndarray:
+        return self.permutations.get(f"residual.{node}", self.permutations.get("residual"))
+
+
+def is_function_preserving(attention: str, residual: str) -> bool:
+    return attention not in NON_PRESERVING["attention"] and residual not in NON_PRESERVING["residual"]
+
+
+def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
+    c = corr.abs() if absolute else corr
+    return c.cpu().numpy()
+
+
+def residual_score(stats, mode: str) -> torch.Tensor:
+    """The correlation matrix the residual assignment uses for `mode` (not sep/none)."""
+    nodes = stats.residual_nodes()
+    if mode == "first":
+        return stats.spaces[nodes[0]].correlation()
+    if mode == "last":
+        return stats.spaces[nodes[-1]].correlation()
+    if mode == "all":
+        # Average the cross-covariances (and variances) of every node, then normalise.
+        from .statistics import correlation_from_moments
+
+        moments = [stats.spaces[n].moments() for n in nodes]
+        cov = sum(m[0] for m in moments) / len(moments)
+        var_a = sum(m[1] for m in moments) / len(moments)
+        var_b = sum(m[2] for m in moments) / len(moments)
+        return correlation_from_moments(cov, var_a, var_b)
+    raise ValueError(mode)
+
+
+def compute_matching(
+    stats,
+    num_heads: int,
+    ffn: bool = True,
+    attention: str = "heads",
+    residual: str = "first",
+    absolute: bool = False,
+) -> Matching:
+    """Every permutation the settings ask for; identity where a component is switched off."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention mode {attention!r}")
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"unknown residual mode {residual!r}")
+    perms: dict[str, np.ndarray] = {}
+    heads: dict[int, HeadMatching] = {}
+    for i in range(stats.num_layers):
+        ffn_stats = stats.spaces[f"layer.{i}.ffn"]
+        perms[f"layer.{i}.ffn"] = assign(_score(ffn_stats.correlation(), absolute)) if ffn else identity(ffn_stats.dim)
+        att_stats = stats.spaces[f"layer.{i}.attention"]
+        if attention in ("heads", "monotonic"):
+            heads[i] = match_heads(_score(att_stats.correlation(), absolute), num_heads, attention)
+            perms[f"layer.{i}.attention"] = heads[i].perm
+        elif attention == "ignore-heads":
+            perms[f"layer.{i}.attention"] = assign(_score(att_stats.correlation(), absolute))
+        else:
+            perms[f"layer.{i}.attention"] = identity(att_stats.dim)
+    score = None
+    dim = stats.spaces["residual.0"].dim
+    if residual == "none":
+        perms["residual"] = identity(dim)
+    elif residual == "sep":
+        for node in stats.residual_nodes():
+            perms[node] = assign(_score(stats.spaces[node].correlation(), absolute))
+    else:
+        score = _score(residual_score(stats, residual), absolute)
+        perms["residual"] = assign(score)
+    settings = {"ffn": ffn, "attention": attention, "residual": residual, "absolute": absolute}
+    return Matching(perms, heads, settings, score)
+
+
+def matched_correlation(corr: torch.Tensor | np.ndarray, perm: np.ndarray | None = None) -> np.ndarray:
+    """corr[i, perm[i]] for every unit i (the diagonal when perm is None: before alignment)."""
+    c = corr.cpu().numpy() if isinstance(corr, torch.Tensor) else corr
+    idx = np.arange(c.shape[0])
+    return c[idx, idx if perm is None else perm]
+
+
+def summarise(values: np.ndarray) -> dict:
+    return {
+        "mean": float(np.mean(values)),
+        "median": float(np.median(values)),
+        "p10": float(np.percentile(values, 10)),
+        "p90": float(np.percentile(values, 90)),
+    }
+
+
+def matched_statistics(stats, matching: Matching) -> dict[str, dict]:
+    """Mean/median matched correlation per space, before (identity) and after alignment."""
+    out = {}
+    for i in range(stats.num_layers):
+        for kind in ("ffn", "attention"):
+            name = f"layer.{i}.{kind}"
+            corr = stats.spaces[name].correlation()
+            out[name] = {
+                "before": summarise(matched_correlation(corr)),
+                "after": summarise(matched_correlation(corr, matching.permutations[name])),
+            }
+    for n, node in enumerate(stats.residual_nodes()):
+        corr = stats.spaces[node].correlation()
+        out[node] = {
+            "before": summarise(matched_correlation(corr)),
+            "after": summarise(matched_correlation(corr, matching.residual_perm(n))),
+        }
+    return out

@@ -1,0 +1,80 @@
+"""Applying permutations to B (method.md §4), driven entirely by the family's data.
+
+`permutation_plan` turns a Matching into a list of (tensor name, axis, permutation);
+`permute_state_dict` applies it with one generic loop. A tensor touched on two axes (a
+Linear between two permuted spaces) gets both, which commute.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from .architectures import Family, Head, Touch, expand, residual_node
+
+
+def _prefix(family: Family, head: Head) -> str:
+    return "" if head.kind == "base" else family.base_prefix
+
+
+def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[str, np.ndarray], residual_for_node) -> list[tuple[Touch, np.ndarray]]:
+    """Every (tensor, axis) to permute, with its permutation; names are absolute."""
+    prefix = _prefix(family, head)
+    enc = family.encoder
+    plan: list[tuple[Touch, np.ndarray]] = []
+
+    def add(touches, perm, relative=True):
+        for t in touches:
+            name = prefix + t.name if relative else t.name
+            plan.append((Touch(name, t.axis, t.node, t.optional), perm))
+
+    for i in range(num_layers):
+        add(expand(enc.ffn, i), perms[f"layer.{i}.ffn"])
+        add(expand(enc.attention, i), perms[f"layer.{i}.attention"])
+    for t in expand(enc.embeddings, None):
+        add([t], residual_for_node(residual_node(t.node, None, num_layers)))
+    for i in range(num_layers):
+        for t in expand(enc.residual_per_layer, i):
+            add([t], residual_for_node(residual_node(t.node, i, num_layers)))
+    for t in head.residual:
+        add([t], residual_for_node(residual_node(t.node, None, num_layers)), relative=False)
+    seen = set()
+    for t, _ in plan:
+        if (t.name, t.axis) in seen:
+            raise ValueError(f"family {family.name} touches {t.name} axis {t.axis} twice")
+        seen.add((t.name, t.axis))
+    return plan
+
+
+def permute_state_dict(state: dict[str, torch.Tensor], plan) -> dict[str, torch.Tensor]:
+    """A new state dict with every planned tensor reindexed: new[..i..] = old[..perm[i]..]."""
+    out = dict(state)
+    for touch, perm in plan:
+        if touch.name not in out:
+            if touch.optional:
+                continue
+            raise KeyError(f"tensor {touch.name} is not in the model")
+        index = torch.as_tensor(perm, dtype=torch.long, device=out[touch.name].device)
+        out[touch.name] = out[touch.name].index_select(touch.axis, index)
+    return out
+
+
+def inverse(perm: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm))
+    return inv
+
+
+def plan_for_matching(family: Family, head: Head, num_layers: int, matching) -> list:
+    return permutation_plan(family, head, num_layers, matching.permutations, matching.residual_perm)
+
+
+def permuted_model(model: torch.nn.Module, family: Family, head: Head, num_layers: int, matching) -> torch.nn.Module:
+    """B′: a copy of B with the matching's permutations applied (B itself is untouched)."""
+    plan = plan_for_matching(family, head, num_layers, matching)
+    state = permute_state_dict(model.state_dict(), plan)
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(state)
+    return clone

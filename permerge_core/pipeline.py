@@ -1,0 +1,425 @@
+"""The whole analysis for one pair, stage by stage, reusing what has not changed.
+
+Stages and what each depends on (and so what invalidates it):
+
+    statistics  ← A, B, matching text, token budget, batch layout, special-token option
+    matching    ← statistics + ffn/attention/residual modes + signed/absolute
+    B′          ← matching
+    curves      ← B′ (vanilla: B) + evaluation text, token budget, mask seed, λ grid
+
+Each stage is memoised in memory and, where it is worth it, on disk (`cache.py`), so
+changing only the merge settings or the λ grid never recollects statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import cache as cache_mod
+from .checkpoints import Checkpoint, bundled_seeds, load_checkpoint, validate_pair
+from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, text_fingerprint, tokenize
+from .errors import PermergeError, SettingsError
+from .evaluation import barrier, max_abs_logit_diff, mlm_loss
+from .interpolation import Interpolator, lambda_grid
+from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving, matched_statistics, HeadMatching
+from .permuting import permuted_model
+from .statistics import SpaceStats, Statistics, collect_statistics
+
+__all__ = ["ATTENTION_MODES", "RESIDUAL_MODES", "AlignSettings", "Pipeline", "default_pair", "write_outputs"]
+
+ProgressFn = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """Every setting of one analysis. Frozen, so it can key caches."""
+
+    match_tokens: int = 65536
+    eval_tokens: int = 16384
+    batch_size: int = 32
+    max_length: int = 128
+    ffn: bool = True
+    attention: str = "heads"
+    residual: str = "first"
+    absolute: bool = False
+    drop_special: bool = False
+    lambdas: int = 21
+    mask_seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise SettingsError(f"Unknown attention mode {self.attention!r}.", f"Use one of: {', '.join(ATTENTION_MODES)}.")
+        if self.residual not in RESIDUAL_MODES:
+            raise SettingsError(f"Unknown residual mode {self.residual!r}.", f"Use one of: {', '.join(RESIDUAL_MODES)}.")
+        if self.lambdas < 2:
+            raise SettingsError(f"{self.lambdas} λ point(s) cannot make a path.", "Use at least 2 (the endpoints); 21 is the paper's grid.")
+        for name in ("match_tokens", "eval_tokens", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}.", "Use a positive number.")
+        if self.max_length < 8:
+            raise SettingsError(f"Maximum length {self.max_length} is too short.", "Use at least 8 tokens.")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SettingsError("CUDA was requested but no GPU is available here.", "Use device cpu.")
+        if self.device not in ("cpu",) and not self.device.startswith("cuda"):
+            raise SettingsError(f"Unknown device {self.device!r}.", "Use cpu or cuda.")
+
+    @property
+    def function_preserving(self) -> bool:
+        return is_function_preserving(self.attention, self.residual)
+
+    def merge_fields(self) -> dict:
+        return {"ffn": self.ffn, "attention": self.attention, "residual": self.residual, "absolute": self.absolute}
+
+
+def default_pair() -> tuple[str, str]:
+    seeds = bundled_seeds()
+    if len(seeds) < 2:
+        raise PermergeError(
+            "The bundled seed models are missing (assets/models).",
+            "Train them with `python -m permerge_core train` (see assets/models/MODEL_CARD.md) or pass --model-a/--model-b.",
+        )
+    return str(seeds[0]), str(seeds[1])
+
+
+class Pipeline:
+    """One pair of checkpoints and two text sources; computes and caches every stage."""
+
+    def __init__(
+        self,
+        model_a: str | Checkpoint,
+        model_b: str | Checkpoint,
+        tokenizer: str | None = None,
+        match_data: str | None = None,
+        eval_data: str | None = None,
+        cache_dir: str | Path | None = "default",
+        progress: ProgressFn | None = None,
+        device: str = "cpu",
+    ):
+        self.progress = progress or (lambda stage, fraction, message="": None)
+        self.progress("load", 0.0, "loading model A")
+        self.a = model_a if isinstance(model_a, Checkpoint) else load_checkpoint(model_a, tokenizer, device)
+        self.progress("load", 0.5, "loading model B")
+        self.b = model_b if isinstance(model_b, Checkpoint) else load_checkpoint(model_b, tokenizer, device)
+        validate_pair(self.a, self.b)
+        self.progress("load", 1.0, "models loaded")
+        self.match_path = str(match_data or DEFAULT_MATCH_DATA)
+        self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)
+        self.match_passages = read_passages(self.match_path)
+        self.eval_passages = read_passages(self.eval_path)
+        self.cache = cache_mod.DiskCache(cache_mod.default_cache_dir() if cache_dir == "default" else cache_dir)
+        self._memo: dict = {}
+        self._lock = threading.RLock()  # one computation at a time per pipeline (shared across app sessions)
+        self._interpolator: Interpolator | None = None
+
+    # ---- identities ----------------------------------------------------------------------
+    def _pair_fields(self) -> dict:
+        return {"a": self.a.fingerprint, "b": self.b.fingerprint}
+
+    def stats_fields(self, s: AlignSettings) -> dict:
+        return {
+            **self._pair_fields(),
+            "match_text": text_fingerprint(self.match_passages),
+            "match_tokens": s.match_tokens,
+            "batch_size": s.batch_size,
+            "max_length": s.max_length,
+            "drop_special": s.drop_special,
+        }
+
+    def matching_fields(self, s: AlignSettings) -> dict:
+        return {**self.stats_fields(s), **s.merge_fields()}
+
+    def eval_fields(self, s: AlignSettings) -> dict:
+        return {
+            **self._pair_fields(),
+            "eval_text": text_fingerprint(self.eval_passages),
+            "eval_tokens": s.eval_tokens,
+            "max_length": s.max_length,
+            "mask_seed": s.mask_seed,
+        }
+
+    # ---- stages --------------------------------------------------------------------------
+    def statistics(self, s: AlignSettings, should_stop=None) -> Statistics:
+        s.validate()
+        fields = self.stats_fields(s)
+        memo_key = ("stats", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            if memo_key in self._memo:
+                return self._memo[memo_key]
+            stats = self._load_stats(fields)
+            if stats is None:
+                batches = tokenize(self.a.tokenizer, self.match_passages, s.match_tokens, s.max_length, s.batch_size)
+                self.a.model.to(s.device)
+                self.b.model.to(s.device)
+                stats = collect_statistics(
+                    self.a.model, self.b.model, self.a.family, self.a.config, batches,
+                    special_ids=sorted(set(self.a.tokenizer.all_special_ids)), drop_special=s.drop_special,
+                    device=s.device, progress=self.progress, should_stop=should_stop,
+                )
+                stats.spaces = {k: v.to("cpu") for k, v in stats.spaces.items()}
+                self._save_stats(fields, stats)
+            else:
+                self.progress("statistics", 1.0, f"cached ({stats.num_tokens:,} tokens)")
+            self._memo[memo_key] = stats
+            return stats
+
+    def _save_stats(self, fields: dict, stats: Statistics) -> None:
+        tensors = {}
+        for name, sp in stats.spaces.items():
+            for part in SpaceStats.PARTS:
+                tensors[f"{name}/{part}"] = getattr(sp, part)
+        counts = {name: sp.n for name, sp in stats.spaces.items()}
+        self.cache.save_tensors("stats", fields, tensors, {"counts": counts, "num_tokens": stats.num_tokens, "notes": stats.notes})
+
+    def _load_stats(self, fields: dict) -> Statistics | None:
+        entry = self.cache.load_tensors("stats", fields)
+        if entry is None:
+            return None
+        tensors, meta = entry
+        try:
+            spaces = {
+                name: SpaceStats(n, *(tensors[f"{name}/{p}"] for p in SpaceStats.PARTS))
+                for name, n in meta["counts"].items()
+            }
+            expected = 2 * (2 * self.a.num_layers) + 1
+            if len(spaces) != expected or spaces["residual.0"].dim != self.a.hidden:
+                raise ValueError("wrong set of spaces")
+        except Exception:
+            self.cache.events.append("ignored a cached statistics entry with missing parts; recomputing")
+            return None
+        return Statistics(spaces, self.a.num_layers, meta["num_tokens"], meta.get("notes", []))
+
+    def matching(self, s: AlignSettings) -> Matching:
+        s.validate()
+        fields = self.matching_fields(s)
+        memo_key = ("matching", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            if memo_key in self._memo:
+                return self._memo[memo_key]
+            matching = self._load_matching(fields, s)
+            if matching is None:
+                stats = self.statistics(s)
+                self.progress("matching", 0.0, "solving assignments")
+                matching = compute_matching(stats, self.a.num_heads, s.ffn, s.attention, s.residual, s.absolute)
+                self._save_matching(fields, matching)
+            self.progress("matching", 1.0, "done")
+            self._memo[memo_key] = matching
+            return matching
+
+    def _save_matching(self, fields: dict, m: Matching) -> None:
+        tensors = {f"perm/{k}": torch.as_tensor(v) for k, v in m.permutations.items()}
+        for layer, h in m.heads.items():
+            for part in ("cost", "assignment", "inner", "perm", "head_perm_assignment"):
+                tensors[f"heads/{layer}/{part}"] = torch.as_tensor(np.ascontiguousarray(getattr(h, part)))
+        if m.residual_score is not None:
+            tensors["residual_score"] = torch.as_tensor(m.residual_score)
+        self.cache.save_tensors("matching", fields, tensors, {"settings": m.settings})
+
+    def _load_matching(self, fields: dict, s: AlignSettings) -> Matching | None:
+        entry = self.cache.load_tensors("matching", fields)
+        if entry is None:
+            return None
+        tensors, meta = entry
+        try:
+            perms = {k[5:]: v.numpy() for k, v in tensors.items() if k.startswith("perm/")}
+            heads = {}
+            for layer in {int(k.split("/")[1]) for k in tensors if k.startswith("heads/")}:
+                heads[layer] = HeadMatching(*(tensors[f"heads/{layer}/{p}"].numpy() for p in ("cost", "assignment", "inner", "perm", "head_perm_assignment")))
+            for name, perm in perms.items():  # a permutation must be one
+                if not np.array_equal(np.sort(perm), np.arange(len(perm))):
+                    raise ValueError(f"{name} is not a permutation")
+            score = tensors["residual_score"].numpy() if "residual_score" in tensors else None
+        except Exception:
+            self.cache.events.append("ignored a damaged cached matching; recomputing")
+            return None
+        return Matching(perms, heads, meta["settings"], score)
+
+    def permuted_b(self, s: AlignSettings) -> torch.nn.Module:
+        fields = self.matching_fields(s)
+        memo_key = ("b_prime", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                # Keep only the latest B′ in memory: each is a full model.
+                for k in [k for k in self._memo if k[0] == "b_prime"]:
+                    del self._memo[k]
+                self.progress("permuting", 0.0, "applying permutations to B")
+                matching = self.matching(s)
+                self._memo[memo_key] = permuted_model(self.b.model, self.b.family, self.b.head, self.b.num_layers, matching)
+                self.progress("permuting", 1.0, "done")
+            return self._memo[memo_key]
+
+    def eval_set(self, s: AlignSettings):
+        memo_key = ("eval", json.dumps(self.eval_fields(s), sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                batches = tokenize(self.a.tokenizer, self.eval_passages, s.eval_tokens, s.max_length, s.batch_size)
+                masked = masked_batches(batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
+                self._memo[memo_key] = (batches, masked)
+            return self._memo[memo_key]
+
+    def _require_mlm(self) -> None:
+        if self.a.head.kind != "mlm":
+            raise SettingsError(
+                f"Loss paths are computed for masked-LM checkpoints; these are {self.a.architecture}.",
+                "Use masked-LM checkpoints (e.g. BertForMaskedLM).",
+            )
+
+    def equivalence(self, s: AlignSettings) -> float:
+        """max |logit(B′) − logit(B)| on the first evaluation batch."""
+        fields = {**self.matching_fields(s), **self.eval_fields(s)}
+        memo_key = ("equiv", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                batches, _ = self.eval_set(s)
+                self._memo[memo_key] = max_abs_logit_diff(self.permuted_b(s), self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device)
+            return self._memo[memo_key]
+
+    def curve(self, s: AlignSettings, which: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
+        """Loss and accuracy at every λ of the grid, for `vanilla` (A↔B) or `permuted` (A↔B′)."""
+        self._require_mlm()
+        s.validate()
+        if which not in ("vanilla", "permuted"):
+            raise ValueError(which)
+        fields = {**self.eval_fields(s), "lambdas": s.lambdas, "which": which}
+        if which == "permuted":
+            fields.update(self.matching_fields(s))
+        memo_key = ("curve", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            cached = self._memo.get(memo_key) or self.cache.load_json("curve", fields)
+            if cached is not None:
+                self._memo[memo_key] = cached
+                for point in cached:
+                    if on_point:
+                        on_point(point)
+                self.progress(f"loss path ({which})", 1.0, "cached")
+                return cached
+            end_b = self.b.model if which == "vanilla" else self.permuted_b(s)
+            _, masked = self.eval_set(s)
+            if self._interpolator is None:
+                self._interpolator = Interpolator(self.a.model, end_b)
+            else:
+                self._interpolator.set_endpoints(self.a.model, end_b)
+            self._interpolator.work.to(s.device)
+            grid = lambda_grid(s.lambdas)
+            points = []
+            mlm = self.a.head.mlm_module
+            for k, lam in enumerate(grid):
+                self.progress(f"loss path ({which})", k / len(grid), f"λ = {lam:.2f}")
+                result = self._endpoint_a(s) if lam == 1.0 else mlm_loss(self._interpolator.set(lam), mlm, masked, s.device)
+                point = {"lambda": lam, "loss": result.loss, "accuracy": result.accuracy}
+                points.append(point)
+                if on_point:
+                    on_point(point)
+            self.progress(f"loss path ({which})", 1.0, "done")
+            self._memo[memo_key] = points
+            self.cache.save_json("curve", fields, points)
+            return points
+
+    def _endpoint_a(self, s: AlignSettings):
+        """L(A), shared by both curves: θ(1) is bitwise A whatever B′ is."""
+        memo_key = ("loss_a", json.dumps(self.eval_fields(s), sort_keys=True))
+        if memo_key not in self._memo:
+            _, masked = self.eval_set(s)
+            self._memo[memo_key] = mlm_loss(self.a.model, self.a.head.mlm_module, masked, s.device)
+        return self._memo[memo_key]
+
+    # ---- the whole run -------------------------------------------------------------------
+    def run(self, s: AlignSettings, on_point: Callable[[str, dict], None] | None = None) -> dict:
+        s.validate()
+        self._require_mlm()
+        stats = self.statistics(s)
+        matching = self.matching(s)
+        vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
+        permuted = self.curve(s, "permuted", (lambda p: on_point("permuted", p)) if on_point else None)
+        batches, masked = self.eval_set(s)
+        return build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
+
+    def save_merged(self, s: AlignSettings, lam: float, out: str | Path, overwrite: bool = False) -> Path:
+        """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer."""
+        if not 0.0 <= lam <= 1.0:
+            raise SettingsError(f"λ = {lam} is outside [0, 1].", "Choose λ between 0 (B′) and 1 (A).")
+        out = Path(out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise SettingsError(f"{out} exists and is a file.", "Choose a folder path for the merged model.")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise SettingsError(f"{out} is not empty; refusing to overwrite it.", "Choose an empty or new folder, or allow overwriting (--overwrite).")
+        with self._lock:
+            end_b = self.permuted_b(s)
+            interp = Interpolator(self.a.model, end_b)
+            model = interp.set(lam)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+            try:
+                model.save_pretrained(staging)
+                self.a.tokenizer.save_pretrained(staging)
+                (staging / "permerge_merge.json").write_text(json.dumps({
+                    "lambda": lam, "model_a": self.a.describe(), "model_b": self.b.describe(), "settings": asdict(s),
+                    "note": "θ(λ) = λ·A + (1−λ)·B′, where B′ is B aligned to A by permutation.",
+                }, indent=1))
+                if out.exists():
+                    shutil.rmtree(out)
+                staging.rename(out)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return out
+
+
+def build_report(p: Pipeline, s: AlignSettings, stats, matching, vanilla, permuted, batches, masked) -> dict:
+    loss = lambda curve: [pt["loss"] for pt in curve]  # noqa: E731
+    report = {
+        "format": "permerge-report/1",
+        "models": {"a": p.a.describe(), "b": p.b.describe()},
+        "settings": asdict(s),
+        "data": {
+            "match": {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)},
+            "eval": {"path": p.eval_path, "tokens": batches.num_tokens, "fingerprint": text_fingerprint(p.eval_passages)},
+        },
+        "eval": {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed},
+        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
+        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
+        "head_cost": {f"layer.{i}": h.cost.tolist() for i, h in matching.heads.items()},
+        "curves": {
+            "vanilla": [[pt["lambda"], pt["loss"]] for pt in vanilla],
+            "permuted": [[pt["lambda"], pt["loss"]] for pt in permuted],
+        },
+        "accuracy_curves": {
+            "vanilla": [[pt["lambda"], pt["accuracy"]] for pt in vanilla],
+            "permuted": [[pt["lambda"], pt["accuracy"]] for pt in permuted],
+        },
+        "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
+        "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
+        "function_preserving": matching.function_preserving,
+        "max_abs_logit_diff": p.equivalence(s),
+        "matched_correlation": matched_statistics(stats, matching),
+        "notes": list(stats.notes) + list(batches.notes) + list(p.cache.events),
+    }
+    return report
+
+
+def write_outputs(report: dict, out: str | Path) -> None:
+    """report.json and curve.csv, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["lambda,vanilla_loss,permuted_loss,vanilla_accuracy,permuted_accuracy"]
+    for (lam, lv), (_, lp), (_, av), (_, ap) in zip(
+        report["curves"]["vanilla"], report["curves"]["permuted"], report["accuracy_curves"]["vanilla"], report["accuracy_curves"]["permuted"]
+    ):
+        rows.append(f"{lam:.6g},{lv:.6f},{lp:.6f},{av:.6f},{ap:.6f}")
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("curve.csv", "\n".join(rows) + "\n")):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+
+
+def with_settings(s: AlignSettings, **changes) -> AlignSettings:
+    return replace(s, **changes)

@@ -1,0 +1,215 @@
+"""Streaming cross-correlation between the units of A and B (method.md §2).
+
+Both models read the same token batches. For every permutable space we keep running sums
+Σx_A, Σx_B, Σx_A², Σx_B² and the cross product X_Aᵀ X_B in float64; memory is fixed by the
+widths, not by the number of tokens. Only the A×B block is computed: the full joint
+covariance would be 4× the arithmetic for nothing.
+
+A's activations are held only until B produces the same space: B's hooks fold each pair
+into the sums and release A's copy, so at most one model's activations are alive at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .architectures import Family, expand, residual_node
+from .data import TokenBatches
+
+DEAD_UNIT_STD = 1e-6  # below this a unit is treated as constant: its correlation is 0, not NaN
+
+ProgressFn = Callable[[str, float, str], None]
+
+
+@dataclass
+class SpaceStats:
+    """Running sums for one space; `correlation()` turns them into the A×B matrix.
+
+    The sums are of activations minus a fixed shift (the first batch's mean). Covariance is
+    shift-invariant, and shifting keeps E[xy] − E[x]E[y] from cancelling catastrophically
+    when a unit's mean is large next to its spread (LayerNorm outputs with a large β).
+    """
+
+    n: int
+    sum_a: torch.Tensor
+    sum_b: torch.Tensor
+    sumsq_a: torch.Tensor
+    sumsq_b: torch.Tensor
+    cross: torch.Tensor  # Σ (x_A − shift_A)(x_B − shift_B)ᵀ, [d_A, d_B]
+    shift_a: torch.Tensor
+    shift_b: torch.Tensor
+
+    PARTS = ("sum_a", "sum_b", "sumsq_a", "sumsq_b", "cross", "shift_a", "shift_b")
+
+    @classmethod
+    def zeros(cls, dim: int, device: str = "cpu") -> "SpaceStats":
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        return cls(0, z(dim), z(dim), z(dim), z(dim), z(dim, dim), z(dim), z(dim))
+
+    @property
+    def dim(self) -> int:
+        return self.sum_a.numel()
+
+    def add(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+        if xa.shape[0] == 0:
+            return
+        if self.n == 0:
+            self.shift_a = xa.mean(0, dtype=torch.float64)
+            self.shift_b = xb.mean(0, dtype=torch.float64)
+        xa = xa - self.shift_a.to(xa.dtype)
+        xb = xb - self.shift_b.to(xb.dtype)
+        self.n += xa.shape[0]
+        self.sum_a += xa.sum(0, dtype=torch.float64)
+        self.sum_b += xb.sum(0, dtype=torch.float64)
+        self.sumsq_a += xa.double().square().sum(0)
+        self.sumsq_b += xb.double().square().sum(0)
+        # The batch product runs in float32 (fast); the sum across batches is float64.
+        self.cross += (xa.t() @ xb).double()
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cross-covariance and the two variance vectors."""
+        mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+        cov = self.cross / self.n - torch.outer(mean_a, mean_b)
+        var_a = (self.sumsq_a / self.n - mean_a.square()).clamp_min(0)
+        var_b = (self.sumsq_b / self.n - mean_b.square()).clamp_min(0)
+        return cov, var_a, var_b
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.shift_a + self.sum_a / self.n, self.shift_b + self.sum_b / self.n
+
+    def correlation(self) -> torch.Tensor:
+        return correlation_from_moments(*self.moments())
+
+    def to(self, device: str) -> "SpaceStats":
+        return SpaceStats(self.n, *(getattr(self, p).to(device) for p in self.PARTS))
+
+
+def correlation_from_moments(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
+    """corr = cov / (σ_A σ_Bᵀ), with dead units (σ≈0) given correlation 0."""
+    std_a, std_b = var_a.sqrt(), var_b.sqrt()
+    alive_a, alive_b = std_a > DEAD_UNIT_STD, std_b > DEAD_UNIT_STD
+    denom = torch.outer(torch.where(alive_a, std_a, 1.0), torch.where(alive_b, std_b, 1.0))
+    corr = cov / denom
+    corr[~alive_a, :] = 0.0
+    corr[:, ~alive_b] = 0.0
+    return corr.clamp_(-1.0, 1.0)
+
+
+@dataclass
+class Statistics:
+    """Running sums for every space of a pair, keyed by space name."""
+
+    spaces: dict[str, SpaceStats]
+    num_layers: int
+    num_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def residual_nodes(self) -> list[str]:
+        return [f"residual.{n}" for n in range(2 * self.num_layers + 1)]
+
+
+def space_dims(config) -> dict[str, int]:
+    dims = {}
+    for i in range(config.num_hidden_layers):
+        dims[f"layer.{i}.ffn"] = config.intermediate_size
+        dims[f"layer.{i}.attention"] = config.hidden_size
+    for n in range(2 * config.num_hidden_layers + 1):
+        dims[f"residual.{n}"] = config.hidden_size
+    return dims
+
+
+def _captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
+    """(space name, module name, 'input'|'output') for every space of the family."""
+    enc = family.encoder
+    out = []
+    for i in range(num_layers):
+        out.append((f"layer.{i}.ffn", enc.capture_ffn.module.format(i=i), enc.capture_ffn.io))
+        out.append((f"layer.{i}.attention", enc.capture_attention.module.format(i=i), enc.capture_attention.io))
+        for rule, cap in enc.capture_residual:
+            if rule != "embed":
+                out.append((f"residual.{residual_node(rule, i, num_layers)}", cap.module.format(i=i), cap.io))
+    embed = [cap for rule, cap in enc.capture_residual if rule == "embed"][0]
+    out.append(("residual.0", embed.module, embed.io))
+    return out
+
+
+def _register(encoder: torch.nn.Module, captures, on_activation) -> list:
+    modules = dict(encoder.named_modules())
+    handles = []
+    for space, module_name, io in captures:
+        module = modules[module_name]
+        if io == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, args, s=space: on_activation(s, args[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, output, s=space: on_activation(s, output)))
+    return handles
+
+
+@torch.no_grad()
+def collect_statistics(
+    model_a: torch.nn.Module,
+    model_b: torch.nn.Module,
+    family: Family,
+    config,
+    batches: TokenBatches,
+    special_ids: list[int] | None = None,
+    drop_special: bool = False,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Statistics:
+    """Run A and B over the same batches and accumulate the statistics of every space."""
+    num_layers = config.num_hidden_layers
+    stats = {name: SpaceStats.zeros(dim, device) for name, dim in space_dims(config).items()}
+    captures = _captures(family, num_layers)
+    enc_a = getattr(model_a, "base_model", model_a)
+    enc_b = getattr(model_b, "base_model", model_b)
+    held_a: dict[str, torch.Tensor] = {}
+    keep: torch.Tensor | None = None
+
+    def on_a(space, act):
+        held_a[space] = act[keep]
+
+    def on_b(space, act):
+        stats[space].add(held_a.pop(space), act[keep])
+
+    handles = _register(enc_a, captures, on_a) + _register(enc_b, captures, on_b)
+    model_a.eval()
+    model_b.eval()
+    total = len(batches)
+    tokens = 0
+    try:
+        for step, (ids, mask) in enumerate(batches):
+            if should_stop is not None and should_stop():
+                raise InterruptedError("statistics collection stopped")
+            ids, mask = ids.to(device), mask.to(device)
+            keep = mask.bool()
+            if drop_special and special_ids:
+                keep &= ~torch.isin(ids, torch.tensor(special_ids, device=device))
+            enc_a(input_ids=ids, attention_mask=mask)
+            enc_b(input_ids=ids, attention_mask=mask)
+            held_a.clear()
+            tokens += int(keep.sum())
+            if progress:
+                progress("statistics", (step + 1) / total, f"{tokens:,} tokens")
+    finally:
+        for handle in handles:
+            handle.remove()
+    if tokens == 0:
+        from .errors import DataError
+
+        raise DataError("No tokens were left for statistics (all were padding or special tokens).", "Give more text, or keep special tokens.")
+    return Statistics(stats, num_layers, tokens, list(batches.notes))
+
+
+def residual_touches(family: Family, head, num_layers: int):
+    """Every residual tensor with its node index, from the family's data."""
+    enc = family.encoder
+    out = [(t, residual_node(t.node, None, num_layers)) for t in expand(enc.embeddings, None)]
+    for i in range(num_layers):
+        out += [(t, residual_node(t.node, i, num_layers)) for t in expand(enc.residual_per_layer, i)]
+    out += [(t, residual_node(t.node, None, num_layers)) for t in head.residual]
+    return out

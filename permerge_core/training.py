@@ -1,0 +1,234 @@
+"""Masked-LM pre-training from scratch, for the bundled seed models.
+
+Models that differ only in `seed` (initialisation, data order, masks, dropout) are exactly
+what the method compares. Everything random is derived from (seed, step), so a run is
+deterministic for a given seed and device, and resuming from the last checkpoint continues
+the very same run. Only masked positions go through the vocabulary projection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import CORPUS, draw_mlm_masks, masked_batches, read_passages, tokenize
+from .evaluation import mlm_logits_at, mlm_loss
+from .errors import SettingsError
+
+DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
+
+
+@dataclass
+class TrainConfig:
+    seed: int
+    out: str
+    layers: int = 4
+    hidden: int = 256
+    heads: int = 4
+    ffn: int = 1024
+    max_length: int = 128
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 1000
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    device: str = "cpu"
+    train_data: str = str(CORPUS / "train.txt")
+    eval_data: str = str(CORPUS / "eval.txt")
+    tokenizer: str = str(DEFAULT_TOKENIZER)
+    eval_every: int = 500
+    eval_tokens: int = 16384
+    save_every: int = 250
+    save_dtype: str = "float16"
+
+
+def _stream_seed(seed: int, stream: int, step: int) -> int:
+    """A distinct, reproducible RNG seed per (run seed, purpose, step)."""
+    return (seed * 1_000_003 + stream) * 10_000_019 + step
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, pad_id: int):
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        intermediate_size=cfg.ffn,
+        max_position_embeddings=cfg.max_length,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=pad_id,
+    )
+    torch.manual_seed(_stream_seed(cfg.seed, 0, 0))
+    return BertForMaskedLM(config)
+
+
+def _schedule(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return max(0.0, 1.0 - progress) * 0.95 + 0.05  # linear decay to 5%
+
+    return factor
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train (or resume) one seed model; returns the final summary written to train_info.json."""
+    from transformers import AutoTokenizer
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SettingsError("CUDA was requested but no GPU is available.", "Use --device cpu.")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "training_state.pt"
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    vocab_size = len(tokenizer)
+
+    train_batches = tokenize(tokenizer, read_passages(cfg.train_data), 10**12, cfg.max_length, batch_size=1)
+    sequences = [ids[0] for ids in train_batches.input_ids]  # batch_size=1: one unpadded row each
+    eval_set = masked_batches(
+        tokenize(tokenizer, read_passages(cfg.eval_data), cfg.eval_tokens, cfg.max_length, 64),
+        tokenizer,
+        vocab_size,
+        seed=1234,
+    )
+    special_ids = sorted(set(tokenizer.all_special_ids))
+    batches_per_epoch = len(sequences) // cfg.batch_size
+    log(f"{len(sequences):,} training sequences, {train_batches.num_tokens:,} tokens; {batches_per_epoch} batches/epoch")
+
+    model = build_model(cfg, vocab_size, tokenizer.pad_token_id).to(cfg.device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    step, tokens_seen, elapsed, history = 0, 0, 0.0, []
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True, map_location=cfg.device)
+        if state["config"] != asdict(cfg) | {"out": state["config"]["out"]}:
+            raise SettingsError(f"{state_path} was written with other settings.", "Resume with the same settings, or use a new --out.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
+        history = json.loads(state["history"])
+        log(f"resumed at step {step}")
+
+    epoch_order: tuple[int, torch.Tensor] | None = None
+    running, running_n = 0.0, 0
+    started = time.time() - elapsed
+    while step < cfg.steps:
+        model.train()
+        epoch, index = divmod(step, batches_per_epoch)
+        if epoch_order is None or epoch_order[0] != epoch:
+            order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(_stream_seed(cfg.seed, 1, epoch)))
+            epoch_order = (epoch, order)
+        rows = [sequences[k] for k in epoch_order[1][index * cfg.batch_size : (index + 1) * cfg.batch_size].tolist()]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, seq in enumerate(rows):
+            ids[r, : len(seq)] = seq
+            mask[r, : len(seq)] = 1
+        batch = draw_mlm_masks(
+            ids, mask, special_ids, tokenizer.mask_token_id, vocab_size,
+            torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, step)),
+        )
+        torch.manual_seed(_stream_seed(cfg.seed, 3, step))  # dropout
+        logits = mlm_logits_at(
+            model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device)
+        )
+        loss = F.cross_entropy(logits.float(), batch.targets.to(cfg.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        tokens_seen += int(mask.sum())
+        running += float(loss)
+        running_n += 1
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            held_out = mlm_loss(model, "cls", eval_set, cfg.device)
+            elapsed = time.time() - started
+            record = {
+                "step": step,
+                "tokens": tokens_seen,
+                "train_loss": running / running_n,
+                "held_out_loss": held_out.loss,
+                "held_out_accuracy": held_out.accuracy,
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": round(elapsed, 1),
+            }
+            history.append(record)
+            log(
+                f"step {step}/{cfg.steps}  tokens {tokens_seen/1e6:.1f}M  train {record['train_loss']:.3f}  "
+                f"held-out {held_out.loss:.3f} (acc {held_out.accuracy:.3f})  {tokens_seen/elapsed:,.0f} tok/s"
+            )
+            running, running_n = 0.0, 0
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            elapsed = time.time() - started
+            _atomic_torch_save(
+                {
+                    "config": asdict(cfg),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "tokens_seen": tokens_seen,
+                    "elapsed": elapsed,
+                    "history": json.dumps(history),
+                },
+                state_path,
+            )
+
+    elapsed = time.time() - started
+    final = mlm_loss(model, "cls", eval_set, cfg.device)
+    info = {
+        "config": asdict(cfg) | {"out": str(out)},
+        "steps": step,
+        "tokens_seen": tokens_seen,
+        "train_seconds": round(elapsed, 1),
+        "hardware": _hardware(cfg.device),
+        "torch": torch.__version__,
+        "held_out_loss_training_eval_set": final.loss,
+        "history": history,
+    }
+    export = model.to(getattr(torch, cfg.save_dtype)).cpu()
+    export.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "train_info.json").write_text(json.dumps(info, indent=1))
+    log(f"saved {out} after {step} steps, {tokens_seen/1e6:.1f}M tokens, {elapsed/60:.1f} min")
+    return info
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _hardware(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
+
+
+def learning_rate_at(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * _schedule(cfg)(step)
+

@@ -1,0 +1,103 @@
+"""Tiny random models, tokenizers and text for tests: built in milliseconds, no downloads."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WORDS = (
+    "the of and to in that he shall unto for his lord they be is him not them it with all thou thy "
+    "was god which my me said but ye their have will thee from as are when this out were upon man by "
+    "king love sir good come now what our your here there night day heart fair sweet death life"
+).split()
+
+FAMILY_CLASSES = {
+    ("bert", "mlm"): "BertForMaskedLM",
+    ("bert", "base"): "BertModel",
+    ("bert", "classification"): "BertForSequenceClassification",
+    ("roberta", "mlm"): "RobertaForMaskedLM",
+    ("roberta", "base"): "RobertaModel",
+    ("roberta", "classification"): "RobertaForSequenceClassification",
+}
+
+
+def make_tokenizer(folder: Path):
+    """A WordPiece tokenizer over WORDS, saved so AutoTokenizer can load it."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(WORDS)) + list("abcdefghijklmnopqrstuvwxyz.,"))}
+    core = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok = BertTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def vocab_size() -> int:
+    return 5 + len(set(WORDS)) + 28
+
+
+def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2):
+    from transformers import BertConfig, RobertaConfig
+
+    cls = BertConfig if family == "bert" else RobertaConfig
+    extra = {"max_position_embeddings": 72, "pad_token_id": 0} if family == "roberta" else {"max_position_embeddings": 64}
+    return cls(
+        vocab_size=vocab or vocab_size(), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=ffn, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **extra,
+    )
+
+
+def random_model(family="bert", kind="mlm", seed=0, **shape):
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, FAMILY_CLASSES[(family, kind)])(tiny_config(family, **shape)).eval()
+    # Random LayerNorm affine parameters and biases, and weights large enough for attention to
+    # be far from uniform, so that no symmetry hides a wrong index.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5 if "embeddings" not in name else 1.0))
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "LayerNorm.weight" in name or "layer_norm.weight" in name else 0.0))
+    return model
+
+
+def random_ids(batch=3, length=12, seed=0, vocab=None):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab or vocab_size(), (batch, length), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = torch.ones_like(ids)
+    mask[0, length // 2 :] = 0  # some padding, which must not matter
+    ids[0, length // 2 :] = 0
+    return ids, mask
+
+
+def random_text(lines=200, seed=0) -> str:
+    rng = random.Random(seed)
+    return "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) for _ in range(lines)) + "\n"
+
+
+def save_model(model, folder: Path, tokenizer_folder: Path | None = None, dtype=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (model.to(dtype) if dtype else model).save_pretrained(folder)
+    make_tokenizer(folder)
+    return folder
+
+
+def random_head_perm(hidden: int, heads: int, rng: np.random.Generator) -> np.ndarray:
+    """A function-preserving attention permutation: shuffle heads, then features within heads."""
+    dk = hidden // heads
+    order = rng.permutation(heads)
+    return np.concatenate([order[j] * dk + rng.permutation(dk) for j in range(heads)])

@@ -80,7 +80,8 @@ def tokenize(
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 3:
         raise DataError(f"Maximum sequence length {max_length} leaves no room for text.", "Use a length of at least 8.")
-    body = max_length - 2  # room for [CLS] and [SEP]
+    prefix, suffix = special_wrapping(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
     encoded = tokenizer(passages, add_special_tokens=False)["input_ids"]
     sequences: list[list[int]] = []
     split_lines = 0
@@ -91,14 +92,13 @@ def tokenize(
         chunks = [ids[k : k + body] for k in range(0, len(ids), body)]
         split_lines += len(chunks) > 1
         for chunk in chunks:
-            room = max_tokens - used - 2
+            room = max_tokens - used - len(prefix) - len(suffix)
             if room <= 0:
                 break
-            chunk = chunk[:room]
-            seq = tokenizer.build_inputs_with_special_tokens(chunk)
+            seq = prefix + chunk[:room] + suffix
             sequences.append(seq)
             used += len(seq)
-        if max_tokens - used - 2 <= 0:
+        if max_tokens - used - len(prefix) - len(suffix) <= 0:
             break
     if not sequences:
         raise DataError("The text contains no tokens the tokenizer can use.", "Give text in the model's language.")
@@ -121,6 +121,17 @@ def tokenize(
         input_ids.append(ids)
         attention_mask.append(mask)
     return TokenBatches(input_ids, attention_mask, used, len(sequences), notes)
+
+
+def special_wrapping(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a single text ([CLS] … [SEP])."""
+    probe = "hello world"
+    body = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(body) + 1):
+        if full[start : start + len(body)] == body:
+            return full[:start], full[start + len(body) :]
+    return [], []
 
 
 @dataclass

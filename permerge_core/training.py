@@ -161,7 +161,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         scheduler.step()
         step += 1
         tokens_seen += int(mask.sum())
-        running += float(loss)
+        running += loss.item()
         running_n += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
             held_out = mlm_loss(model, "cls", eval_set, cfg.device)

@@ -79,7 +79,7 @@ class DiskCache:
         from safetensors.torch import save_file
 
         meta = {"format": FORMAT_VERSION, "fields": json.loads(json.dumps(fields, default=str)), **(extra or {})}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
         self._write_atomic(
             self._path(kind, fields, ".safetensors"),
             lambda tmp: save_file(tensors, tmp, metadata={"permerge": json.dumps(meta)}),

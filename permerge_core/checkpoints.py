@@ -236,7 +236,6 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
     check_finite(state, source)
 
     model_class = getattr(transformers, head.model_class)
-    config.torch_dtype = torch.float32
     with torch.device("cpu"):
         model = model_class(config)
     model = model.float()

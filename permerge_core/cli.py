@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("permerge: interrupted\n")
         return 130
+    except Exception as err:  # a bug in permerge, not the user's input
+        if os.environ.get("PERMERGE_DEBUG"):
+            raise
+        sys.stderr.write(f"permerge: internal error: {type(err).__name__}: {err} (please report it; PERMERGE_DEBUG=1 shows the traceback)\n")
+        return 1
     return 0
 
 

@@ -1,0 +1,108 @@
+"""The CLI end to end on a tiny pair: files written, contract kept, bad input refused."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from permerge_core.cli import main
+from fixtures import random_model, save_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "permerge_core", *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+    )
+
+
+def tiny_args(pair, out, cache):
+    return [
+        "--model-a", pair["a"], "--model-b", pair["b"], "--match-data", pair["text"], "--eval-data", pair["text"],
+        "--match-tokens", 1500, "--eval-tokens", 1500, "--lambdas", 5, "--out", out, "--cache-dir", cache,
+    ]
+
+
+def test_align_end_to_end_writes_the_report_contract(tiny_pair, tmp_path):
+    out = tmp_path / "out"
+    merged = tmp_path / "merged"
+    proc = run_cli("align", *tiny_args(tiny_pair, out, tmp_path / "cache"), "--save-merged", merged, "--merge-lambda", 0.5)
+    assert proc.returncode == 0, proc.stderr
+    assert "barrier: vanilla" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    for key in ("permutations", "head_assignment", "curves", "barrier", "endpoint_loss", "function_preserving", "max_abs_logit_diff", "settings", "models"):
+        assert key in report, key
+    assert set(report["permutations"]) == {"layer.0.ffn", "layer.0.attention", "layer.1.ffn", "layer.1.attention", "residual"}
+    for name, perm in report["permutations"].items():
+        assert sorted(perm) == list(range(len(perm))), name
+    assert all(sorted(v) == [0, 1, 2, 3] for v in report["head_assignment"].values())
+    vanilla, permuted = report["curves"]["vanilla"], report["curves"]["permuted"]
+    assert [p[0] for p in vanilla] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert vanilla[-1][1] == permuted[-1][1] == report["endpoint_loss"]["a"]  # λ=1 is exactly A on both paths
+    losses = [p[1] for p in permuted]
+    assert report["barrier"]["permuted"] == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2)
+    assert report["function_preserving"] is True and report["max_abs_logit_diff"] < 1e-4
+    assert permuted[0][1] == pytest.approx(report["endpoint_loss"]["b"], abs=1e-4)  # B′ is B
+    csv = (out / "curve.csv").read_text().splitlines()
+    assert csv[0].startswith("lambda,vanilla_loss,permuted_loss") and len(csv) == 6
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(merged)
+    AutoTokenizer.from_pretrained(merged)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_rerun_reuses_the_cache_and_gives_identical_results(tiny_pair, tmp_path, capsys):
+    args = tiny_args(tiny_pair, tmp_path / "o1", tmp_path / "cache")
+    assert main(["align", *map(str, args)]) == 0
+    assert main(["align", *map(str, tiny_args(tiny_pair, tmp_path / "o2", tmp_path / "cache"))]) == 0
+    assert main(["align", *map(str, tiny_args(tiny_pair, tmp_path / "o3", tmp_path / "cache")), "--no-cache"]) == 0
+    r1, r2, r3 = (json.loads((tmp_path / o / "report.json").read_text()) for o in ("o1", "o2", "o3"))
+    assert any("reused cached" in n for n in r2["notes"])
+    assert not any("reused cached" in n for n in r3["notes"])
+    for r in (r2, r3):
+        assert r["permutations"] == r1["permutations"]
+        assert r["curves"] == r1["curves"]
+
+
+def test_mismatched_pair_fails_naming_both_values(tiny_pair, tmp_path):
+    other = save_model(random_model("bert", "mlm", seed=2, layers=3, hidden=16, heads=4, ffn=32), tmp_path / "c")
+    proc = run_cli("align", "--model-a", tiny_pair["a"], "--model-b", other, "--out", tmp_path / "o", "--no-cache")
+    assert proc.returncode == 2
+    assert "number of layers: A has 2, B has 3" in proc.stderr
+    not_progress = [line for line in proc.stderr.splitlines() if not line.startswith("[")]
+    assert "Traceback" not in proc.stderr and len(not_progress) == 1
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--lambdas", "1"], "at least 2"),
+        (["--match-tokens", "0"], "must be positive"),
+        (["--attention", "sideways"], "invalid choice"),
+        (["--residual", "middle"], "invalid choice"),
+        (["--merge-lambda", "1.5"], "[0, 1]"),
+    ],
+)
+def test_bad_arguments_exit_nonzero_with_one_line(extra, needle, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["align", *extra])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_cuda_requested_without_gpu_is_refused(tiny_pair, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code = main(["align", *map(str, tiny_args(tiny_pair, tmp_path / "o", tmp_path / "c")), "--device", "cuda"])
+    assert code == 2
+    assert "CUDA was requested but no GPU" in capsys.readouterr().err

@@ -38,8 +38,8 @@ def read_passages(path: str | Path) -> list[str]:
             "Re-save it as UTF-8 text with one passage per line.",
         ) from None
     if not text.strip():
-        what = "empty" if not text else "only blank lines"
-        raise DataError(f"Text file {path} has {what}.", "Give a file with at least one non-blank line of text.")
+        what = "is empty" if not text else "has only blank lines"
+        raise DataError(f"Text file {path} {what}.", "Give a file with at least one non-blank line of text.")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

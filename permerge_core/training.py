@@ -120,13 +120,19 @@ def train(cfg: TrainConfig, log=print) -> dict:
     step, tokens_seen, elapsed, history = 0, 0, 0.0, []
     if state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location=cfg.device)
-        if state["config"] != asdict(cfg) | {"out": state["config"]["out"]}:
+        saved = state["config"]
+        wanted = asdict(cfg) | {"out": saved["out"]}
+        # Before the end of warm-up the schedule does not depend on the total step count, so a
+        # run may be shortened or lengthened there and still equal a fresh run of the new length.
+        if saved != wanted and not (saved | {"steps": cfg.steps} == wanted and state["step"] <= cfg.warmup):
             raise SettingsError(f"{state_path} was written with other settings.", "Resume with the same settings, or use a new --out.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed"]
         history = json.loads(state["history"])
+        if saved["steps"] != cfg.steps:
+            history.append({"step": step, "note": f"total steps changed from {saved['steps']} to {cfg.steps} at the end of warm-up"})
         log(f"resumed at step {step}")
 
     epoch_order: tuple[int, torch.Tensor] | None = None

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--save-merged", default=None, help="write the merged model at --merge-lambda here")
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
+    align.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
+    align.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
+    align.add_argument("--label-column", default="label", help="classifiers: column with the label")
+    align.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
     align.add_argument("--quiet", action="store_true")
 
     train = sub.add_parser("train", help="pre-train a small BERT masked LM from scratch")
@@ -96,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-data", default=tdef.train_data)
     train.add_argument("--eval-data", default=tdef.eval_data)
     train.add_argument("--tokenizer", default=tdef.tokenizer)
+    fine = sub.add_parser("finetune", help="fine-tune a masked LM as a sequence classifier")
+    fine.add_argument("--model", required=True, help="masked-LM checkpoint folder")
+    fine.add_argument("--data", required=True, help="labelled CSV/TSV/JSON Lines")
+    fine.add_argument("--out", required=True)
+    fine.add_argument("--seed", type=int, default=0, help="data order and dropout")
+    fine.add_argument("--head-seed", type=int, default=0, help="classifier initialisation (keep equal across a pair)")
+    fine.add_argument("--text-column", default="text")
+    fine.add_argument("--pair-column", default=None)
+    fine.add_argument("--label-column", default="label")
+    fine.add_argument("--regression", action="store_true")
+    fine.add_argument("--steps", type=_positive_int, default=300)
+    fine.add_argument("--batch-size", type=_positive_int, default=32)
+    fine.add_argument("--lr", type=float, default=1e-4)
+    fine.add_argument("--device", default="cpu")
     return parser
 
 
@@ -107,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             return _align(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "finetune":
+            from .training import FinetuneConfig, finetune
+
+            fields = FinetuneConfig.__dataclass_fields__
+            finetune(FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields}), log=lambda m: print(m, flush=True))
+            return 0
     except PermergeError as err:
         sys.stderr.write(f"permerge: error: {err}\n")
         return 2
@@ -135,7 +159,7 @@ def _train(args) -> int:
 
 
 def _align(args) -> int:
-    from .pipeline import AlignSettings, Pipeline, default_pair, write_outputs
+    from .pipeline import AlignSettings, Pipeline, TaskSpec, default_pair, write_outputs
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     model_a, model_b = args.model_a, args.model_b
@@ -165,6 +189,7 @@ def _align(args) -> int:
         eval_data=args.eval_data,
         cache_dir=None if args.no_cache else (args.cache_dir or "default"),
         progress=_progress_printer(log),
+        task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
     )
     report = pipeline.run(settings)
     out = Path(args.out)
@@ -199,7 +224,12 @@ def _summary(report: dict, seconds: float) -> str:
         f"A: {report['models']['a']['source']}   B: {report['models']['b']['source']}",
         f"settings: ffn={'on' if s['ffn'] else 'off'} attention={s['attention']} residual={s['residual']} "
         f"{'|corr|' if s['absolute'] else 'signed corr'}, {s['lambdas']} λ points",
-        f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  (masked-LM nats, {report['eval']['num_predictions']:,} masked tokens)",
+        (
+            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  (masked-LM nats, {report['eval']['num_predictions']:,} masked tokens)"
+            if "metric_curves" not in report
+            else f"endpoint task loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['num_predictions']:,} labelled examples); "
+            + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())
+        ),
         f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}  (lower is better)",
         f"B' computes the same function as B: {'yes' if report['function_preserving'] else 'NO (non-preserving mode)'}; "
         f"max |Δlogit| = {report['max_abs_logit_diff']:.2e}",

@@ -33,6 +33,7 @@ from .interpolation import Interpolator, lambda_grid
 from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving, matched_statistics, HeadMatching
 from .permuting import permuted_model
 from .statistics import SpaceStats, Statistics, collect_statistics
+from .tasks import FORMATS, encode, load_labelled, task_eval
 
 __all__ = ["ATTENTION_MODES", "RESIDUAL_MODES", "AlignSettings", "Pipeline", "default_pair", "write_outputs"]
 
@@ -81,6 +82,42 @@ class AlignSettings:
         return {"ffn": self.ffn, "attention": self.attention, "residual": self.residual, "absolute": self.absolute}
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which columns of a labelled file hold the text(s) and the label."""
+
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str | None = None
+    regression: bool = False
+
+
+def _label_names(config) -> list[str] | None:
+    names = [config.id2label[i] for i in range(config.num_labels)] if getattr(config, "id2label", None) else None
+    return None if not names or all(n.startswith("LABEL_") for n in names) else names
+
+
+def _match_passages(path: str, task: TaskSpec | None) -> list[str]:
+    """Matching text: plain lines, or the input texts of a labelled file (labels unused)."""
+    if task is not None and Path(path).suffix.lower() in FORMATS:
+        return [t for t in _texts_only(path, task) if t.strip()]
+    return read_passages(path)
+
+
+def _texts_only(path: str, task: TaskSpec) -> list[str]:
+    from .tasks import _read_table
+
+    table = _read_table(Path(path))
+    if task.text_column not in table.column_names:
+        from .errors import DataError
+
+        raise DataError(f"{Path(path).name} has no column {task.text_column!r}.", f"Choose one of: {', '.join(table.column_names)}.")
+    texts = [str(t or "") for t in table[task.text_column]]
+    if task.pair_column and task.pair_column in table.column_names:
+        texts = [f"{t} {str(u or '')}" for t, u in zip(texts, table[task.pair_column])]
+    return texts
+
+
 def default_pair() -> tuple[str, str]:
     seeds = bundled_seeds()
     if len(seeds) < 2:
@@ -104,6 +141,7 @@ class Pipeline:
         cache_dir: str | Path | None = "default",
         progress: ProgressFn | None = None,
         device: str = "cpu",
+        task: "TaskSpec | None" = None,
     ):
         self.progress = progress or (lambda stage, fraction, message="": None)
         self.progress("load", 0.0, "loading model A")
@@ -114,8 +152,23 @@ class Pipeline:
         self.progress("load", 1.0, "models loaded")
         self.match_path = str(match_data or DEFAULT_MATCH_DATA)
         self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)
-        self.match_passages = read_passages(self.match_path)
-        self.eval_passages = read_passages(self.eval_path)
+        self.task = task if self.a.head.kind == "classification" else None
+        if self.a.head.kind == "classification":
+            if task is None:
+                raise SettingsError(
+                    f"{self.a.architecture} checkpoints are evaluated on labelled data.",
+                    "Give a labelled CSV/TSV/JSON Lines file for evaluation and name its text and label columns.",
+                )
+            if eval_data is None:
+                raise SettingsError("Classifiers need labelled evaluation data; the bundled corpus has none.", "Give a labelled evaluation file.")
+            self.labelled = load_labelled(eval_data, task.text_column, task.label_column, task.pair_column, _label_names(self.a.config), task.regression or self.a.config.num_labels == 1)
+            pairs = self.labelled.pairs or [""] * len(self.labelled.texts)
+            # The labels are part of the evaluation data's identity (and so of cache keys).
+            self.eval_passages = [f"{t}\t{p}\t{y}" for t, p, y in zip(self.labelled.texts, pairs, self.labelled.labels)]
+        else:
+            self.labelled = None
+            self.eval_passages = read_passages(self.eval_path)
+        self.match_passages = _match_passages(self.match_path, task)
         self.cache = cache_mod.DiskCache(cache_mod.default_cache_dir() if cache_dir == "default" else cache_dir)
         self._memo: dict = {}
         self._lock = threading.RLock()  # one computation at a time per pipeline (shared across app sessions)
@@ -267,10 +320,10 @@ class Pipeline:
             return self._memo[memo_key]
 
     def _require_mlm(self) -> None:
-        if self.a.head.kind != "mlm":
+        if self.a.head.kind not in ("mlm", "classification"):
             raise SettingsError(
                 f"Loss paths are computed for masked-LM checkpoints; these are {self.a.architecture}.",
-                "Use masked-LM checkpoints (e.g. BertForMaskedLM).",
+                "Use masked-LM checkpoints (e.g. BertForMaskedLM) or sequence classifiers with labelled data.",
             )
 
     def equivalence(self, s: AlignSettings) -> float:
@@ -279,7 +332,10 @@ class Pipeline:
         memo_key = ("equiv", json.dumps(fields, sort_keys=True))
         with self._lock:
             if memo_key not in self._memo:
-                batches, _ = self.eval_set(s)
+                if self.labelled is not None:
+                    batches = self.task_batches(s)
+                else:
+                    batches, _ = self.eval_set(s)
                 self._memo[memo_key] = max_abs_logit_diff(self.permuted_b(s), self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device)
             return self._memo[memo_key]
 
@@ -303,7 +359,6 @@ class Pipeline:
                 self.progress(f"loss path ({which})", 1.0, "cached")
                 return cached
             end_b = self.b.model if which == "vanilla" else self.permuted_b(s)
-            _, masked = self.eval_set(s)
             if self._interpolator is None:
                 self._interpolator = Interpolator(self.a.model, end_b)
             else:
@@ -311,11 +366,9 @@ class Pipeline:
             self._interpolator.work.to(s.device)
             grid = lambda_grid(s.lambdas)
             points = []
-            mlm = self.a.head.mlm_module
             for k, lam in enumerate(grid):
                 self.progress(f"loss path ({which})", k / len(grid), f"λ = {lam:.2f}")
-                result = self._endpoint_a(s) if lam == 1.0 else mlm_loss(self._interpolator.set(lam), mlm, masked, s.device)
-                point = {"lambda": lam, "loss": result.loss, "accuracy": result.accuracy}
+                point = {"lambda": lam, **(self._endpoint_a(s) if lam == 1.0 else self._evaluate(self._interpolator.set(lam), s))}
                 points.append(point)
                 if on_point:
                     on_point(point)
@@ -324,12 +377,26 @@ class Pipeline:
             self.cache.save_json("curve", fields, points)
             return points
 
-    def _endpoint_a(self, s: AlignSettings):
+    def _evaluate(self, model, s: AlignSettings) -> dict:
+        """Loss and metrics of one model on the evaluation data: masked-LM or task."""
+        if self.labelled is not None:
+            result = task_eval(model, self.task_batches(s), s.device)
+            return {"loss": result.loss, **result.metrics}
+        _, masked = self.eval_set(s)
+        result = mlm_loss(model, self.a.head.mlm_module, masked, s.device)
+        return {"loss": result.loss, "accuracy": result.accuracy}
+
+    def task_batches(self, s: AlignSettings):
+        memo_key = ("task", json.dumps(self.eval_fields(s), sort_keys=True))
+        if memo_key not in self._memo:
+            self._memo[memo_key] = encode(self.a.tokenizer, self.labelled, None, s.max_length, s.batch_size)
+        return self._memo[memo_key]
+
+    def _endpoint_a(self, s: AlignSettings) -> dict:
         """L(A), shared by both curves: θ(1) is bitwise A whatever B′ is."""
         memo_key = ("loss_a", json.dumps(self.eval_fields(s), sort_keys=True))
         if memo_key not in self._memo:
-            _, masked = self.eval_set(s)
-            self._memo[memo_key] = mlm_loss(self.a.model, self.a.head.mlm_module, masked, s.device)
+            self._memo[memo_key] = self._evaluate(self.a.model, s)
         return self._memo[memo_key]
 
     # ---- the whole run -------------------------------------------------------------------
@@ -340,6 +407,8 @@ class Pipeline:
         matching = self.matching(s)
         vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
         permuted = self.curve(s, "permuted", (lambda p: on_point("permuted", p)) if on_point else None)
+        if self.labelled is not None:
+            return build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None)
         batches, masked = self.eval_set(s)
         return build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
 
@@ -382,9 +451,13 @@ def build_report(p: Pipeline, s: AlignSettings, stats, matching, vanilla, permut
         "settings": asdict(s),
         "data": {
             "match": {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)},
-            "eval": {"path": p.eval_path, "tokens": batches.num_tokens, "fingerprint": text_fingerprint(p.eval_passages)},
+            "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
         },
-        "eval": {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed},
+        "eval": (
+            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed}
+            if masked is not None
+            else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
+        ),
         "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
         "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
         "head_cost": {f"layer.{i}": h.cost.tolist() for i, h in matching.heads.items()},
@@ -393,8 +466,8 @@ def build_report(p: Pipeline, s: AlignSettings, stats, matching, vanilla, permut
             "permuted": [[pt["lambda"], pt["loss"]] for pt in permuted],
         },
         "accuracy_curves": {
-            "vanilla": [[pt["lambda"], pt["accuracy"]] for pt in vanilla],
-            "permuted": [[pt["lambda"], pt["accuracy"]] for pt in permuted],
+            "vanilla": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in vanilla],
+            "permuted": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in permuted],
         },
         "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
         "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
@@ -403,6 +476,12 @@ def build_report(p: Pipeline, s: AlignSettings, stats, matching, vanilla, permut
         "matched_correlation": matched_statistics(stats, matching),
         "notes": list(stats.notes) + list(batches.notes) + list(p.cache.events),
     }
+    if masked is None:  # a classifier: every task metric along λ
+        names = [k for k in vanilla[0] if k not in ("lambda", "loss")]
+        report["metric_curves"] = {
+            which: {m: [[pt["lambda"], pt[m]] for pt in curve] for m in names} for which, curve in (("vanilla", vanilla), ("permuted", permuted))
+        }
+        report["endpoint_loss"].update({"b_prime": permuted[0]["loss"]})
     return report
 
 

@@ -238,3 +238,81 @@ def _hardware(device: str) -> str:
 def learning_rate_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * _schedule(cfg)(step)
 
+
+
+@dataclass
+class FinetuneConfig:
+    model: str  # a masked-LM checkpoint folder
+    data: str  # labelled CSV/TSV/JSON Lines
+    out: str
+    seed: int = 0  # data order and dropout
+    head_seed: int = 0  # pooler and classifier initialisation: the same for every model of a pair
+    text_column: str = "text"
+    label_column: str = "label"
+    pair_column: str | None = None
+    regression: bool = False
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup: int = 30
+    max_length: int = 128
+    device: str = "cpu"
+
+
+def finetune(cfg: FinetuneConfig, log=print) -> dict:
+    """Fine-tune a masked LM as a sequence classifier, with a seeded head initialisation."""
+    import transformers
+
+    from .checkpoints import load_checkpoint
+    from .tasks import encode, load_labelled, task_eval
+
+    source = load_checkpoint(cfg.model)
+    data = load_labelled(cfg.data, cfg.text_column, cfg.label_column, cfg.pair_column, regression=cfg.regression)
+    num_labels = 1 if cfg.regression else int(max(data.labels)) + 1
+    config = source.config.__class__.from_dict(source.config.to_dict())
+    config.num_labels = num_labels
+    config.architectures = [source.family.heads[next(h for h in source.family.heads if source.family.heads[h].kind == "classification")].model_class]
+    if data.label_names:
+        config.id2label = dict(enumerate(data.label_names))
+        config.label2id = {n: i for i, n in enumerate(data.label_names)}
+    torch.manual_seed(cfg.head_seed)  # the new pooler/classifier start identical for every seed
+    model = getattr(transformers, config.architectures[0])(config)
+    encoder = {k: v for k, v in source.model.state_dict().items() if k.startswith(source.family.base_prefix)}
+    missing = model.load_state_dict(encoder, strict=False).missing_keys
+    if any(not (k.startswith("classifier") or "pooler" in k) for k in missing):
+        raise SettingsError(f"{cfg.model} lacks encoder weights ({missing[0]}).", "Fine-tune from a masked-LM checkpoint of the same family.")
+    model.to(cfg.device)
+    batches = encode(source.tokenizer, data, None, cfg.max_length, batch_size=1)
+    rows = list(zip(batches.input_ids, batches.attention_mask, batches.token_type_ids, batches.labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / cfg.warmup) * max(0.0, 1 - k / cfg.steps))
+    started = time.time()
+    for step in range(cfg.steps):
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(_stream_seed(cfg.seed, 4, step // max(1, len(rows) // cfg.batch_size))))
+        start = (step % max(1, len(rows) // cfg.batch_size)) * cfg.batch_size
+        chosen = [rows[i] for i in order[start : start + cfg.batch_size].tolist()]
+        width = max(r[0].shape[1] for r in chosen)
+        pad = source.tokenizer.pad_token_id or 0
+        ids = torch.stack([F.pad(r[0][0], (0, width - r[0].shape[1]), value=pad) for r in chosen])
+        mask = torch.stack([F.pad(r[1][0], (0, width - r[1].shape[1])) for r in chosen])
+        types = torch.stack([F.pad(r[2][0], (0, width - r[2].shape[1])) for r in chosen])
+        labels = torch.cat([r[3] for r in chosen])
+        torch.manual_seed(_stream_seed(cfg.seed, 5, step))
+        model.train()
+        logits = model(input_ids=ids.to(cfg.device), attention_mask=mask.to(cfg.device), token_type_ids=types.to(cfg.device)).logits
+        loss = F.mse_loss(logits[:, 0], labels.float().to(cfg.device)) if cfg.regression else F.cross_entropy(logits, labels.long().to(cfg.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+            log(f"step {step + 1}/{cfg.steps}  loss {loss.item():.4f}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.cpu().save_pretrained(out)
+    source.tokenizer.save_pretrained(out)
+    info = {"config": asdict(cfg), "train_seconds": round(time.time() - started, 1), "hardware": _hardware(cfg.device)}
+    (out / "finetune_info.json").write_text(json.dumps(info, indent=1))
+    log(f"saved {out}")
+    return info

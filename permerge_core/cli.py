@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-data", default=tdef.train_data)
     train.add_argument("--eval-data", default=tdef.eval_data)
     train.add_argument("--tokenizer", default=tdef.tokenizer)
+    train.add_argument("--export-only", action="store_true", help="write the model from the last saved state and stop")
     fine = sub.add_parser("finetune", help="fine-tune a masked LM as a sequence classifier")
     fine.add_argument("--model", required=True, help="masked-LM checkpoint folder")
     fine.add_argument("--data", required=True, help="labelled CSV/TSV/JSON Lines")
@@ -154,6 +155,11 @@ def _train(args) -> int:
         torch.set_num_threads(args.threads)
     fields = TrainConfig.__dataclass_fields__
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.export_only:
+        from .training import export_checkpoint
+
+        export_checkpoint(cfg, log=lambda msg: print(msg, flush=True))
+        return 0
     train(cfg, log=lambda msg: print(msg, flush=True))
     return 0
 

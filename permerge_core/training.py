@@ -204,10 +204,35 @@ def train(cfg: TrainConfig, log=print) -> dict:
             )
 
     elapsed = time.time() - started
+    return _export(cfg, model, tokenizer, eval_set, step, tokens_seen, elapsed, history, log)
+
+
+def export_checkpoint(cfg: TrainConfig, log=print) -> dict:
+    """Write the Hugging Face folder from the last saved training state, without training on.
+
+    For a run that has to stop before its schedule ends; train_info.json records the step.
+    """
+    from transformers import AutoTokenizer
+
+    out = Path(cfg.out)
+    state = torch.load(out / "training_state.pt", weights_only=True, map_location="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    model = build_model(TrainConfig(**(state["config"] | {"out": cfg.out})), len(tokenizer), tokenizer.pad_token_id)
+    model.load_state_dict(state["model"])
+    eval_set = masked_batches(
+        tokenize(tokenizer, read_passages(cfg.eval_data), cfg.eval_tokens, cfg.max_length, 64), tokenizer, len(tokenizer), seed=1234
+    )
+    cfg = TrainConfig(**(state["config"] | {"out": cfg.out}))
+    return _export(cfg, model, tokenizer, eval_set, state["step"], state["tokens_seen"], state["elapsed"], json.loads(state["history"]), log)
+
+
+def _export(cfg, model, tokenizer, eval_set, step, tokens_seen, elapsed, history, log) -> dict:
+    out = Path(cfg.out)
     final = mlm_loss(model, "cls", eval_set, cfg.device)
     info = {
         "config": asdict(cfg) | {"out": str(out)},
         "steps": step,
+        "stopped_before_schedule_end": step < cfg.steps,
         "tokens_seen": tokens_seen,
         "train_seconds": round(elapsed, 1),
         "hardware": _hardware(cfg.device),

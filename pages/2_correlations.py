@@ -1,0 +1,81 @@
+"""Correlations: the A×B cross-correlation of one space before and after alignment, the
+distribution of matched correlations, and the mean matched correlation across layers."""
+
+import numpy as np
+import streamlit as st
+
+from permerge_app import charts, ui
+from permerge_core import views
+
+ui.page_start()
+st.title("Correlations")
+st.caption(
+    "Each cell is the correlation between a unit of A and a unit of B over the matching tokens. "
+    "After alignment B's columns are reordered by the permutation, so each A unit's partner sits on the diagonal."
+)
+p, s = ui.current()
+stats, matching = ui.statistics_and_matching(p, s)
+L = stats.num_layers
+
+KINDS = {"ffn": "FFN units", "attention": "attention features", "residual": "residual stream"}
+c1, c2 = st.columns([1, 2])
+kind = c1.radio("Space", list(KINDS), format_func=KINDS.get, key="corr_kind", horizontal=True)
+space = c2.selectbox("Layer / node", views.space_options(L, kind), format_func=lambda n: views.space_label(n, L), key=f"corr_space_{kind}")
+
+corr = stats.spaces[space].correlation()
+perm = views.space_permutation(matching, space)
+d = int(corr.shape[0])
+label = views.space_label(space, L)
+unit = "feature" if kind != "ffn" else "unit"
+if np.array_equal(perm, np.arange(d)):
+    component = {"ffn": "FFN alignment", "attention": "Attention alignment", "residual": "Residual alignment"}[kind]
+    st.info(f"{component} is off in the current settings (or found the identity): 'after' equals 'before'.", icon=":material/info:")
+
+before_view = views.block_average(corr, 96)
+after_view = views.block_average(views.aligned(corr, perm), 96)
+if before_view.block > 1:
+    r, c = before_view.values.shape
+    st.caption(
+        f"Overview: {d}×{d} = {d * d:,} correlations shown as {r}×{c} cells, each the mean of a "
+        f"{before_view.block}×{before_view.block} block of units (a block on the diagonal mixes matched and unmatched pairs). "
+        "The zoom below shows exact values."
+    )
+else:
+    st.caption(f"All {d}×{d} = {d * d:,} correlations, one cell each.")
+st.plotly_chart(
+    charts.correlation_pair(before_view.values, after_view.values, f"{label}: A × B correlation ({d} {unit}s)",
+                            before_view.row_labels, before_view.col_labels, unit_note=unit),
+    key="corr_overview",
+)
+
+if before_view.block > 1:
+    with st.expander("Zoom into a region (exact values)", expanded=True):
+        z1, z2, z3 = st.columns(3)
+        size = z3.slider("Window size (units)", 8, min(128, d), min(64, d), key="corr_zoom_size")
+        row0 = z1.number_input("First A unit (row)", 0, d - 1, 0, key="corr_zoom_row")
+        col0 = z2.number_input("First column", 0, d - 1, 0, key="corr_zoom_col",
+                               help="Of B (before) and of B′, i.e. of A's order (after). Equal to the row shows the diagonal.")
+        rows, cols = views.zoom_window(d, d, int(row0), int(col0), int(size))
+        full_after = views.aligned(corr, perm)
+        full_before = corr.numpy()
+        st.caption(f"Rows {rows.start}–{rows.stop - 1}, columns {cols.start}–{cols.stop - 1}: {(rows.stop - rows.start) ** 2:,} exact correlations.")
+        st.plotly_chart(
+            charts.correlation_pair(full_before[rows, cols], full_after[rows, cols], f"{label}: zoom", unit_note=unit,
+                                    row_labels=[str(i) for i in range(rows.start, rows.stop)],
+                                    col_labels=[str(i) for i in range(cols.start, cols.stop)]),
+            key="corr_zoom",
+        )
+
+diagonal, matched = views.matched_pair(corr, perm)
+m = st.columns(3)
+m[0].metric("mean correlation, unaligned diagonal", f"{diagonal.mean():.3f}")
+m[1].metric("mean matched correlation", f"{matched.mean():.3f}", delta=f"{matched.mean() - diagonal.mean():+.3f}")
+m[2].metric("units matched to a different index", f"{int((perm != np.arange(d)).sum()):,} / {d:,}")
+h1, h2 = st.columns(2)
+with h1:
+    st.plotly_chart(charts.matched_histogram(diagonal, matched, f"{label}: partners' correlation"), key="corr_hist")
+with h2:
+    rows = views.per_layer_matched(stats, matching, kind)
+    x_title = "residual node (0 = embeddings, 2i+1 after layer i attention, 2i+2 after its FFN)" if kind == "residual" else "layer"
+    st.plotly_chart(charts.per_layer_line(rows, f"Mean matched correlation per {'node' if kind == 'residual' else 'layer'}: {KINDS[kind]}", x_title),
+                    key="corr_layers")

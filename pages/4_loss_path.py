@@ -1,0 +1,71 @@
+"""Loss path: loss and masked-token accuracy along λ for vanilla averaging (A↔B) and permuted
+merging (A↔B′), barriers marked, optional component variants, live as points arrive."""
+
+import streamlit as st
+
+from permerge_app import charts, ui
+from permerge_core import is_function_preserving, views
+
+ui.page_start()
+st.title("Loss path")
+st.caption(
+    "θ(λ) = λ·A + (1−λ)·B over every weight. Vanilla interpolates A and B as trained; permuted interpolates A and B′, "
+    "B aligned to A by permutation. Barrier = max over λ of the loss minus the mean of the two endpoint losses (nats)."
+)
+p, s = ui.current()
+ss = st.session_state
+variants = st.multiselect(
+    "Extra curves: component variants (the paper's comparisons)", list(views.VARIANTS), key="variants",
+    help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
+         "Variants marked sep or ignore-heads are not function-preserving.",
+)
+name_a, name_b = views.short_names([ss.model_a, ss.model_b])
+title = f"Loss along the path: A = {name_a} (λ=1) ↔ B = {name_b} (λ=0)"
+permuted_label = f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual})"
+curves: dict[str, list[dict]] = {"vanilla": [], "permuted": []}
+colors = {"vanilla": charts.VANILLA, "permuted": charts.PERMUTED}
+placeholder = st.empty()
+redraw = ui.LiveRedraw(placeholder)
+
+
+def figure():
+    return charts.loss_path(curves, s.lambdas, title, colors)
+
+
+def collect(name):
+    def on_point(point):
+        curves[name].append(point)
+        redraw(figure)
+    return on_point
+
+
+with ui.progress():
+    p.curve(s, "vanilla", on_point=collect("vanilla"))
+    p.curve(s, "permuted", on_point=collect("permuted"))
+    for n, name in enumerate(variants):
+        curves[name] = []
+        colors[name] = charts.EXTRA[n % len(charts.EXTRA)]
+        p.curve(views.variant_settings(s, name), "permuted", on_point=collect(name))
+
+fig = figure()
+placeholder.plotly_chart(fig, key="loss_final")
+st.caption(f"'permuted' uses the sidebar settings: {permuted_label}. Loss is the masked-LM cross-entropy in nats; accuracy is the fraction of masked tokens predicted exactly.")
+
+preserving = {"vanilla": True, "permuted": s.function_preserving}
+preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
+rows = views.barrier_rows(curves, preserving)
+by_name = {r["curve"]: r for r in rows}
+m = st.columns(3)
+m[0].metric("vanilla barrier", f"{by_name['vanilla']['barrier (nats)']:.3f} nats")
+m[1].metric("permuted barrier", f"{by_name['permuted']['barrier (nats)']:.3f} nats",
+            delta=f"{by_name['permuted']['barrier (nats)'] - by_name['vanilla']['barrier (nats)']:+.3f} vs vanilla", delta_color="inverse")
+m[2].metric("λ points", f"{s.lambdas}")
+st.subheader("Barriers")
+st.dataframe(rows, hide_index=True, width="stretch", column_config={
+    k: st.column_config.NumberColumn(format="%.4f") for k in ("barrier (nats)", "peak loss (nats)", "loss at λ=0 (nats)", "loss at λ=1 (nats)", "min accuracy")
+})
+
+d1, d2 = st.columns(2)
+d1.download_button("Download curves (CSV)", views.curves_csv(curves), file_name="loss_path.csv", mime="text/csv", on_click="ignore")
+d2.download_button("Download figure (HTML)", lambda: fig.to_html(include_plotlyjs=True, full_html=True), file_name="loss_path.html",
+                   mime="text/html", on_click="ignore")

@@ -1,0 +1,84 @@
+"""Seeds: pairwise barriers between several checkpoints of one architecture (the bundled seeds
+by default), vanilla and permuted side by side, filled pair by pair and cached per pair."""
+
+import streamlit as st
+
+from permerge_app import charts, ui
+from permerge_core import PermergeError, views
+from permerge_core.checkpoints import bundled_seeds
+
+ui.page_start()
+st.title("Seeds")
+st.caption(
+    "Barrier of every pair (row = A, column = B; only pairs with A listed before B are computed, since B is aligned to A). "
+    "Uses the sidebar's data and merge settings; fewer λ points compute faster."
+)
+ss = st.session_state
+options = ui.checkpoint_options()
+if "seeds_selected" not in ss:
+    ss["seeds_selected"] = [str(x) for x in bundled_seeds()] or options[:3]
+chosen = st.multiselect("Checkpoints to compare", options, key="seeds_selected", format_func=ui.model_label,
+                        help="Bundled seeds and checkpoints under the sidebar's models folder.")
+if len(chosen) < 2:
+    if len(bundled_seeds()) < 2:
+        st.info("The bundled seed models are not in assets/models yet; set a models folder in the sidebar to list other checkpoints.", icon=":material/info:")
+    st.info("Choose at least two checkpoints.", icon=":material/info:")
+    raise ui.Halt
+
+s = ui.settings()
+names = views.short_names(chosen)
+results = ui.seed_results()
+pairs = views.pair_indices(len(chosen))
+keys = {(i, j): ui.seed_key(chosen[i], chosen[j], s) for i, j in pairs}
+done = {ij: results[k] for ij, k in keys.items() if k in results}
+
+chart = st.empty()
+
+
+def draw():
+    ok = {ij: r for ij, r in done.items() if "error" not in r}
+    chart.plotly_chart(
+        charts.seed_heatmaps(names, views.seed_matrix(len(chosen), ok, "vanilla"), views.seed_matrix(len(chosen), ok, "permuted"),
+                             f"Pairwise loss barriers (nats), {len(ok)} of {len(pairs)} pairs computed"),
+        key=f"seeds_matrix_{len(done)}",
+    )
+
+
+draw()
+missing = [ij for ij in pairs if ij not in done]
+if missing and st.button(f"Compute {len(missing)} missing pair(s)", type="primary", key="seeds_go"):
+    overall = st.progress(0.0)
+    for n, (i, j) in enumerate(missing):
+        overall.progress(n / len(missing), text=f"pair {n + 1} of {len(missing)}: {names[i]} ↔ {names[j]}")
+        try:
+            p = ui.pipeline_for(chosen[i], chosen[j])
+            with ui.progress():
+                result = views.pair_barriers(p, s)
+        except PermergeError as err:
+            result = {"error": f"{err.problem} Fix: {err.fix}" if err.fix else err.problem}
+        results[keys[(i, j)]] = done[(i, j)] = result
+        draw()
+    st.rerun()  # redraw without the button and the progress bars
+
+rows = [
+    {"A": names[i], "B": names[j], "vanilla barrier (nats)": r.get("vanilla"), "permuted barrier (nats)": r.get("permuted"),
+     "problem": r.get("error", "")}
+    for (i, j), r in sorted(done.items())
+]
+if rows:
+    if not any(r["problem"] for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "problem"} for r in rows]
+    st.dataframe(rows, hide_index=True, width="stretch")
+for row in rows:
+    if row.get("problem"):
+        st.error(f"{row['A']} ↔ {row['B']}: {row['problem']}", icon=":material/error:")
+
+ok_pairs = [ij for ij, r in sorted(done.items()) if "error" not in r]
+if ok_pairs:
+    st.subheader("Open a pair")
+    pick = st.selectbox("Pair", ok_pairs, format_func=lambda ij: f"{names[ij[0]]} (A) ↔ {names[ij[1]]} (B)", key="seeds_pick")
+    b1, b2 = st.columns(2)
+    if b1.button("Open its loss path", width="stretch"):
+        ui.request("loss_path", model_a=chosen[pick[0]], model_b=chosen[pick[1]])
+    if b2.button("Open its heads", width="stretch"):
+        ui.request("heads", model_a=chosen[pick[0]], model_b=chosen[pick[1]])

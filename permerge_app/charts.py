@@ -1,0 +1,261 @@
+"""Plotly figures for the app's pages: data in (from permerge_core.views), figure out.
+
+No Streamlit here. Every figure has a title, labelled axes with units, a legend where there
+is more than one series, and hover text with the values. Colours are chosen to read in both
+light and dark themes (Streamlit's plotly theme sets backgrounds and fonts); correlations
+always use one diverging scale, RdBu centred at 0 over −1…1, shared by every panel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+CORR_SCALE = dict(colorscale="RdBu", cmin=-1.0, cmax=1.0, cmid=0.0)
+# Series colours: an orange/blue pair that stays distinct in light and dark themes and for
+# the common colour-vision deficiencies; extra curves take the rest of the qualitative set.
+VANILLA = "#E69F00"
+PERMUTED = "#0072B2"
+EXTRA = ["#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C8C8C", "#F0E442", "#7F3C8D", "#11A579", "#3969AC", "#E73F74", "#80BA5A"]
+
+
+def _labels(view, n: int, fallback_offset: int = 0) -> list[str]:
+    return view if view is not None else [str(i + fallback_offset) for i in range(n)]
+
+
+def correlation_pair(before, after, title: str, row_labels=None, col_labels=None, after_title: str = "after alignment (B′ = B reordered)",
+                     unit_note: str = "unit", row_offset: int = 0, col_offset: int = 0) -> go.Figure:
+    """Two heatmaps, before and after alignment, on one RdBu colour axis centred at 0."""
+    before, after = np.asarray(before), np.asarray(after)
+    rows = _labels(row_labels, before.shape[0], row_offset)
+    cols = _labels(col_labels, before.shape[1], col_offset)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("before alignment (B as trained)", after_title), horizontal_spacing=0.08)
+    hover = "A " + unit_note + " %{y}<br>B " + unit_note + " %{x}<br>correlation %{z:.3f}<extra>%{fullData.name}</extra>"
+    b_axis = "B′ position (= A unit it is matched to)"
+    for col, (z, name) in enumerate(((before, "before"), (after, "after")), start=1):
+        x = cols
+        fig.add_trace(go.Heatmap(z=z, x=x, y=rows, coloraxis="coloraxis", name=name, hovertemplate=hover), row=1, col=col)
+        fig.update_xaxes(title_text=f"B {unit_note}s" if col == 1 else b_axis, type="category", row=1, col=col, showticklabels=len(x) <= 40)
+        fig.update_yaxes(title_text=f"A {unit_note}s", type="category", autorange="reversed", row=1, col=col, showticklabels=len(rows) <= 40)
+    fig.update_layout(
+        title=dict(text=title), coloraxis=dict(**CORR_SCALE, colorbar=dict(title=dict(text="correlation"))), height=460,
+        margin=dict(t=80, b=40),
+    )
+    return fig
+
+
+def matched_histogram(diagonal, matched, title: str) -> go.Figure:
+    """Distribution of matched correlations after alignment vs the unaligned diagonal."""
+    fig = go.Figure()
+    bins = dict(start=-1.0, end=1.0, size=0.05)
+    fig.add_trace(go.Histogram(x=np.asarray(diagonal), name="unaligned: corr(A i, B i)", xbins=bins, marker_color=VANILLA, opacity=0.6,
+                               hovertemplate="correlation %{x}<br>%{y} units<extra>unaligned</extra>"))
+    fig.add_trace(go.Histogram(x=np.asarray(matched), name="matched: corr(A i, B perm[i])", xbins=bins, marker_color=PERMUTED, opacity=0.6,
+                               hovertemplate="correlation %{x}<br>%{y} units<extra>matched</extra>"))
+    fig.update_layout(barmode="overlay", title=dict(text=title), xaxis_title="correlation of a unit with its partner (−1…1)",
+                      yaxis_title="number of units", legend=dict(orientation="h", y=-0.25), height=380)
+    fig.update_xaxes(range=[-1, 1])
+    return fig
+
+
+def per_layer_line(rows: list[dict], title: str, x_title: str) -> go.Figure:
+    """Mean matched correlation per layer (or residual node), before and after alignment."""
+    labels = [r["label"] for r in rows]
+    fig = go.Figure()
+    for key, name, color in (("before", "unaligned diagonal", VANILLA), ("after", "matched (aligned)", PERMUTED)):
+        fig.add_trace(go.Scatter(
+            x=[r["index"] for r in rows], y=[r[key] for r in rows], mode="lines+markers", name=name, line=dict(color=color),
+            customdata=labels, hovertemplate="%{customdata}<br>mean correlation %{y:.3f}<extra>" + name + "</extra>",
+        ))
+    fig.update_layout(title=dict(text=title), xaxis_title=x_title, yaxis_title="mean correlation of partners (−1…1)",
+                      legend=dict(orientation="h", y=-0.3), height=380)
+    fig.update_xaxes(tickmode="array", tickvals=[r["index"] for r in rows], ticktext=[str(r["index"]) for r in rows])
+    return fig
+
+
+def cost_matrix(cost, assignment, head_perm=None, title: str = "") -> go.Figure:
+    """The H×H head-pair cost (sum of matched correlations) with the chosen pairs marked."""
+    cost = np.asarray(cost)
+    h = cost.shape[0]
+    heads = list(range(h))
+    fig = go.Figure(go.Heatmap(
+        z=cost, x=heads, y=heads, colorscale="Viridis", colorbar=dict(title=dict(text="cost: Σ matched corr")),
+        texttemplate="%{z:.1f}" if h <= 16 else None, name="cost",
+        hovertemplate="A head %{y} × B head %{x}<br>cost %{z:.3f}<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=[int(k) for k in assignment], y=heads, mode="markers", name="chosen pair (outlined)", showlegend=False,
+        marker=dict(symbol="square", size=30, color="rgba(0,0,0,0)"),  # invisible: carries the hover, the outline is a shape
+        hovertemplate="chosen: A head %{y} ↔ B head %{x}<extra></extra>",
+    ))
+    for j, k in enumerate(assignment):  # outline each chosen cell exactly, in data coordinates
+        fig.add_shape(type="rect", x0=int(k) - 0.5, x1=int(k) + 0.5, y0=j - 0.5, y1=j + 0.5, line=dict(color="#E4002B", width=3))
+    if head_perm is not None and not np.array_equal(np.asarray(head_perm), np.asarray(assignment)):
+        fig.add_trace(go.Scatter(
+            x=[int(k) for k in head_perm], y=heads, mode="markers", name="Head-Perm would choose",
+            marker=dict(symbol="x", size=max(10, 120 // h), color="#FFFFFF", line=dict(width=1.5, color="#000000")), showlegend=False,
+            hovertemplate="Head-Perm: A head %{y} ↔ B head %{x}<extra></extra>",
+        ))
+    subtitle = "red outline: the chosen pair" + (" · ✕: what Head-Perm would choose" if head_perm is not None and not np.array_equal(np.asarray(head_perm), np.asarray(assignment)) else "")
+    fig.update_layout(title=dict(text=title, subtitle=dict(text=subtitle)), xaxis_title="B head", yaxis_title="A head", height=420,
+                      legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(tickmode="array", tickvals=heads, constrain="domain")
+    fig.update_yaxes(tickmode="array", tickvals=heads, autorange="reversed", scaleanchor="x")
+    return fig
+
+
+def _edge_color(cost: float, lo: float, hi: float) -> str:
+    import plotly.colors as pc
+
+    t = 0.5 if hi <= lo else (cost - lo) / (hi - lo)
+    return pc.sample_colorscale("Viridis", [float(np.clip(t, 0, 1))])[0]
+
+
+def head_graph(edges: list[dict], num_heads: int, title: str) -> go.Figure:
+    """Bipartite graph: A's heads left, B's heads right, one edge per assigned pair.
+
+    Edge colour and width follow the cost; edges that move a head (j ↔ k, k ≠ j) are solid,
+    identity matches dotted, so non-identity matches stand out.
+    """
+    fig = go.Figure()
+    costs = [e["cost"] for e in edges]
+    lo, hi = (min(costs), max(costs)) if costs else (0.0, 1.0)
+    for e in edges:
+        width = 2 + 6 * (0.5 if hi <= lo else (e["cost"] - lo) / (hi - lo))
+        fig.add_trace(go.Scatter(
+            x=[0, 1], y=[e["a"], e["b"]], mode="lines", showlegend=False,
+            line=dict(color=_edge_color(e["cost"], lo, hi), width=width, dash="solid" if not e["identity"] else "dot"),
+            hovertemplate=f"A head {e['a']} ↔ B head {e['b']}<br>cost {e['cost']:.3f}<extra></extra>",
+        ))
+    ys = list(range(num_heads))
+    fig.add_trace(go.Scatter(x=[0] * num_heads, y=ys, mode="markers+text", name="A's heads", text=[f"A{j}" for j in ys],
+                             textposition="middle left", marker=dict(size=16, color=VANILLA), hovertemplate="A head %{y}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[1] * num_heads, y=ys, mode="markers+text", name="B's heads", text=[f"B{k}" for k in ys],
+                             textposition="middle right", marker=dict(size=16, color=PERMUTED), hovertemplate="B head %{y}<extra></extra>"))
+    # A colour bar for the edge cost, carried by an invisible trace.
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=True,
+                                         colorbar=dict(title=dict(text="edge cost")))))
+    moved = sum(not e["identity"] for e in edges)
+    fig.update_layout(title=dict(text=f"{title}: {moved} of {len(edges)} heads move", subtitle=dict(text="solid: moved head, dotted: kept in place")),
+                      xaxis=dict(tickmode="array", tickvals=[0, 1], ticktext=["model A", "model B"], range=[-0.35, 1.35], side="top"),
+                      yaxis=dict(title_text="head index", autorange="reversed", tickmode="array", tickvals=ys),
+                      height=max(320, 40 * num_heads + 160), legend=dict(orientation="h", yanchor="top", y=-0.05, x=0))
+    return fig
+
+
+def layered_heads(edges: list[dict], num_layers: int, num_heads: int, title: str) -> go.Figure:
+    """All layers at once: per layer, A's heads (left) wired to B's heads (right)."""
+    fig = go.Figure()
+    costs = [e["cost"] for e in edges]
+    lo, hi = (min(costs), max(costs)) if costs else (0.0, 1.0)
+    gap = 0.6
+    for e in edges:
+        x0 = e["layer"]
+        fig.add_trace(go.Scatter(
+            x=[x0, x0 + gap], y=[e["a"], e["b"]], mode="lines", showlegend=False,
+            line=dict(color="#FF2D55" if not e["identity"] else _edge_color(e["cost"], lo, hi), width=4 if not e["identity"] else 2,
+                      dash="solid" if not e["identity"] else "dot"),
+            hovertemplate=f"layer {e['layer']}: A head {e['a']} ↔ B head {e['b']}<br>cost {e['cost']:.3f}<extra></extra>",
+        ))
+    layers = sorted({e["layer"] for e in edges})
+    xs_a = [layer for layer in layers for _ in range(num_heads)]
+    ys = [j for _ in layers for j in range(num_heads)]
+    fig.add_trace(go.Scatter(x=xs_a, y=ys, mode="markers", name="A's heads", marker=dict(size=10, color=VANILLA),
+                             hovertemplate="A head %{y}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[x + gap for x in xs_a], y=ys, mode="markers", name="B's heads", marker=dict(size=10, color=PERMUTED),
+                             hovertemplate="B head %{y}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="moved head (non-identity)", line=dict(color="#FF2D55", width=4)))
+    moved = sum(not e["identity"] for e in edges)
+    fig.update_layout(
+        title=dict(text=f"{title} — {moved} moved head(s) across {len(layers)} layer(s)"),
+        xaxis=dict(title_text="layer (left column: A's heads, right column: B's heads)", tickmode="array",
+                   tickvals=[layer + gap / 2 for layer in layers], ticktext=[f"layer {layer}" for layer in layers]),
+        yaxis=dict(title_text="head index", autorange="reversed", tickmode="array", tickvals=list(range(num_heads))),
+        height=max(320, 30 * num_heads + 200), legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+    )
+    return fig
+
+
+def head_block(block: dict, j: int, k: int, title: str) -> go.Figure:
+    """A head pair's d_k×d_k correlation block, raw and with the inner permutation applied."""
+    dk = block["dk"]
+    idx = list(range(dk))
+    perm = [int(p) for p in block["perm"]]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=(f"A head {j} × B head {k}: raw", f"columns in inner-permutation order (Σ diag = {block['sum']:.2f})"))
+    fig.add_trace(go.Heatmap(z=block["raw"], x=idx, y=idx, coloraxis="coloraxis", name="raw",
+                             hovertemplate="A feature %{y}<br>B feature %{x}<br>correlation %{z:.3f}<extra>raw</extra>"), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=block["aligned"], x=idx, y=idx, coloraxis="coloraxis", name="aligned", customdata=np.tile(perm, (dk, 1)),
+                             hovertemplate="A feature %{y}<br>B feature %{customdata}<br>correlation %{z:.3f}<extra>aligned</extra>"),
+                  row=1, col=2)
+    fig.update_xaxes(title_text=f"B head {k} feature (0…{dk - 1})", row=1, col=1)
+    fig.update_xaxes(title_text=f"position = A feature it is matched to", row=1, col=2)
+    fig.update_yaxes(title_text=f"A head {j} feature (0…{dk - 1})", autorange="reversed", row=1, col=1)
+    fig.update_yaxes(autorange="reversed", row=1, col=2)
+    fig.update_layout(title=dict(text=title), coloraxis=dict(**CORR_SCALE, colorbar=dict(title=dict(text="correlation"))), height=430)
+    return fig
+
+
+def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: dict[str, str] | None = None, mark_barriers: bool = True) -> go.Figure:
+    """Loss (nats) and masked-token accuracy along λ, one colour per curve; barriers marked.
+
+    A barrier is drawn where it is measured: a vertical bar at the peak λ from the endpoints'
+    mean loss up to the peak, labelled with its value.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.65, 0.35],
+                        subplot_titles=("masked-LM loss", "masked-token accuracy"))
+    colors = colors or {}
+    for n, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        color = colors.get(name, EXTRA[n % len(EXTRA)])
+        x = [p["lambda"] for p in points]
+        loss = [p["loss"] for p in points]
+        complete = len(points) == lambdas
+        fig.add_trace(go.Scatter(
+            x=x, y=loss, mode="lines+markers", name=name if complete else f"{name} (computing…)", legendgroup=name,
+            line=dict(color=color, width=3 if name in ("vanilla", "permuted") else 2),
+            hovertemplate="λ = %{x:.2f}<br>loss %{y:.4f} nats<extra>" + name + "</extra>",
+        ), row=1, col=1)
+        if any("accuracy" in p for p in points):
+            fig.add_trace(go.Scatter(
+                x=x, y=[p.get("accuracy") for p in points], mode="lines+markers", name=f"{name} accuracy", legendgroup=name,
+                showlegend=False, line=dict(color=color, width=2, dash="dot"),
+                hovertemplate="λ = %{x:.2f}<br>accuracy %{y:.3f}<extra>" + name + "</extra>",
+            ), row=2, col=1)
+        if mark_barriers and complete and len(points) >= 2:
+            peak = int(np.argmax(loss))
+            base = 0.5 * (loss[0] + loss[-1])
+            value = loss[peak] - base
+            fig.add_trace(go.Scatter(
+                x=[x[peak], x[peak]], y=[base, loss[peak]], mode="lines+markers+text", legendgroup=name, showlegend=False,
+                line=dict(color=color, width=2, dash="dash"), marker=dict(symbol="line-ew", size=12, line=dict(width=2, color=color)),
+                text=["", f"barrier {value:.2f}"], textposition="top center", textfont=dict(color=color),
+                name=f"{name} barrier", hovertemplate=f"{name}: barrier {value:.4f} nats at λ = {x[peak]:.2f}<extra></extra>",
+            ), row=1, col=1)
+    fig.update_xaxes(title_text="λ  (θ = λ·A + (1−λ)·B;  λ=0: B or B′,  λ=1: A)", range=[-0.03, 1.03], row=2, col=1)
+    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (fraction)", row=2, col=1)
+    fig.update_layout(title=dict(text=title), height=620, legend=dict(orientation="h", y=-0.15), hovermode="x unified")
+    return fig
+
+
+def seed_heatmaps(names: list[str], vanilla, permuted, title: str) -> go.Figure:
+    """Pairwise barriers (nats), vanilla and permuted, side by side, numbers in the cells."""
+    zv = np.array([[np.nan if v is None else v for v in row] for row in vanilla], dtype=float)
+    zp = np.array([[np.nan if v is None else v for v in row] for row in permuted], dtype=float)
+    finite = np.concatenate([zv[np.isfinite(zv)], zp[np.isfinite(zp)]])
+    zmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("vanilla averaging", "permuted (B aligned to A)"), horizontal_spacing=0.06, shared_yaxes=True)
+    for col, (z, label) in enumerate(((zv, "vanilla"), (zp, "permuted")), start=1):
+        fig.add_trace(go.Heatmap(
+            z=z, x=names, y=names, coloraxis="coloraxis", texttemplate="%{z:.2f}", name=label,
+            hovertemplate="A = %{y}<br>B = %{x}<br>barrier %{z:.3f} nats<extra>" + label + "</extra>",
+        ), row=1, col=col)
+        fig.update_xaxes(title_text="model B", type="category", row=1, col=col)
+        fig.update_yaxes(title_text="model A" if col == 1 else None, type="category", autorange="reversed", row=1, col=col)
+    fig.update_layout(title=dict(text=title), coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax,
+                                                             colorbar=dict(title=dict(text="barrier (nats)"))), height=420)
+    return fig

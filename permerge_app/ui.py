@@ -1,0 +1,500 @@
+"""Shared Streamlit UI: session state, the sidebar, cached pipelines, progress, errors.
+
+State. Every control lives in `st.session_state` under a fixed key (see `defaults()`), is
+initialised once per browser session, and is rendered by `sidebar()` on every page, so the
+choices survive page switches and each browser tab has its own. A page that wants to change a
+sidebar value (e.g. Seeds opening a pair) puts it in `st.session_state["_pending"]` and
+reruns; `init_state()` applies it before the widgets exist.
+
+Caching. A `Pipeline` (two loaded models plus every computed stage) is shared by all sessions
+through `st.cache_resource`, keyed by the model sources *and the current content signature
+of their files*, the tokenizer, the data files and the cache folder; Pipeline is
+thread-safe. Its stages are memoised inside it and on disk, so a setting change recomputes
+only the stages that depend on it.
+
+Progress. The pipeline reports progress through one function that looks up a thread-local
+callback; `progress()` installs a callback drawing one bar per stage for the current
+session's script thread only, so two tabs computing at once each see their own bars.
+
+Errors. `PermergeError`s are shown as st.error with the problem and the fix; anything
+else as a short message (the traceback goes to the server log, never to the page).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+
+from permerge_core import AlignSettings, Pipeline, PermergeError, views
+from permerge_core.cache import default_cache_dir
+from permerge_core.checkpoints import BUNDLED_MODELS, bundled_seeds, find_checkpoints, load_checkpoint
+from permerge_core.errors import DataError
+from permerge_core.matching import ATTENTION_MODES, NON_PRESERVING, RESIDUAL_MODES
+
+log = logging.getLogger("permerge.app")
+ROOT = Path(__file__).resolve().parent.parent
+
+# Page files, relative to app.py (st.switch_page and AppTest.switch_page take these).
+PAGES = {
+    "models": "pages/1_models.py",
+    "correlations": "pages/2_correlations.py",
+    "heads": "pages/3_heads.py",
+    "loss_path": "pages/4_loss_path.py",
+    "export": "pages/5_export.py",
+    "seeds": "pages/6_seeds.py",
+    "about": "pages/7_about.py",
+}
+
+PAGE_META = [  # key, title, icon
+    ("models", "Models", ":material/compare_arrows:"),
+    ("correlations", "Correlations", ":material/grid_on:"),
+    ("heads", "Heads", ":material/hub:"),
+    ("loss_path", "Loss path", ":material/show_chart:"),
+    ("export", "Export", ":material/download:"),
+    ("seeds", "Seeds", ":material/apps:"),
+    ("about", "About the method", ":material/school:"),
+]
+
+
+def navigation_pages() -> list:
+    """The st.Page list of the app; url paths equal the file names without their number."""
+    return [st.Page(PAGES[key], title=title, icon=icon, url_path=key, default=(key == "models")) for key, title, icon in PAGE_META]
+
+
+@contextmanager
+def framed():
+    """Mark that a page runs inside app.py's frame (sidebar, state, status)."""
+    _local.framed = True
+    try:
+        yield
+    finally:
+        _local.framed = False
+
+
+def run_app() -> None:
+    """The frame around every page (app.py's body): config, state, navigation, sidebar, the
+    page itself with its errors caught, and the status line."""
+    st.set_page_config(page_title="permerge", page_icon="🔀", layout="wide")
+    init_state()
+    page = st.navigation(navigation_pages())
+    status = st.sidebar.container()  # filled after the page ran, so it shows what the page computed
+    sidebar()
+    try:
+        with framed():
+            page.run()
+    except Halt:
+        pass  # the page already said why it stopped
+    except Exception as err:  # never a raw traceback in the page
+        show_error(err)
+    render_status(status)
+
+
+def page_start() -> None:
+    """First line of every page. Streamlit treats a folder named `pages/` next to the entry
+    script as an old-style multipage app until some session calls st.navigation, so a fresh
+    server opened directly at a page URL (and every AppTest run of a page) runs the page file
+    alone, without the frame. Then run the frame here (it runs this page inside it, once)
+    and stop the bare run. No rerun, so a button click that caused this run is not lost."""
+    if not getattr(_local, "framed", False):
+        run_app()
+        st.stop()
+
+
+ATTENTION_LABELS = {
+    "none": "none (vanilla attention)",
+    "monotonic": "monotonic (head j ↔ head j)",
+    "heads": "heads: Head-Perm (the paper's)",
+    "ignore-heads": "ignore-heads ⚠ not function-preserving",
+}
+RESIDUAL_LABELS = {
+    "none": "none (identity)",
+    "first": "first (embedding LayerNorm)",
+    "last": "last (final LayerNorm)",
+    "all": "all (averaged over nodes)",
+    "sep": "sep ⚠ not function-preserving",
+}
+DATA_LABELS = {"bundled": "bundled corpus", "upload": "upload", "path": "file path"}
+UPLOADS = Path(tempfile.gettempdir()) / "permerge-uploads"
+
+
+class Halt(Exception):
+    """Stop the current page quietly: the reason has already been shown."""
+
+
+# ---- state ---------------------------------------------------------------------------------
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def defaults() -> dict:
+    """Initial value of every control. Environment variables preset them (tests, demos):
+    PERMERGE_MODEL_A/B, PERMERGE_MODELS_DIR, PERMERGE_TOKENIZER, PERMERGE_MATCH_DATA,
+    PERMERGE_EVAL_DATA, PERMERGE_MATCH_TOKENS, PERMERGE_EVAL_TOKENS, PERMERGE_LAMBDAS."""
+    d = AlignSettings()
+    seeds = bundled_seeds()
+    env = os.environ.get
+    return {
+        "models_dir": env("PERMERGE_MODELS_DIR", str(BUNDLED_MODELS)),
+        "model_a": env("PERMERGE_MODEL_A") or (str(seeds[0]) if len(seeds) >= 2 else None),
+        "model_b": env("PERMERGE_MODEL_B") or (str(seeds[1]) if len(seeds) >= 2 else None),
+        "tokenizer": env("PERMERGE_TOKENIZER", ""),
+        "match_source": "path" if env("PERMERGE_MATCH_DATA") else "bundled",
+        "match_path": env("PERMERGE_MATCH_DATA", ""),
+        "eval_source": "path" if env("PERMERGE_EVAL_DATA") else "bundled",
+        "eval_path": env("PERMERGE_EVAL_DATA", ""),
+        "match_tokens": _env_int("PERMERGE_MATCH_TOKENS", d.match_tokens),
+        "eval_tokens": _env_int("PERMERGE_EVAL_TOKENS", d.eval_tokens),
+        "ffn": d.ffn,
+        "attention": d.attention,
+        "residual": d.residual,
+        "absolute": d.absolute,
+        "lambdas": _env_int("PERMERGE_LAMBDAS", d.lambdas),
+        "batch_size": d.batch_size,
+        "mask_seed": d.mask_seed,
+        "drop_special": d.drop_special,
+        "device": "cpu",
+    }
+
+
+def init_state() -> None:
+    """Fill missing keys with defaults, then apply changes a page asked for last run."""
+    for key, value in defaults().items():
+        st.session_state.setdefault(key, value)
+    pending = st.session_state.pop("_pending", None)
+    if pending:
+        for key, value in pending.items():
+            st.session_state[key] = value
+
+
+def request(page: str | None = None, **values) -> None:
+    """Change sidebar values (applied at the start of the next run) and optionally go to a page."""
+    st.session_state["_pending"] = {**st.session_state.get("_pending", {}), **values}
+    if page:
+        st.switch_page(PAGES[page])
+    st.rerun()
+
+
+def _swap() -> None:
+    ss = st.session_state
+    ss["model_a"], ss["model_b"] = ss.get("model_b"), ss.get("model_a")
+
+
+# ---- sidebar ---------------------------------------------------------------------------------
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _found_checkpoints(folder: str) -> list[str]:
+    return [str(p) for p in find_checkpoints(folder)] if folder else []
+
+
+def model_label(source: str | None) -> str:
+    """Short name of a checkpoint for menus: 'seed-0 (bundled)', 'b — /tmp/pair', or the hub id."""
+    if not source:
+        return "—"
+    path = Path(source).expanduser()
+    if path.parent.resolve() == BUNDLED_MODELS.resolve():
+        return f"{path.name} (bundled)"
+    if path.is_dir():
+        return f"{path.name} — {path.parent}"
+    return source
+
+
+def checkpoint_options() -> list[str]:
+    """Bundled seeds, checkpoints found under the models folder, and the current picks."""
+    ss = st.session_state
+    found = [str(p) for p in bundled_seeds()] + _found_checkpoints(ss.get("models_dir") or "")
+    for current in (ss.get("model_a"), ss.get("model_b")):
+        if current:
+            found.append(current)
+    return list(dict.fromkeys(found))
+
+
+def sidebar() -> None:
+    """Every shared control; their values live in st.session_state under fixed keys."""
+    ss = st.session_state
+    sb = st.sidebar
+    sb.header("Models")
+    options = checkpoint_options()
+    for key, label in (("model_a", "Model A"), ("model_b", "Model B")):
+        sb.selectbox(
+            label, options, key=key, accept_new_options=True, format_func=model_label,
+            placeholder="pick, or type a folder path or hub id",
+            help="A checkpoint folder (config.json + weights) or a Hugging Face hub id. Type to add one.",
+        )
+    sb.button("⇄ Swap A and B", on_click=_swap, width="stretch")
+    with sb.expander("Checkpoint folders"):
+        st.text_input("Models folder to list", key="models_dir", help="Checkpoint folders up to two levels below it appear in the model menus.")
+        st.caption(f"{len(_found_checkpoints(ss.get('models_dir') or ''))} checkpoint(s) found there.")
+        st.text_input("Tokenizer folder (optional)", key="tokenizer", help="Only if model A's folder has no tokenizer.")
+    if len(bundled_seeds()) < 2:
+        sb.caption("The bundled seed models are not in assets/models yet: pick two checkpoints above.")
+
+    sb.header("Data")
+    for which, label in (("match", "Matching text"), ("eval", "Evaluation text")):
+        sb.radio(label, list(DATA_LABELS), key=f"{which}_source", format_func=DATA_LABELS.get, horizontal=True)
+        source = ss.get(f"{which}_source")
+        if source == "upload":
+            upload = sb.file_uploader(f"{label} file (UTF-8, one passage per line)", key=f"{which}_upload")
+            if upload is not None:
+                ss[f"{which}_upload_path"] = save_upload(upload.getvalue())
+                sb.caption(f"{upload.name}: {upload.size:,} bytes")
+            else:
+                ss.pop(f"{which}_upload_path", None)
+        elif source == "path":
+            sb.text_input(f"{label} path", key=f"{which}_path", placeholder="/path/to/text.txt")
+    c1, c2 = sb.columns(2)
+    c1.number_input("Matching tokens", min_value=1, step=4096, key="match_tokens", help="Tokens for the activation statistics.")
+    c2.number_input("Eval tokens", min_value=1, step=4096, key="eval_tokens", help="Tokens for the loss along λ.")
+
+    sb.header("Merge settings")
+    sb.toggle("Align FFN units", key="ffn")
+    sb.selectbox("Attention", ATTENTION_MODES, key="attention", format_func=ATTENTION_LABELS.get)
+    sb.selectbox("Residual stream", RESIDUAL_MODES, key="residual", format_func=RESIDUAL_LABELS.get)
+    bad = [f"{part} {ss.get(part)}" for part in ("attention", "residual") if ss.get(part) in NON_PRESERVING[part]]
+    if bad:
+        sb.warning(f"{' and '.join(bad)}: not function-preserving. B′ is not the same function as B; the result is an ablation.", icon=":material/warning:")
+    sb.radio("Correlation", [False, True], key="absolute", horizontal=True, format_func=lambda a: "|absolute|" if a else "signed")
+    sb.slider("λ points", min_value=2, max_value=41, key="lambdas", help="Points on the path from B (λ=0) to A (λ=1); the paper uses 21.")
+    with sb.expander("Advanced"):
+        st.number_input("Batch size", min_value=1, key="batch_size")
+        st.number_input("Mask seed", min_value=0, key="mask_seed", help="The masked-LM masks are drawn once from this seed.")
+        st.checkbox("Drop [CLS]/[SEP] from statistics", key="drop_special")
+        import torch
+
+        st.selectbox("Device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), key="device")
+
+
+def save_upload(data: bytes) -> str:
+    """Store uploaded text under a content-addressed temp path (the same file → the same path)."""
+    UPLOADS.mkdir(parents=True, exist_ok=True)
+    path = UPLOADS / f"{hashlib.sha256(data).hexdigest()}.txt"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path)
+
+
+# ---- settings and pipelines --------------------------------------------------------------------
+
+def settings() -> AlignSettings:
+    """The current AlignSettings from the sidebar (SettingsError if out of range)."""
+    ss = st.session_state
+    s = AlignSettings(
+        match_tokens=int(ss.match_tokens), eval_tokens=int(ss.eval_tokens), batch_size=int(ss.batch_size),
+        ffn=bool(ss.ffn), attention=ss.attention, residual=ss.residual, absolute=bool(ss.absolute),
+        drop_special=bool(ss.drop_special), lambdas=int(ss.lambdas), mask_seed=int(ss.mask_seed), device=ss.device,
+    )
+    s.validate()
+    return s
+
+
+def data_path(which: str) -> str | None:
+    """The text file for 'match' or 'eval': None for the bundled corpus, else a path."""
+    ss = st.session_state
+    source = ss.get(f"{which}_source", "bundled")
+    name = "matching" if which == "match" else "evaluation"
+    if source == "upload":
+        path = ss.get(f"{which}_upload_path")
+        if not path:
+            raise DataError(f"No {name} text file has been uploaded yet.", f"Upload a UTF-8 text file in the sidebar, or choose the bundled corpus for {name}.")
+        return path
+    if source == "path":
+        path = (ss.get(f"{which}_path") or "").strip()
+        if not path:
+            raise DataError(f"No {name} text file path is given.", f"Type the path of a UTF-8 text file in the sidebar, or choose the bundled corpus for {name}.")
+        return str(Path(path).expanduser())
+    return None
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading both models…")
+def _pipeline(model_a: str, sig_a: str, model_b: str, sig_b: str, tokenizer: str, match: str | None, sig_m: str,
+              eval_: str | None, sig_e: str, cache_dir: str):
+    """A shared Pipeline, or the PermergeError that building it raised (also cached: the key
+    holds the files' signatures, so fixing a file gives a new key and a new attempt)."""
+    try:
+        return Pipeline(model_a, model_b, tokenizer=tokenizer or None, match_data=match, eval_data=eval_,
+                        cache_dir=cache_dir, progress=_dispatch)
+    except PermergeError as err:
+        return err
+
+
+def pipeline_for(model_a: str, model_b: str) -> Pipeline:
+    """The shared pipeline for a pair with the sidebar's tokenizer and data (raises PermergeError)."""
+    ss = st.session_state
+    match, eval_ = data_path("match"), data_path("eval")
+    # No progress bars while loading: elements drawn inside a cached function would be replayed
+    # by Streamlit on later cache hits, into containers that no longer exist (its spinner shows instead).
+    previous, _local.callback = getattr(_local, "callback", None), None
+    try:
+        result = _pipeline(
+            model_a, views.source_signature(model_a), model_b, views.source_signature(model_b), ss.get("tokenizer") or "",
+            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()),
+        )
+    finally:
+        _local.callback = previous
+    if isinstance(result, PermergeError):
+        raise result
+    if (model_a, model_b) == (ss.get("model_a"), ss.get("model_b")):
+        ss["_current"] = (model_a, model_b, result)  # for the status line
+    return result
+
+
+def missing_models_message() -> None:
+    seeds = bundled_seeds()
+    st.info(
+        "Choose model A and model B in the sidebar: a checkpoint folder (config.json + weights) or a hub id. "
+        + ("The bundled seed models are not in `assets/models` yet (they are being trained); "
+           "train them with `python -m permerge_core train`, see the README." if len(seeds) < 2 else ""),
+        icon=":material/info:",
+    )
+
+
+def current() -> tuple[Pipeline, AlignSettings]:
+    """The pipeline and settings of the sidebar, or Halt after showing why there are none."""
+    ss = st.session_state
+    if not ss.get("model_a") or not ss.get("model_b"):
+        missing_models_message()
+        raise Halt
+    try:
+        s = settings()
+        p = pipeline_for(ss.model_a, ss.model_b)
+    except PermergeError as err:
+        show_error(err)
+        raise Halt from None
+    return p, s
+
+
+# ---- progress --------------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _dispatch(stage: str, fraction: float, message: str = "") -> None:
+    callback = getattr(_local, "callback", None)
+    if callback is not None:
+        callback(stage, fraction, message)
+
+
+@contextmanager
+def progress():
+    """Show one progress bar per pipeline stage while the block runs; nothing if all is cached."""
+    box = st.empty()
+    bars: dict = {}
+    holder: dict = {}
+
+    def callback(stage: str, fraction: float, message: str = "") -> None:
+        if stage not in bars:
+            if fraction >= 1.0:  # cached or instant: nothing to watch
+                return
+            if "c" not in holder:
+                holder["c"] = box.container()
+            bars[stage] = holder["c"].progress(0.0, text=stage)
+        bars[stage].progress(min(max(float(fraction), 0.0), 1.0), text=f"{stage}: {message}" if message else stage)
+
+    previous = getattr(_local, "callback", None)
+    _local.callback = callback
+    try:
+        yield callback
+    finally:
+        _local.callback = previous
+        box.empty()
+
+
+def statistics_and_matching(p: Pipeline, s: AlignSettings):
+    with progress():
+        return p.statistics(s), p.matching(s)
+
+
+class LiveRedraw:
+    """Call it with a figure-building function whenever data changes; it redraws at most every
+    `every` seconds (plus a final `flush`), so cached curves arriving all at once cost one draw."""
+
+    def __init__(self, placeholder, every: float = 0.4):
+        self.placeholder, self.every, self.last, self.count = placeholder, every, 0.0, 0
+
+    def __call__(self, make_figure, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.count += 1
+            self.placeholder.plotly_chart(make_figure(), key=f"live-{id(self)}-{self.count}")
+            self.last = now
+
+
+# ---- errors and status --------------------------------------------------------------------------------
+
+def _md(text: str) -> str:
+    """Escape what markdown would reinterpret in user-facing text (paths, $ signs)."""
+    for ch in "\\`*_[]<>$#|~":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def show_error(err: BaseException) -> None:
+    if isinstance(err, PermergeError):
+        body = f"**{_md(err.problem)}**"
+        if err.fix:
+            body += f"\n\n**Fix:** {_md(err.fix)}"
+        st.error(body, icon=":material/error:")
+    else:
+        log.exception("unexpected error in the app", exc_info=err)
+        st.error(
+            f"**Unexpected error** ({type(err).__name__}): {_md(str(err).splitlines()[0] if str(err) else 'no message')}\n\n"
+            "This is a bug in permerge, not a problem with your input. The server log has the details; "
+            "the Export page shows the CLI command that reproduces these settings.",
+            icon=":material/warning:",
+        )
+
+
+def render_status(container) -> None:
+    """One compact line: which pair, and per stage whether it is computed, cached or stale."""
+    ss = st.session_state
+    held = ss.get("_current")
+    if not held or held[0] != ss.get("model_a") or held[1] != ss.get("model_b"):
+        container.caption("Status: models not loaded yet.")
+        return
+    try:
+        status = views.stage_status(held[2], settings())
+    except PermergeError:
+        container.caption("Status: settings out of range.")
+        return
+    container.caption(
+        "**Status** ({} ↔ {}): {}".format(*views.short_names([held[0], held[1]]), views.status_line(status)),
+        help="✓ computed in this server · ⛁ cached on disk (instant) · ↻ stale: computed only for other settings · ○ not computed yet",
+    )
+
+
+def describe(source: str, tokenizer: str = "") -> dict:
+    """A checkpoint's description, loading it (cached by content signature)."""
+    return _describe(source, views.source_signature(source), tokenizer)
+
+
+@st.cache_data(max_entries=32, show_spinner="Reading the checkpoint…")
+def _describe(source: str, signature: str, tokenizer: str) -> dict:
+    return load_checkpoint(source, tokenizer or None).describe()
+
+
+# ---- seeds ---------------------------------------------------------------------------------------------
+
+@st.cache_resource
+def seed_results() -> dict:
+    """Barriers per (pair, data, settings), shared by all sessions: a pair is computed once."""
+    return {}
+
+
+def seed_key(model_a: str, model_b: str, s: AlignSettings) -> tuple:
+    ss = st.session_state
+    match, eval_ = data_path("match"), data_path("eval")
+    return (views.source_signature(model_a), views.source_signature(model_b), ss.get("tokenizer") or "",
+            views.source_signature(match), views.source_signature(eval_), repr(s))

@@ -1,0 +1,552 @@
+"""What the app shows, computed without the app: pure Python over the pipeline's results.
+
+Every function here turns results of `Pipeline` stages (statistics, matchings, curves) into
+the small, display-ready values a page needs: a block-averaged overview of a large
+correlation matrix, a matrix with B's columns in A's order, edge lists of head graphs,
+barrier tables, the CLI command that reproduces a view. Nothing here imports streamlit or
+plotly, so all of it can be tested (and reused by scripts) on its own.
+
+Conventions are the core's: `perm[i] = j` means A's unit i is matched with B's unit j, so
+B′ = B reindexed by perm, and "aligned" correlation matrices are `corr[:, perm]`, whose
+diagonal holds the matched correlations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .evaluation import barrier
+from .matching import HeadMatching, Matching, is_function_preserving, match_heads, matched_statistics
+
+__all__ = [
+    "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
+    "space_options", "space_label", "space_permutation", "per_layer_matched",
+    "display_heads", "head_edges", "all_layer_edges", "head_block",
+    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix",
+    "pair_indices", "stage_status", "status_line", "endpoint_losses", "source_signature",
+    "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "short_names", "merged_zip", "pair_barriers",
+]
+
+
+# ---- correlation matrices ------------------------------------------------------------------
+
+@dataclass
+class BlockView:
+    """A matrix reduced to at most `max_side`×`max_side` cells by averaging square blocks.
+
+    `values[r, c]` is the mean of rows `row_starts[r]`…`row_starts[r+1]−1` and columns
+    `col_starts[c]`…; `block` is the block side (1 means the matrix is shown as is). The last
+    block of a side may be smaller when the dimension is not a multiple of `block`.
+    """
+
+    values: np.ndarray
+    block: int
+    row_starts: np.ndarray
+    col_starts: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def row_labels(self) -> list[str]:
+        return _range_labels(self.row_starts, self.shape[0])
+
+    @property
+    def col_labels(self) -> list[str]:
+        return _range_labels(self.col_starts, self.shape[1])
+
+
+def _range_labels(starts: np.ndarray, total: int) -> list[str]:
+    ends = list(starts[1:]) + [total]
+    return [str(s) if e - s == 1 else f"{s}–{e - 1}" for s, e in zip(starts, ends)]
+
+
+def block_average(matrix, max_side: int = 128) -> BlockView:
+    """Average `matrix` over b×b blocks, b the smallest side that gives ≤ max_side cells a side.
+
+    A 3072×3072 FFN matrix (9.4 M cells) becomes 128×128 blocks of 24×24 units: the overview
+    keeps its large-scale structure (e.g. a bright diagonal after alignment) while sending
+    16 k cells to the browser.
+    """
+    m = _as_numpy(matrix)
+    rows, cols = m.shape
+    block = max(1, math.ceil(max(rows, cols) / max_side))
+    row_starts = np.arange(0, rows, block)
+    col_starts = np.arange(0, cols, block)
+    if block == 1:
+        return BlockView(m.copy(), 1, row_starts, col_starts, (rows, cols))
+    sums = np.add.reduceat(np.add.reduceat(m, row_starts, axis=0), col_starts, axis=1)
+    counts = np.outer(np.diff(np.append(row_starts, rows)), np.diff(np.append(col_starts, cols)))
+    return BlockView(sums / counts, block, row_starts, col_starts, (rows, cols))
+
+
+def aligned(matrix, perm) -> np.ndarray:
+    """B's columns in A's order: `aligned[i, i] = corr[i, perm[i]]`, the matched correlation."""
+    return _as_numpy(matrix)[:, np.asarray(perm)]
+
+
+def zoom_window(dim_rows: int, dim_cols: int, row0: int, col0: int, size: int) -> tuple[slice, slice]:
+    """Row and column slices of a size×size window at (row0, col0), clipped to the matrix."""
+    size = max(1, min(size, dim_rows, dim_cols))
+    r = min(max(0, row0), dim_rows - size)
+    c = min(max(0, col0), dim_cols - size)
+    return slice(r, r + size), slice(c, c + size)
+
+
+def matched_pair(matrix, perm) -> tuple[np.ndarray, np.ndarray]:
+    """(unaligned diagonal corr[i, i], matched corr[i, perm[i]]) for every unit i of A."""
+    m = _as_numpy(matrix)
+    idx = np.arange(m.shape[0])
+    return m[idx, idx], m[idx, np.asarray(perm)]
+
+
+def _as_numpy(matrix) -> np.ndarray:
+    if hasattr(matrix, "detach"):
+        matrix = matrix.detach().cpu().numpy()
+    return np.asarray(matrix, dtype=np.float64)
+
+
+# ---- spaces ---------------------------------------------------------------------------------
+
+def space_label(name: str, num_layers: int) -> str:
+    """A reader's name for a space: 'layer 2 FFN', 'residual after layer 0 attention'."""
+    parts = name.split(".")
+    if parts[0] == "layer":
+        return f"layer {parts[1]} {'FFN' if parts[2] == 'ffn' else 'attention'}"
+    node = int(parts[1])
+    if node == 0:
+        return "residual 0: after the embeddings"
+    layer, after = (node - 1) // 2, "attention" if node % 2 else "FFN"
+    last = " (last)" if node == 2 * num_layers else ""
+    return f"residual {node}: after layer {layer} {after}{last}"
+
+
+def space_options(num_layers: int, kind: str) -> list[str]:
+    """The space names of one kind ('ffn', 'attention' or 'residual'), in depth order."""
+    if kind == "residual":
+        return [f"residual.{n}" for n in range(2 * num_layers + 1)]
+    return [f"layer.{i}.{kind}" for i in range(num_layers)]
+
+
+def space_permutation(matching: Matching, space: str) -> np.ndarray:
+    """The permutation the matching applies to `space` (identity where nothing is aligned)."""
+    if space.startswith("residual."):
+        return np.asarray(matching.residual_perm(int(space.split(".")[1])))
+    return np.asarray(matching.permutations[space])
+
+
+def per_layer_matched(stats, matching: Matching, kind: str) -> list[dict]:
+    """Mean correlation of matched units, before (diagonal) and after alignment, per space.
+
+    One row per space of `kind`, in depth order: {space, label, index, before, after,
+    before_median, after_median}. This is what the per-layer line of the Correlations page
+    draws; `matched_statistics` of the core does the arithmetic.
+    """
+    # matched_statistics builds every space's correlation; keep its result with the matching
+    # (the pipeline memoises matchings), so page reruns do not redo it.
+    memo = matching.__dict__.setdefault("_views_memo", {})
+    if "matched_statistics" not in memo:
+        memo["matched_statistics"] = matched_statistics(stats, matching)
+    summary = memo["matched_statistics"]
+    rows = []
+    for k, name in enumerate(space_options(stats.num_layers, kind)):
+        s = summary[name]
+        rows.append({
+            "space": name, "label": space_label(name, stats.num_layers), "index": k,
+            "before": s["before"]["mean"], "after": s["after"]["mean"],
+            "before_median": s["before"]["median"], "after_median": s["after"]["median"],
+        })
+    return rows
+
+
+# ---- heads ----------------------------------------------------------------------------------
+
+def display_heads(stats, matching: Matching, num_heads: int, layer: int) -> tuple[HeadMatching, bool]:
+    """The head matching to draw for `layer`, and whether it is the one that was applied.
+
+    With attention `heads` or `monotonic` it is the matching's own. With `none` or
+    `ignore-heads` no head matching was applied; Head-Perm is then computed for display
+    only (flag False), so the page can show what it would have chosen.
+    """
+    if layer in matching.heads:
+        return matching.heads[layer], True
+    memo = matching.__dict__.setdefault("_views_memo", {})
+    key = ("display_heads", layer)
+    if key not in memo:
+        corr = _as_numpy(stats.spaces[f"layer.{layer}.attention"].correlation())
+        if matching.settings.get("absolute"):
+            corr = np.abs(corr)
+        memo[key] = match_heads(corr, num_heads, "heads")
+    return memo[key], False
+
+
+def head_edges(heads: HeadMatching) -> list[dict]:
+    """One edge per assigned pair: A head j → B head k, its cost and whether it moves a head.
+
+    `headperm` is the pair Head-Perm would choose for A head j (differs from `b` only under
+    `monotonic`); `rank` is where the chosen cost ranks in A head j's row (0 = best).
+    """
+    cost = np.asarray(heads.cost)
+    out = []
+    for j, k in enumerate(np.asarray(heads.assignment)):
+        row = cost[j]
+        out.append({
+            "a": j, "b": int(k), "cost": float(row[k]), "identity": int(k) == j,
+            "headperm": int(heads.head_perm_assignment[j]), "rank": int((row > row[k]).sum()),
+        })
+    return out
+
+
+def all_layer_edges(heads_by_layer: dict[int, HeadMatching]) -> list[dict]:
+    """Edges of every layer's head graph, each tagged with its layer (the layered overview)."""
+    return [{"layer": layer, **e} for layer in sorted(heads_by_layer) for e in head_edges(heads_by_layer[layer])]
+
+
+def head_block(corr, num_heads: int, j: int, k: int, inner: np.ndarray | None = None) -> dict:
+    """The d_k×d_k correlation block of A head j × B head k, raw and in the inner order.
+
+    `inner[j, k]` (from the head matching) is the within-head permutation for that pair; with
+    it the block's columns are reordered so that matched features sit on the diagonal.
+    """
+    m = _as_numpy(corr)
+    dk = m.shape[0] // num_heads
+    block = m[j * dk:(j + 1) * dk, k * dk:(k + 1) * dk]
+    perm = np.asarray(inner[j, k]) if inner is not None else np.arange(dk)
+    return {"dk": dk, "raw": block, "aligned": block[:, perm], "perm": perm, "sum": float(block[np.arange(dk), perm].sum())}
+
+
+def monotonic_comparison(heads: HeadMatching) -> list[dict]:
+    """Per A head: the B head the applied assignment chose and the one Head-Perm chooses,
+    with both costs. Under `monotonic` the applied one is the identity; the gap in summed
+    cost is what Head-Perm's outer assignment buys."""
+    cost = np.asarray(heads.cost)
+    rows = []
+    for j, (k, h) in enumerate(zip(np.asarray(heads.assignment), np.asarray(heads.head_perm_assignment))):
+        rows.append({"A head": j, "applied B head": int(k), "applied cost": float(cost[j, k]),
+                     "Head-Perm B head": int(h), "Head-Perm cost": float(cost[j, h])})
+    return rows
+
+
+# ---- loss paths -----------------------------------------------------------------------------
+
+# Component variants of the paper's comparisons: name → merge settings (ffn, attention, residual).
+VARIANTS: dict[str, dict] = {
+    "FFN only": {"ffn": True, "attention": "none", "residual": "none"},
+    "attention only (Head-Perm)": {"ffn": False, "attention": "heads", "residual": "none"},
+    "FFN + monotonic attention": {"ffn": True, "attention": "monotonic", "residual": "none"},
+    "FFN + ignore-heads attention": {"ffn": True, "attention": "ignore-heads", "residual": "none"},
+    "FFN + attention (Head-Perm)": {"ffn": True, "attention": "heads", "residual": "none"},
+    "FFN + attention + residual first": {"ffn": True, "attention": "heads", "residual": "first"},
+    "FFN + attention + residual last": {"ffn": True, "attention": "heads", "residual": "last"},
+    "FFN + attention + residual all": {"ffn": True, "attention": "heads", "residual": "all"},
+    "FFN + attention + residual sep": {"ffn": True, "attention": "heads", "residual": "sep"},
+    "residual first only": {"ffn": False, "attention": "none", "residual": "first"},
+    "residual all only": {"ffn": False, "attention": "none", "residual": "all"},
+}
+
+
+def variant_settings(settings, name: str):
+    """`settings` with the merge fields of variant `name` (data, tokens and λ grid kept)."""
+    return replace(settings, **VARIANTS[name])
+
+
+def barrier_rows(curves: dict[str, list[dict]], preserving: dict[str, bool] | None = None) -> list[dict]:
+    """One row per curve: barrier (nats), where the path peaks, endpoint losses.
+
+    barrier = max_λ L(λ) − ½(L(λ=0) + L(λ=1)), the paper's definition; incomplete curves
+    (fewer points than their grid) are skipped by the caller, not here.
+    """
+    rows = []
+    for name, points in curves.items():
+        if len(points) < 2:
+            continue
+        losses = [p["loss"] for p in points]
+        peak = int(np.argmax(losses))
+        row = {
+            "curve": name,
+            "barrier (nats)": barrier(losses),
+            "peak λ": points[peak]["lambda"],
+            "peak loss (nats)": losses[peak],
+            "loss at λ=0 (nats)": losses[0],
+            "loss at λ=1 (nats)": losses[-1],
+        }
+        if any("accuracy" in p for p in points):
+            row["min accuracy"] = min(p.get("accuracy", float("nan")) for p in points)
+        if preserving is not None:
+            row["function-preserving"] = preserving.get(name, True)
+        rows.append(row)
+    return rows
+
+
+def curves_csv(curves: dict[str, list[dict]]) -> str:
+    """Long-format CSV of every curve: curve,lambda,loss,accuracy (loss in nats)."""
+    lines = ["curve,lambda,loss,accuracy"]
+    for name, points in curves.items():
+        for p in points:
+            acc = p.get("accuracy", float("nan"))
+            lines.append(f"{_csv_field(name)},{p['lambda']:.6g},{p['loss']:.6f},{acc:.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text}"' if any(c in text for c in ',"\n') else text
+
+
+# ---- reproducing a view -------------------------------------------------------------------
+
+def cli_command(
+    model_a: str,
+    model_b: str,
+    settings,
+    tokenizer: str | None = None,
+    match_data: str | None = None,
+    eval_data: str | None = None,
+    out: str | None = None,
+    save_merged: str | None = None,
+    merge_lambda: float | None = None,
+    cache_dir: str | None = None,
+    python: str = "python",
+) -> str:
+    """The `python -m permerge_core align` command that computes exactly this view.
+
+    Merge settings and the λ grid are always spelled out; data, token budgets and the other
+    settings only where they differ from the CLI's defaults (which are AlignSettings').
+    """
+    from .pipeline import AlignSettings
+
+    d = AlignSettings()
+    args = [python, "-m", "permerge_core", "align", "--model-a", str(model_a), "--model-b", str(model_b)]
+    if tokenizer:
+        args += ["--tokenizer", str(tokenizer)]
+    if match_data:
+        args += ["--match-data", str(match_data)]
+    if eval_data:
+        args += ["--eval-data", str(eval_data)]
+    for name in ("match_tokens", "eval_tokens", "batch_size"):
+        if getattr(settings, name) != getattr(d, name):
+            args += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
+    args += ["--ffn" if settings.ffn else "--no-ffn", "--attention", settings.attention, "--residual", settings.residual]
+    if settings.absolute:
+        args.append("--absolute")
+    if settings.drop_special:
+        args.append("--drop-special")
+    args += ["--lambdas", str(settings.lambdas)]
+    if settings.mask_seed != d.mask_seed:
+        args += ["--mask-seed", str(settings.mask_seed)]
+    if settings.device != d.device:
+        args += ["--device", settings.device]
+    if cache_dir:
+        args += ["--cache-dir", str(cache_dir)]
+    if out:
+        args += ["--out", str(out)]
+    if save_merged:
+        args += ["--save-merged", str(save_merged), "--merge-lambda", f"{merge_lambda if merge_lambda is not None else 0.5:g}"]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def permutations_payload(matching: Matching) -> dict:
+    """Every permutation and head assignment of a matching, as plain JSON-able lists
+    (`perm[i] = j`: A's unit i ↔ B's unit j), the same fields as report.json's."""
+    return {
+        "format": "permerge-permutations/1",
+        "convention": "perm[i] = j means A's unit i is matched with B's unit j; B' = B reindexed by perm",
+        "settings": dict(matching.settings),
+        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
+        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
+        "head_cost": {f"layer.{i}": np.asarray(h.cost).tolist() for i, h in matching.heads.items()},
+        "function_preserving": matching.function_preserving,
+    }
+
+
+def report_files(report: dict) -> dict[str, str]:
+    """report.json and curve.csv exactly as `permerge_core align` writes them (via write_outputs)."""
+    import tempfile
+
+    from .pipeline import write_outputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_outputs(report, tmp)
+        return {name: (Path(tmp) / name).read_text() for name in ("report.json", "curve.csv")}
+
+
+def merged_zip(pipeline, settings, lam: float) -> bytes:
+    """θ(lam) saved by `Pipeline.save_merged` into a temporary folder, returned as zip bytes
+    (one top folder `permerge-merged-lambda-<lam>/`, loadable after unzipping)."""
+    import io
+    import tempfile
+    import zipfile
+
+    top = f"permerge-merged-lambda-{lam:g}"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pipeline.save_merged(settings, lam, Path(tmp) / "merged")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(folder.rglob("*")):
+                if file.is_file():
+                    archive.write(file, f"{top}/{file.relative_to(folder)}")
+    return buffer.getvalue()
+
+
+# ---- seeds ----------------------------------------------------------------------------------
+
+def pair_indices(n: int) -> list[tuple[int, int]]:
+    """Every unordered pair (i, j), i < j, in row order: the cells a seed matrix computes."""
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def seed_matrix(n: int, results: dict[tuple[int, int], dict], which: str) -> list[list[float | None]]:
+    """n×n barriers of `which` ('vanilla'|'permuted'); cell (i, j), i<j, is A=i, B=j; None elsewhere.
+
+    Only the upper triangle is computed (B is aligned to A, so (j, i) is a different, if
+    similar, number); the diagonal is 0 by definition (a model against itself).
+    """
+    out: list[list[float | None]] = [[None] * n for _ in range(n)]
+    for i in range(n):
+        out[i][i] = 0.0
+    for (i, j), r in results.items():
+        if r.get(which) is not None:
+            out[i][j] = r[which]
+    return out
+
+
+def pair_barriers(pipeline, settings) -> dict[str, float]:
+    """Vanilla and permuted barriers (nats) of one pair: one cell of each seed matrix."""
+    return {which: barrier([p["loss"] for p in pipeline.curve(settings, which)]) for which in ("vanilla", "permuted")}
+
+
+# ---- status -----------------------------------------------------------------------------------
+
+def stage_status(pipeline, settings) -> dict[str, str]:
+    """Where each stage of `settings` stands: 'computed' (in memory), 'cached' (on disk),
+    'stale' (computed only for other settings) or 'missing'.
+
+    Reads the pipeline's memo and disk cache without computing anything. It mirrors the keys
+    `Pipeline` builds (stats_fields, matching_fields, eval_fields + λ grid + which).
+    """
+    memo = pipeline._memo  # noqa: SLF001 - read-only look; see the docstring
+    held = [(k[0], json.loads(k[1])) for k in list(memo) if len(k) == 2 and isinstance(k[1], str) and k[1].startswith("{")]
+    cache = pipeline.cache
+
+    def state(kind: str, fields: dict, suffix: str, same: tuple = ()) -> str:
+        if (kind, json.dumps(fields, sort_keys=True)) in memo:
+            return "computed"
+        if cache.enabled and cache._path("stats" if kind == "stats" else kind, fields, suffix).exists():  # noqa: SLF001
+            return "cached"
+        # Stale: the same stage (same curve, same λ grid) was computed, but for other settings.
+        if any(k == kind and all(f.get(x) == fields.get(x) for x in same) for k, f in held):
+            return "stale"
+        return "missing"
+
+    stats = pipeline.stats_fields(settings)
+    match = pipeline.matching_fields(settings)
+    ev = pipeline.eval_fields(settings)
+    curve_v = {**ev, "lambdas": settings.lambdas, "which": "vanilla"}
+    curve_p = {**ev, "lambdas": settings.lambdas, "which": "permuted", **match}
+    return {
+        "statistics": state("stats", stats, ".safetensors"),
+        "matching": state("matching", match, ".safetensors"),
+        "vanilla path": state("curve", curve_v, ".json", ("which", "lambdas")),
+        "permuted path": state("curve", curve_p, ".json", ("which", "lambdas")),
+    }
+
+
+_SYMBOL = {"computed": "✓", "cached": "⛁", "stale": "↻", "missing": "○"}
+
+
+def status_line(status: dict[str, str]) -> str:
+    """A compact one-line status: '✓ statistics · ⛁ matching · ○ vanilla path …'.
+
+    ✓ computed in this server, ⛁ on disk (instant), ↻ computed only for other settings
+    (stale: changing a setting invalidated it), ○ not computed yet.
+    """
+    return " · ".join(f"{_SYMBOL[v]} {k}" for k, v in status.items())
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+def endpoint_losses(pipeline, settings) -> dict[str, float]:
+    """L(A), L(B) and L(B′) on the evaluation set, in nats, with their accuracies.
+
+    Uses two-point λ grids: λ=1 is exactly A and λ=0 exactly B (vanilla) or B′ (permuted), and
+    the masks do not depend on the grid, so these equal the endpoints of the full curves at
+    the cost of three evaluations (memoised and disk-cached like any curve).
+    """
+    two = replace(settings, lambdas=2)
+    vanilla = pipeline.curve(two, "vanilla")
+    permuted = pipeline.curve(two, "permuted")
+    return {
+        "a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"],
+        "a_accuracy": vanilla[-1].get("accuracy"), "b_accuracy": vanilla[0].get("accuracy"),
+        "b_prime_accuracy": permuted[0].get("accuracy"),
+    }
+
+
+def source_signature(source: str | None) -> str:
+    """A string that changes whenever a local checkpoint folder's (or file's) content may
+    have changed: names, sizes and modification times. A hub id is its own signature.
+    Keys the app's caches, so a model re-saved under the same path is never served stale."""
+    if not source:
+        return ""
+    path = Path(source).expanduser()
+    if path.is_file():
+        st = path.stat()
+        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if not path.is_dir():
+        return str(source)
+    parts = [str(path.resolve())]
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def short_names(sources: list[str]) -> list[str]:
+    """Shortest unique names for checkpoints: the last path part, with as many parent parts
+    as it takes to tell equal names apart ('seed-0', or 'runs/a/model' vs 'runs/b/model')."""
+    parts = [Path(str(src).rstrip("/")).parts or (str(src),) for src in sources]
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashes = {n for n in names if names.count(n) > 1}
+        grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
+        if not grow:
+            return names
+        for i in grow:
+            depth[i] += 1
+
+
+DESCRIBE_FIELDS = [
+    ("family", "family"), ("architecture", "architecture"), ("layers", "layers"), ("hidden", "hidden size"),
+    ("heads", "attention heads"), ("ffn", "FFN size"), ("vocab", "vocabulary"), ("parameters", "parameters"),
+    ("stored_dtype", "stored dtype"), ("source", "source"),
+]
+
+
+def describe_rows(a: dict | None, b: dict | None) -> list[dict]:
+    """Side-by-side rows of two `Checkpoint.describe()` dicts, with whether they agree."""
+    rows = []
+    for key, label in DESCRIBE_FIELDS:
+        va = a.get(key) if a else None
+        vb = b.get(key) if b else None
+        same = "" if key in ("source",) or a is None or b is None else ("✓" if va == vb else "✗ differs")
+        fmt = lambda v: f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else ("—" if v is None else str(v))  # noqa: E731
+        rows.append({"property": label, "A": fmt(va), "B": fmt(vb), "same": same})
+    return rows
+
+
+def equivalence_text(max_diff: float, attention: str, residual: str) -> tuple[bool, str]:
+    """(ok, message) for the functional-equivalence badge."""
+    if is_function_preserving(attention, residual):
+        ok = max_diff < 1e-3
+        verdict = "B′ computes the same function as B" if ok else "B′ does NOT compute the same function as B (a bug: please report it)"
+        return ok, f"{verdict}: max |Δlogit| = {max_diff:.1e}"
+    modes = [m for m, bad in ((f"attention {attention}", attention == "ignore-heads"), (f"residual {residual}", residual == "sep")) if bad]
+    return False, (
+        f"{' and '.join(modes)} is not function-preserving: B′ is a different model from B "
+        f"(max |Δlogit| = {max_diff:.2g}). Its loss path is an ablation, not a merge of B."
+    )

@@ -1,0 +1,290 @@
+"""The Streamlit app, page by page, with AppTest on tiny random models (no browser).
+
+Each test presets the sidebar through st.session_state (the app's supported override) so
+that it runs on a tiny pair in tmp, small token budgets and a private disk cache, then
+asserts on what the page shows: numbers, chart data, error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from fixtures import random_model, random_text, save_model
+from permerge_core import AlignSettings, views
+
+ROOT = Path(__file__).resolve().parent.parent
+LAMBDAS = 5
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("app")
+    models = root / "models"
+    seeds = [save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), models / f"seed-{s}") for s in (0, 1, 2)]
+    deep = save_model(random_model("bert", "mlm", seed=3, layers=3, hidden=16, heads=4, ffn=32), root / "other" / "deep")
+    text = root / "text.txt"
+    text.write_text(random_text(300))
+    return {"root": root, "models": models, "seeds": seeds, "deep": deep, "text": text}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(world, monkeypatch):
+    monkeypatch.setenv("PERMERGE_CACHE", str(world["root"] / "cache"))
+
+
+def app(world, **state) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    preset = {
+        "model_a": str(world["seeds"][0]), "model_b": str(world["seeds"][1]), "models_dir": str(world["models"]),
+        "match_source": "path", "match_path": str(world["text"]), "eval_source": "path", "eval_path": str(world["text"]),
+        "match_tokens": 1500, "eval_tokens": 1000, "lambdas": LAMBDAS,
+    }
+    preset.update(state)
+    for key, value in preset.items():
+        at.session_state[key] = value
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.run()
+    return at.switch_page(f"pages/{page}.py").run()
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    return {c.key: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def arr(value) -> np.ndarray:
+    """A figure's array as numpy: plotly stores numpy data as base64 typed arrays."""
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return out.reshape([int(n) for n in str(value["shape"]).split(",")]) if "shape" in value else out
+    return np.asarray(value)
+
+
+def no_crash(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not [e.value for e in at.error if "Unexpected error" in e.value]
+
+
+def test_models_page_shows_both_models_losses_and_the_equivalence_badge(world):
+    at = app(world).run()
+    no_crash(at)
+    rows = {r["property"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert rows["layers"]["A"] == rows["layers"]["B"] == "2" and rows["layers"]["same"] == "✓"
+    assert rows["attention heads"]["A"] == "4" and rows["FFN size"]["B"] == "32"
+    assert any("Compatible" in s.value for s in at.success)
+    badge = [s.value for s in at.success if "same function" in s.value]
+    assert badge and "B′ computes the same function as B: max |Δlogit| = " in badge[0]
+    assert float(badge[0].rsplit("= ", 1)[1]) < 1e-4
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["L(A), λ = 1"].endswith("nats") and metrics["L(B), λ = 0 vanilla"] == metrics["L(B′), λ = 0 permuted"]
+    status = [c.value for c in at.sidebar.get("caption") if "Status" in c.value]
+    assert status and "✓ statistics" in status[0] and "✓ matching" in status[0]
+
+
+def test_incompatible_pair_is_explained_naming_both_values(world):
+    at = app(world, model_b=str(world["deep"])).run()
+    no_crash(at)
+    errors = [e.value for e in at.error]
+    assert any("number of layers: A has 2, B has 3" in e and "Fix:" in e for e in errors), errors
+    rows = {r["property"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert (rows["layers"]["A"], rows["layers"]["B"], rows["layers"]["same"]) == ("2", "3", "✗ differs")
+    # The app keeps running: another page shows the same error, not a traceback.
+    at.switch_page("pages/4_loss_path.py").run()
+    no_crash(at)
+    assert any("A has 2, B has 3" in e.value for e in at.error)
+
+
+def test_bad_input_and_missing_models_give_clear_messages(world, tmp_path):
+    at = app(world, eval_path=str(tmp_path / "nope.txt")).run()
+    no_crash(at)
+    assert any("does not exist" in e.value and "Fix:" in e.value for e in at.error)
+    at = app(world, model_a=None, model_b=None).run()
+    no_crash(at)
+    assert any("Choose model A and model B" in i.value for i in at.info)
+    at = app(world, model_b=str(tmp_path / "missing-folder")).run()
+    no_crash(at)
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_non_preserving_mode_is_labelled(world):
+    at = app(world, attention="ignore-heads").run()
+    no_crash(at)
+    warnings = [w.value for w in at.warning]
+    assert any("not function-preserving" in w for w in warnings)  # the sidebar, where it is chosen
+    assert any("attention ignore-heads is not function-preserving" in w and "max |Δlogit|" in w for w in warnings)  # the badge
+
+
+def test_unexpected_error_is_a_message_not_a_traceback(world, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(views, "endpoint_losses", broken)
+    at = app(world).run()
+    assert not at.exception
+    assert any("Unexpected error" in e.value and "simulated failure" in e.value for e in at.error)
+    assert any(r["property"] == "layers" for r in at.dataframe[0].value.to_dict("records"))  # the page above still shows
+
+
+def test_uploaded_text_is_used_via_a_content_addressed_file(world):
+    at = app(world, match_source="upload").run()
+    assert any("No matching text file has been uploaded" in e.value for e in at.error)
+    data = world["text"].read_bytes()
+    at.sidebar.get("file_uploader")[0].set_value(("mine.txt", data, "text/plain")).run()
+    no_crash(at)
+    path = Path(at.session_state["match_upload_path"])
+    assert path.read_bytes() == data and path.stem == __import__("hashlib").sha256(data).hexdigest()
+    assert any("same function" in s.value for s in at.success)
+
+
+def test_correlations_page_shows_before_after_histogram_and_per_layer_line(world):
+    at = goto(app(world), "2_correlations")
+    no_crash(at)
+    figs = charts(at)
+    overview = figs["corr_overview"]["data"]
+    before, after = arr(overview[0]["z"]), arr(overview[1]["z"])
+    assert before.shape == after.shape == (32, 32)  # layer 0 FFN, small enough to show every cell
+    # "after" is "before" with B's columns reordered: same values per row, larger diagonal.
+    assert np.allclose(np.sort(before, axis=1), np.sort(after, axis=1))
+    assert np.trace(after) > np.trace(before)
+    layout = figs["corr_overview"]["layout"]
+    assert layout["coloraxis"]["cmid"] == 0 and layout["coloraxis"]["cmin"] == -1 and layout["coloraxis"]["cmax"] == 1
+    assert len(figs["corr_hist"]["data"]) == 2
+    line = figs["corr_layers"]["data"]
+    assert [t["name"] for t in line] == ["unaligned diagonal", "matched (aligned)"] and len(arr(line[0]["x"])) == 2
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["mean matched correlation"]) > float(metrics["mean correlation, unaligned diagonal"])
+
+
+def test_heads_page_cost_matrix_graph_and_head_pair_block(world):
+    at = goto(app(world), "3_heads")
+    no_crash(at)
+    figs = charts(at)
+    cost = figs["heads_cost"]["data"]
+    assert arr(cost[0]["z"]).shape == (4, 4)  # H×H
+    assert sorted(arr(cost[1]["x"]).tolist()) == [0, 1, 2, 3]  # the assignment is a permutation of B's heads
+    assert len(figs["heads_block"]["data"]) == 2 and arr(figs["heads_block"]["data"][0]["z"]).shape == (4, 4)  # d_k×d_k
+    assert "heads move" in figs["heads_graph"]["layout"]["title"]["text"]
+    assert "moved head" in figs["heads_layers"]["layout"]["title"]["text"]
+    # Monotonic: the table of what Head-Perm would have chosen.
+    at.session_state["attention"] = "monotonic"
+    at.run()
+    no_crash(at)
+    table = at.dataframe[0].value
+    assert list(table["applied B head"]) == [0, 1, 2, 3] and sorted(table["Head-Perm B head"]) == [0, 1, 2, 3]
+
+
+def test_loss_path_shows_two_curves_barriers_and_variants(world):
+    at = goto(app(world, variants=["FFN only"]), "4_loss_path")
+    no_crash(at)
+    fig = charts(at)["loss_final"]
+    curves = {t["name"]: t for t in fig["data"] if t.get("name") in ("vanilla", "permuted", "FFN only")}
+    assert set(curves) == {"vanilla", "permuted", "FFN only"}
+    for trace in curves.values():
+        assert arr(trace["x"]).tolist() == pytest.approx([0, 0.25, 0.5, 0.75, 1.0]) and len(arr(trace["y"])) == LAMBDAS
+    assert fig["layout"]["yaxis"]["title"]["text"] == "loss (nats)"
+    assert any("barrier" in (t.get("name") or "") for t in fig["data"])  # barriers marked on the chart
+    table = {r["curve"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert set(table) == {"vanilla", "permuted", "FFN only"}
+    losses = arr(curves["permuted"]["y"]).tolist()
+    assert table["permuted"]["barrier (nats)"] == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2)
+    assert arr(curves["vanilla"]["y"])[-1] == losses[-1]  # λ = 1 is A on both paths
+    csv = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    assert csv is not None
+
+
+def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):
+    target = tmp_path / "merged"
+    at = goto(app(world, export_target=str(target)), "5_export")
+    no_crash(at)
+    save = next(b for b in at.button if b.label == "Save merged model")
+    save.click().run()
+    no_crash(at)
+    assert any("Wrote θ(λ=0.5)" in s.value for s in at.success)
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(target)
+    AutoTokenizer.from_pretrained(target)
+    assert model.config.num_hidden_layers == 2
+    # Never overwrite a non-empty folder unless asked.
+    next(b for b in at.button if b.label == "Save merged model").click().run()
+    assert any("not empty" in e.value for e in at.error)
+    # The CLI command parses to exactly the app's settings.
+    command = at.code[0].value
+    from permerge_core.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert (args.model_a, args.model_b, args.match_data, args.eval_data) == (str(world["seeds"][0]), str(world["seeds"][1]), str(world["text"]), str(world["text"]))
+    assert (args.match_tokens, args.eval_tokens, args.lambdas, args.attention, args.residual, args.ffn) == (1500, 1000, LAMBDAS, "heads", "first", True)
+    assert args.save_merged == str(target) and args.merge_lambda == 0.5
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download permutations (JSON)" in labels
+    next(b for b in at.button if b.label.startswith("Prepare the merged model as a zip")).click().run()
+    no_crash(at)
+    assert any(b.proto.label.startswith("Download merged model (zip") for b in at.get("download_button"))
+
+
+def test_seeds_fills_the_matrix_and_opens_a_pair(world):
+    seeds = [str(s) for s in world["seeds"]]
+    at = goto(app(world, seeds_selected=seeds, lambdas=3), "6_seeds")
+    no_crash(at)
+    go = next(b for b in at.button if b.label.startswith("Compute"))
+    assert go.label == "Compute 3 missing pair(s)"
+    go.click().run()
+    no_crash(at)
+    fig = next(f for k, f in charts(at).items() if k.startswith("seeds_matrix"))
+    vanilla, permuted = (arr(t["z"]).astype(float) for t in fig["data"])
+    for z in (vanilla, permuted):
+        assert np.isfinite([z[0, 1], z[0, 2], z[1, 2]]).all() and np.all(np.diag(z) == 0)
+    assert "3 of 3 pairs" in fig["layout"]["title"]["text"]
+    assert len(at.dataframe[0].value) == 3
+    # Choosing a pair opens its loss path with A and B set.
+    at.selectbox(key="seeds_pick").set_value((1, 2)).run()
+    next(b for b in at.button if b.label == "Open its loss path").click().run()
+    no_crash(at)
+    assert (at.session_state["model_a"], at.session_state["model_b"]) == (seeds[1], seeds[2])
+    assert at.title[0].value == "Loss path"
+
+
+def test_about_page_explains_with_formulas_and_links(world):
+    at = goto(app(world), "7_about")
+    no_crash(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "0.999995" in text and "Tied decoder" in text
+    assert len(at.get("latex")) >= 5
+    assert len(at.get("page_link")) >= 5
+
+
+def test_views_block_average_and_alignment():
+    rng = np.random.default_rng(0)
+    m = rng.uniform(-1, 1, (300, 300))
+    bv = views.block_average(m, 96)
+    assert bv.block == 4 and bv.values.shape == (75, 75)
+    assert bv.values[0, 0] == pytest.approx(m[:4, :4].mean()) and bv.values[-1, -1] == pytest.approx(m[-4:, -4:].mean())
+    odd = views.block_average(rng.uniform(-1, 1, (10, 10)), 4)  # 3×3-blocks, a smaller last block
+    assert odd.values.shape == (4, 4) and odd.row_labels[-1] == "9"
+    perm = rng.permutation(300)
+    diag, matched = views.matched_pair(m, perm)
+    assert np.allclose(np.diag(views.aligned(m, perm)), matched) and np.allclose(diag, np.diag(m))
+    rows, cols = views.zoom_window(300, 300, 290, 0, 64)
+    assert (rows.start, rows.stop, cols.start) == (236, 300, 0)
+
+
+def test_views_cli_command_round_trips_through_the_cli_parser():
+    from permerge_core.cli import build_parser
+
+    s = AlignSettings(match_tokens=4096, ffn=False, attention="monotonic", residual="sep", absolute=True, lambdas=11, mask_seed=3)
+    command = views.cli_command("/m/a b", "org/model", s, match_data="/d/m.txt", save_merged="/o", merge_lambda=0.25)
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    rebuilt = AlignSettings(match_tokens=args.match_tokens, eval_tokens=args.eval_tokens, batch_size=args.batch_size, ffn=args.ffn,
+                            attention=args.attention, residual=args.residual, absolute=args.absolute, drop_special=args.drop_special,
+                            lambdas=args.lambdas, mask_seed=args.mask_seed, device=args.device)
+    assert rebuilt == s and args.model_a == "/m/a b" and args.merge_lambda == 0.25 and args.eval_data is None

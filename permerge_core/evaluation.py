@@ -67,6 +67,19 @@ def max_abs_logit_diff(model_x, model_y, input_ids, attention_mask, device: str 
     model_x.eval()
     model_y.eval()
     ids, mask = input_ids.to(device), attention_mask.to(device)
+    # A few sequences at a time: a masked LM's logits for a whole batch are
+    # batch × length × vocabulary floats (500 MB for BERT-base), and two models' worth.
+    worst = 0.0
+    for start in range(0, ids.shape[0], _ROWS_PER_CHECK):
+        rows = slice(start, start + _ROWS_PER_CHECK)
+        worst = max(worst, _max_abs_diff(model_x, model_y, ids[rows], mask[rows], hidden_perm))
+    return worst
+
+
+_ROWS_PER_CHECK = 4
+
+
+def _max_abs_diff(model_x, model_y, ids, mask, hidden_perm) -> float:
     out_x = model_x(input_ids=ids, attention_mask=mask)
     out_y = model_y(input_ids=ids, attention_mask=mask)
     keep = mask.bool()
@@ -85,7 +98,8 @@ def max_abs_logit_diff(model_x, model_y, input_ids, attention_mask, device: str 
     for a, b in pairs:
         if a.dim() >= 2 and a.shape[:2] == keep.shape:
             a, b = a[keep], b[keep]
-        worst = max(worst, float((a.float() - b.float()).abs().max()))
+        if a.numel():
+            worst = max(worst, float((a.float() - b.float()).abs().max()))
     return worst
 
 

@@ -7,6 +7,7 @@ matched correlations; correlations are signed by default (a permutation cannot f
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,8 +43,8 @@ class HeadMatching:
     head_perm_assignment: np.ndarray  # what Head-Perm would choose (differs from `assignment` for monotonic)
 
 
-def match_heads(corr: np.ndarray, num_heads: int, mode: str) -> HeadMatching:
-    """Head-aware attention matching: inner assignment per head pair, outer on the H×H cost."""
+def solve_heads(corr: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Head-Perm's assignments, whatever the mode: (cost [H, H], inner [H, H, d_k], head_perm [H])."""
     dim = corr.shape[0]
     if dim % num_heads:
         raise ValueError(f"{dim} features do not split into {num_heads} heads")
@@ -56,10 +57,21 @@ def match_heads(corr: np.ndarray, num_heads: int, mode: str) -> HeadMatching:
             p = assign(blocks[j, k])
             inner[j, k] = p
             cost[j, k] = blocks[j, k][np.arange(dk), p].sum()
-    head_perm = assign(cost)
+    return cost, inner, assign(cost)
+
+
+def heads_for_mode(solved: tuple[np.ndarray, np.ndarray, np.ndarray], mode: str) -> HeadMatching:
+    """The HeadMatching `mode` applies: Head-Perm's outer assignment, or head j ↔ head j (monotonic)."""
+    cost, inner, head_perm = solved
+    num_heads, dk = inner.shape[0], inner.shape[2]
     chosen = head_perm if mode == "heads" else identity(num_heads)
     perm = np.concatenate([chosen[j] * dk + inner[j, chosen[j]] for j in range(num_heads)])
     return HeadMatching(cost, chosen, inner, perm, head_perm)
+
+
+def match_heads(corr: np.ndarray, num_heads: int, mode: str) -> HeadMatching:
+    """Head-aware attention matching: inner assignment per head pair, outer on the H×H cost."""
+    return heads_for_mode(solve_heads(corr, num_heads), mode)
 
 
 @dataclass
@@ -120,31 +132,74 @@ def compute_matching(
         raise ValueError(f"unknown attention mode {attention!r}")
     if residual not in RESIDUAL_MODES:
         raise ValueError(f"unknown residual mode {residual!r}")
+    # Every assignment is a pure function of the statistics, so it is solved once per
+    # Statistics object (a change of merge settings re-solves only what it changes), and the
+    # independent ones run in parallel: scipy's solver releases the GIL.
+    memo = stats.__dict__.setdefault("_assignments", {})
+    jobs = {}
+
+    def space(name: str):
+        return lambda: assign(_score(stats.spaces[name].correlation(), absolute))
+
+    for i in range(stats.num_layers):
+        if ffn:
+            jobs[("assign", f"layer.{i}.ffn", absolute)] = space(f"layer.{i}.ffn")
+    if residual == "sep":
+        for node in stats.residual_nodes():
+            jobs[("assign", node, absolute)] = space(node)
+    elif residual != "none":
+        def solve_residual():
+            score = _score(residual_score(stats, residual), absolute)
+            return score, assign(score)
+
+        jobs[("residual", residual, absolute)] = solve_residual
+    for i in range(stats.num_layers):
+        name = f"layer.{i}.attention"
+        if attention in ("heads", "monotonic"):
+            jobs[("heads", name, absolute)] = lambda name=name: solve_heads(_score(stats.spaces[name].correlation(), absolute), num_heads)
+        elif attention == "ignore-heads":
+            jobs[("assign", name, absolute)] = space(name)
+    _solve(memo, jobs)
+
     perms: dict[str, np.ndarray] = {}
     heads: dict[int, HeadMatching] = {}
     for i in range(stats.num_layers):
-        ffn_stats = stats.spaces[f"layer.{i}.ffn"]
-        perms[f"layer.{i}.ffn"] = assign(_score(ffn_stats.correlation(), absolute)) if ffn else identity(ffn_stats.dim)
-        att_stats = stats.spaces[f"layer.{i}.attention"]
+        name = f"layer.{i}.ffn"
+        perms[name] = memo[("assign", name, absolute)].copy() if ffn else identity(stats.spaces[name].dim)
+        name = f"layer.{i}.attention"
         if attention in ("heads", "monotonic"):
-            heads[i] = match_heads(_score(att_stats.correlation(), absolute), num_heads, attention)
-            perms[f"layer.{i}.attention"] = heads[i].perm
+            heads[i] = heads_for_mode(memo[("heads", name, absolute)], attention)
+            perms[name] = heads[i].perm
         elif attention == "ignore-heads":
-            perms[f"layer.{i}.attention"] = assign(_score(att_stats.correlation(), absolute))
+            perms[name] = memo[("assign", name, absolute)].copy()
         else:
-            perms[f"layer.{i}.attention"] = identity(att_stats.dim)
+            perms[name] = identity(stats.spaces[name].dim)
     score = None
     dim = stats.spaces["residual.0"].dim
     if residual == "none":
         perms["residual"] = identity(dim)
     elif residual == "sep":
         for node in stats.residual_nodes():
-            perms[node] = assign(_score(stats.spaces[node].correlation(), absolute))
+            perms[node] = memo[("assign", node, absolute)].copy()
     else:
-        score = _score(residual_score(stats, residual), absolute)
-        perms["residual"] = assign(score)
+        score, perm = memo[("residual", residual, absolute)]
+        perms["residual"] = perm.copy()
     settings = {"ffn": ffn, "attention": attention, "residual": residual, "absolute": absolute}
     return Matching(perms, heads, settings, score)
+
+
+def _solve(memo: dict, jobs: dict) -> None:
+    """Run the jobs not yet in memo, as many at once as torch may use threads."""
+    todo = [(key, fn) for key, fn in jobs.items() if key not in memo]
+    workers = min(len(todo), max(1, torch.get_num_threads()))
+    if workers <= 1:
+        for key, fn in todo:
+            memo[key] = fn()
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [(key, pool.submit(fn)) for key, fn in todo]
+        for key, future in futures:
+            memo[key] = future.result()
 
 
 def matched_correlation(corr: torch.Tensor | np.ndarray, perm: np.ndarray | None = None) -> np.ndarray:
@@ -165,19 +220,19 @@ def summarise(values: np.ndarray) -> dict:
 
 def matched_statistics(stats, matching: Matching) -> dict[str, dict]:
     """Mean/median matched correlation per space, before (identity) and after alignment."""
+    def before_after(space, perm) -> dict:  # only the d matched entries, not the d×d matrix
+        sp = stats.spaces[space]
+        idx = np.arange(sp.dim)
+        return {
+            "before": summarise(sp.correlation_at(idx, idx).numpy()),
+            "after": summarise(sp.correlation_at(idx, perm).numpy()),
+        }
+
     out = {}
     for i in range(stats.num_layers):
         for kind in ("ffn", "attention"):
             name = f"layer.{i}.{kind}"
-            corr = stats.spaces[name].correlation()
-            out[name] = {
-                "before": summarise(matched_correlation(corr)),
-                "after": summarise(matched_correlation(corr, matching.permutations[name])),
-            }
+            out[name] = before_after(name, matching.permutations[name])
     for n, node in enumerate(stats.residual_nodes()):
-        corr = stats.spaces[node].correlation()
-        out[node] = {
-            "before": summarise(matched_correlation(corr)),
-            "after": summarise(matched_correlation(corr, matching.residual_perm(n))),
-        }
+        out[node] = before_after(node, matching.residual_perm(n))
     return out

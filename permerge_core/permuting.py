@@ -48,16 +48,27 @@ def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[st
     return plan
 
 
-def permute_state_dict(state: dict[str, torch.Tensor], plan) -> dict[str, torch.Tensor]:
-    """A new state dict with every planned tensor reindexed: new[..i..] = old[..perm[i]..]."""
-    out = dict(state)
+def permuted_tensors(state: dict[str, torch.Tensor], plan):
+    """(name, reindexed tensor) for every planned tensor, one at a time, in the state's order:
+    new[..i..] = old[..perm[i]..] on every planned axis."""
+    touches: dict[str, list] = {}
     for touch, perm in plan:
-        if touch.name not in out:
+        if touch.name not in state:
             if touch.optional:
                 continue
             raise KeyError(f"tensor {touch.name} is not in the model")
-        index = torch.as_tensor(perm, dtype=torch.long, device=out[touch.name].device)
-        out[touch.name] = out[touch.name].index_select(touch.axis, index)
+        touches.setdefault(touch.name, []).append((touch.axis, perm))
+    for name, tensor in state.items():
+        for axis, perm in touches.get(name, ()):
+            tensor = tensor.index_select(axis, torch.as_tensor(perm, dtype=torch.long, device=tensor.device))
+        if name in touches:
+            yield name, tensor
+
+
+def permute_state_dict(state: dict[str, torch.Tensor], plan) -> dict[str, torch.Tensor]:
+    """A new state dict with every planned tensor reindexed: new[..i..] = old[..perm[i]..]."""
+    out = dict(state)
+    out.update(permuted_tensors(state, plan))
     return out
 
 
@@ -74,7 +85,11 @@ def plan_for_matching(family: Family, head: Head, num_layers: int, matching) -> 
 def permuted_model(model: torch.nn.Module, family: Family, head: Head, num_layers: int, matching) -> torch.nn.Module:
     """B′: a copy of B with the matching's permutations applied (B itself is untouched)."""
     plan = plan_for_matching(family, head, num_layers, matching)
-    state = permute_state_dict(model.state_dict(), plan)
     clone = copy.deepcopy(model)
-    clone.load_state_dict(state)
+    target = clone.state_dict()
+    # One permuted tensor at a time, copied into the clone in state-dict order (as
+    # load_state_dict would), so B′ costs one model, not a permuted state dict on top of it.
+    with torch.no_grad():
+        for name, tensor in permuted_tensors(model.state_dict(), plan):
+            target[name].copy_(tensor)
     return clone

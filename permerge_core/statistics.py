@@ -56,18 +56,22 @@ class SpaceStats:
     def add(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
         if xa.shape[0] == 0:
             return
-        if self.n == 0:
-            self.shift_a = xa.mean(0, dtype=torch.float64)
-            self.shift_b = xb.mean(0, dtype=torch.float64)
+        if xa.dtype not in (torch.float32, torch.float64):  # half precision is too coarse for batch sums
+            xa, xb = xa.float(), xb.float()
+        if self.n == 0:  # any shift is exact (covariance is shift-invariant); near the mean is well conditioned
+            self.shift_a = xa.mean(0).double()
+            self.shift_b = xb.mean(0).double()
         xa = xa - self.shift_a.to(xa.dtype)
         xb = xb - self.shift_b.to(xb.dtype)
         self.n += xa.shape[0]
-        self.sum_a += xa.sum(0, dtype=torch.float64)
-        self.sum_b += xb.sum(0, dtype=torch.float64)
-        self.sumsq_a += xa.double().square().sum(0)
-        self.sumsq_b += xb.double().square().sum(0)
-        # The batch product runs in float32 (fast); the sum across batches is float64.
-        self.cross += (xa.t() @ xb).double()
+        # Each batch's sums and products run in the activations' dtype (float32: fast; the
+        # shift keeps them well conditioned); the sums across batches are float64. Upcasting
+        # whole activation matrices instead cost as much as the cross product itself.
+        self.sum_a += xa.sum(0)
+        self.sum_b += xb.sum(0)
+        self.sumsq_a += (xa * xa).sum(0)
+        self.sumsq_b += (xb * xb).sum(0)
+        self.cross += xa.t() @ xb
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-covariance and the two variance vectors."""
@@ -82,6 +86,20 @@ class SpaceStats:
 
     def correlation(self) -> torch.Tensor:
         return correlation_from_moments(*self.moments())
+
+    def correlation_at(self, rows, cols) -> torch.Tensor:
+        """correlation()[rows[k], cols[k]] for every k, with the same arithmetic, without
+        forming the d×d matrix (summaries need only d entries of it)."""
+        device = self.cross.device
+        rows, cols = (torch.as_tensor(x, dtype=torch.long, device=device) for x in (rows, cols))
+        mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+        cov = self.cross[rows, cols] / self.n - mean_a[rows] * mean_b[cols]
+        std_a = (self.sumsq_a / self.n - mean_a.square()).clamp_min(0).sqrt()
+        std_b = (self.sumsq_b / self.n - mean_b.square()).clamp_min(0).sqrt()
+        alive_a, alive_b = std_a > DEAD_UNIT_STD, std_b > DEAD_UNIT_STD
+        corr = cov / (torch.where(alive_a, std_a, 1.0)[rows] * torch.where(alive_b, std_b, 1.0)[cols])
+        corr[~(alive_a[rows] & alive_b[cols])] = 0.0
+        return corr.clamp_(-1.0, 1.0)
 
     def to(self, device: str) -> "SpaceStats":
         return SpaceStats(self.n, *(getattr(self, p).to(device) for p in self.PARTS))
@@ -168,13 +186,16 @@ def collect_statistics(
     enc_a = getattr(model_a, "base_model", model_a)
     enc_b = getattr(model_b, "base_model", model_b)
     held_a: dict[str, torch.Tensor] = {}
-    keep: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # flat indices of the kept tokens of the current batch
+
+    def kept(act):  # [batch, length, d] → [kept tokens, d]; one gather, indices found once per batch
+        return act.reshape(-1, act.shape[-1]).index_select(0, rows)
 
     def on_a(space, act):
-        held_a[space] = act[keep]
+        held_a[space] = kept(act)
 
     def on_b(space, act):
-        stats[space].add(held_a.pop(space), act[keep])
+        stats[space].add(held_a.pop(space), kept(act))
 
     handles = _register(enc_a, captures, on_a) + _register(enc_b, captures, on_b)
     model_a.eval()
@@ -189,10 +210,11 @@ def collect_statistics(
             keep = mask.bool()
             if drop_special and special_ids:
                 keep &= ~torch.isin(ids, torch.tensor(special_ids, device=device))
+            rows = keep.reshape(-1).nonzero().squeeze(1)
             enc_a(input_ids=ids, attention_mask=mask)
             enc_b(input_ids=ids, attention_mask=mask)
             held_a.clear()
-            tokens += int(keep.sum())
+            tokens += int(rows.numel())
             if progress:
                 progress("statistics", (step + 1) / total, f"{tokens:,} tokens")
     finally:

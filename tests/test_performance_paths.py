@@ -1,0 +1,69 @@
+"""The faster paths give exactly what the plain ones give (see docs/performance.md)."""
+
+import copy
+
+import numpy as np
+import torch
+
+from fixtures import random_ids, random_model
+from permerge_core.architectures import FAMILIES
+from permerge_core.checkpoints import _choose_head
+from permerge_core.data import TokenBatches
+from permerge_core.matching import compute_matching
+from permerge_core.permuting import permute_state_dict, permuted_model, plan_for_matching
+from permerge_core.statistics import collect_statistics
+
+
+def head_for(model):
+    family = FAMILIES[model.config.model_type]
+    return family, _choose_head(family, [type(model).__name__], set())
+
+
+def _stats(seed_a=41, seed_b=42):
+    a = random_model("bert", "mlm", seed=seed_a, layers=2, hidden=16, heads=4, ffn=32)
+    b = random_model("bert", "mlm", seed=seed_b, layers=2, hidden=16, heads=4, ffn=32)
+    ids, masks = zip(*(random_ids(batch=4, length=20, seed=s, vocab=a.config.vocab_size) for s in range(6)))
+    batches = TokenBatches(list(ids), list(masks), int(sum(m.sum() for m in masks)), 24)
+    fam, _ = head_for(a)
+    return a, b, fam, collect_statistics(a, b, fam, a.config, batches)
+
+
+def test_correlation_at_is_the_full_matrix_entry_for_entry():
+    *_, stats = _stats()
+    for sp in stats.spaces.values():
+        corr = sp.correlation()
+        idx = np.arange(sp.dim)
+        perm = np.random.default_rng(0).permutation(sp.dim)
+        assert torch.equal(sp.correlation_at(idx, idx), corr[idx, idx])
+        assert torch.equal(sp.correlation_at(idx, perm), corr[idx, perm])
+
+
+def test_matching_is_the_same_whether_solved_fresh_remembered_or_in_parallel():
+    *_, stats = _stats()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = {m: compute_matching(copy.deepcopy(stats), 4, attention=m, residual=r) for m, r in (("heads", "first"), ("monotonic", "all"))}
+        torch.set_num_threads(2)
+        for (mode, residual), fresh in zip((("heads", "first"), ("monotonic", "all")), serial.values()):
+            again = compute_matching(stats, 4, attention=mode, residual=residual)  # the second reuses the first's FFN work
+            assert again.permutations.keys() == fresh.permutations.keys()
+            for k in fresh.permutations:
+                np.testing.assert_array_equal(again.permutations[k], fresh.permutations[k], err_msg=k)
+            for i, h in fresh.heads.items():
+                np.testing.assert_array_equal(again.heads[i].perm, h.perm)
+                np.testing.assert_array_equal(again.heads[i].assignment, h.assignment)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_permuted_model_equals_loading_the_permuted_state_dict():
+    a, b, fam, stats = _stats()
+    _, head = head_for(b)
+    for residual in ("first", "sep"):  # sep permutes the tied embedding/decoder differently
+        matching = compute_matching(stats, 4, attention="heads", residual=residual)
+        expected = copy.deepcopy(b)
+        expected.load_state_dict(permute_state_dict(b.state_dict(), plan_for_matching(fam, head, 2, matching)))
+        got = permuted_model(b, fam, head, 2, matching)
+        for (name, x), (_, y) in zip(expected.state_dict().items(), got.state_dict().items()):
+            assert torch.equal(x, y), (residual, name)

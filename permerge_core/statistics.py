@@ -6,7 +6,9 @@ widths, not by the number of tokens. Only the A×B block is computed: the full j
 covariance would be 4× the arithmetic for nothing.
 
 A's activations are held only until B produces the same space: B's hooks fold each pair
-into the sums and release A's copy, so at most one model's activations are alive at once.
+into the sums and release A's copy, so at most one model's activations are alive at once,
+and batches are run in slices of rows small enough that those stay under HELD_BYTES
+(BERT-base holds 255 kB per token: a whole 32×128 batch would be a gigabyte).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from .architectures import Family, expand, residual_node
 from .data import TokenBatches
 
+HELD_BYTES = 256 * 2**20  # at most about this much of A's activations is held while B runs
 DEAD_UNIT_STD = 1e-6  # below this a unit is treated as constant: its correlation is 0, not NaN
 
 ProgressFn = Callable[[str, float, str], None]
@@ -186,7 +189,8 @@ def collect_statistics(
     enc_a = getattr(model_a, "base_model", model_a)
     enc_b = getattr(model_b, "base_model", model_b)
     held_a: dict[str, torch.Tensor] = {}
-    rows: torch.Tensor | None = None  # flat indices of the kept tokens of the current batch
+    held_per_token = 4 * sum(stats[name].dim for name in stats)  # bytes of A's float32 activations
+    rows: torch.Tensor | None = None  # flat indices of the kept tokens of the current slice
 
     def kept(act):  # [batch, length, d] → [kept tokens, d]; one gather, indices found once per batch
         return act.reshape(-1, act.shape[-1]).index_select(0, rows)
@@ -210,11 +214,16 @@ def collect_statistics(
             keep = mask.bool()
             if drop_special and special_ids:
                 keep &= ~torch.isin(ids, torch.tensor(special_ids, device=device))
-            rows = keep.reshape(-1).nonzero().squeeze(1)
-            enc_a(input_ids=ids, attention_mask=mask)
-            enc_b(input_ids=ids, attention_mask=mask)
-            held_a.clear()
-            tokens += int(rows.numel())
+            # A's activations of every space wait for B's: run the batch in slices of rows
+            # small enough that they stay under HELD_BYTES (the sums do not depend on it).
+            step_rows = max(1, HELD_BYTES // (held_per_token * ids.shape[1]))
+            for start in range(0, ids.shape[0], step_rows):
+                part = slice(start, start + step_rows)
+                rows = keep[part].reshape(-1).nonzero().squeeze(1)
+                enc_a(input_ids=ids[part], attention_mask=mask[part])
+                enc_b(input_ids=ids[part], attention_mask=mask[part])
+                held_a.clear()
+                tokens += int(rows.numel())
             if progress:
                 progress("statistics", (step + 1) / total, f"{tokens:,} tokens")
     finally:

@@ -67,3 +67,17 @@ def test_permuted_model_equals_loading_the_permuted_state_dict():
         got = permuted_model(b, fam, head, 2, matching)
         for (name, x), (_, y) in zip(expected.state_dict().items(), got.state_dict().items()):
             assert torch.equal(x, y), (residual, name)
+
+
+def test_statistics_do_not_depend_on_the_row_slices(monkeypatch):
+    import permerge_core.statistics as statistics
+
+    a, b, fam, whole = _stats()
+    ids, masks = zip(*(random_ids(batch=4, length=20, seed=s, vocab=a.config.vocab_size) for s in range(6)))
+    batches = TokenBatches(list(ids), list(masks), int(sum(m.sum() for m in masks)), 24)
+    monkeypatch.setattr(statistics, "HELD_BYTES", 1)  # one row per slice
+    sliced = collect_statistics(a, b, fam, a.config, batches)
+    assert sliced.num_tokens == whole.num_tokens
+    for name, sp in whole.spaces.items():
+        assert sliced.spaces[name].n == sp.n
+        torch.testing.assert_close(sliced.spaces[name].correlation(), sp.correlation(), atol=1e-6, rtol=0)

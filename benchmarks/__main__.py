@@ -1,0 +1,196 @@
+"""`python -m benchmarks`: time permerge against plain forward passes, print a table, write JSON.
+
+    python -m benchmarks                       # everything, on the bundled default pair
+    python -m benchmarks --pair DIR_A DIR_B    # another pair stands in for the default pair
+    python -m benchmarks --only default,whole  # a subset: default, bert, scaling, whole
+    python -m benchmarks --quick               # a smoke run with tiny budgets (numbers mean little)
+    python -m benchmarks --render FILE.json    # print the tables of an earlier run
+
+Workloads (each in a fresh process, so every peak RSS is its own):
+  default   the default pair with the default AlignSettings, stage by stage, with the
+            yardstick, then the interactive case (statistics cached, attention mode changed)
+  bert      a randomly initialised BERT-base-size pair (12×768, 12 heads, FFN 3072, vocab
+            30522): 8,192 matching tokens, 4,096 evaluation tokens, 11 λ points
+  scaling   statistics of the default pair at 1×, 4× and 16× a 4,096-token matching budget
+  whole     `python -m permerge_core align --lambdas 11 --no-cache` as one process against
+            `python -m benchmarks.plain_forward` (only the forward passes) as one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .report import check_targets, render
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
+WORKLOADS = ("default", "bert", "scaling", "whole")
+
+
+def _machine() -> dict:
+    model = "unknown"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(), "gpu": None}
+
+
+def _background_load() -> dict:
+    """What else is running: permerge training processes distort every timing."""
+    try:
+        found = subprocess.run(["pgrep", "-f", "permerge_core train"], capture_output=True, text=True, check=False).stdout.split()
+    except OSError:
+        found = []
+    return {"loadavg": list(os.getloadavg()), "training_processes": len(found)}
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, float]:
+    """Reap the child ourselves to read its own peak RSS (MiB)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def run_worker(spec: dict) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    stdout = proc.stdout.read()
+    rc, peak = _wait(proc)
+    if rc != 0:
+        raise SystemExit(f"benchmarks: worker {spec['kind']} failed with exit code {rc}")
+    line = [x for x in stdout.splitlines() if x.startswith("BENCHMARK-RESULT ")][-1]
+    result = json.loads(line[len("BENCHMARK-RESULT "):])
+    result.setdefault("rss_mb", {})["peak_child"] = peak
+    return result
+
+
+def timed_process(cmd: list[str]) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.stdout, proc.stderr
+    stdout, stderr = out.read(), err.read()
+    rc, peak = _wait(proc)
+    seconds = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"benchmarks: {' '.join(cmd[:4])} … failed ({rc}): {stderr.strip()[-500:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak, "stdout_tail": stdout.strip().splitlines()[-3:]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", nargs=2, metavar=("DIR_A", "DIR_B"), help="stand-in for the bundled default pair")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in the pair's folders")
+    parser.add_argument("--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file to write")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the benchmark itself")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in the workers (default: torch's own)")
+    parser.add_argument("--scale-base", type=int, default=4096, help="matching tokens of the 1× scaling run")
+    parser.add_argument("--scales", default="1,4,16")
+    parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier results file and exit")
+    args = parser.parse_args(argv)
+
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    only = [w.strip() for w in args.only.split(",") if w.strip()]
+    unknown = set(only) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+
+    if args.pair:
+        pair = [str(Path(p).resolve()) for p in args.pair]
+        pair_label = "given pair"
+    else:
+        sys.path.insert(0, str(REPO))
+        seeds = sorted((REPO / "assets" / "models").glob("seed-*"))
+        if len(seeds) < 2 and any(w != "bert" for w in only):
+            parser.error("the bundled default pair (assets/models/seed-*) is missing; pass --pair DIR_A DIR_B")
+        pair = [str(p) for p in seeds[:2]]
+        pair_label = "bundled default pair"
+
+    q = args.quick
+    base = {"threads": args.threads, "tokenizer": args.tokenizer}
+    results: dict = {
+        "format": "permerge-benchmark/1",
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": q,
+        "machine": _machine(),
+        "load_at_start": _background_load(),
+        "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "pair": {"label": pair_label, "a": pair[0] if pair else None, "b": pair[1] if pair else None},
+        "workloads": {},
+    }
+    w = results["workloads"]
+
+    def say(msg):
+        print(f"benchmarks: {msg}", file=sys.stderr, flush=True)
+
+    if "default" in only:
+        settings = {"match_tokens": 4096, "eval_tokens": 2048, "lambdas": 5} if q else {}
+        say(f"default pair, settings {settings or 'default'}")
+        w["default"] = run_worker({**base, "kind": "pipeline", "a": pair[0], "b": pair[1], "settings": settings,
+                                       "interactive": [["attention", "monotonic"], ["residual", "all"]]})
+
+    if "bert" in only:
+        with tempfile.TemporaryDirectory(prefix="permerge-bench-bert-") as tmp:
+            config = {"num_hidden_layers": 2} if q else {}
+            folders = [str(Path(tmp) / "seed-0"), str(Path(tmp) / "seed-1")]
+            say("writing a randomly initialised BERT-base-size pair")
+            made = run_worker({"kind": "make_pair", "config": config, "out": folders})
+            settings = {"match_tokens": 2048, "eval_tokens": 1024, "lambdas": 3} if q else {"match_tokens": 8192, "eval_tokens": 4096, "lambdas": 11}
+            say(f"BERT-base-size pair, settings {settings}")
+            w["bert"] = run_worker({**base, "kind": "pipeline", "a": folders[0], "b": folders[1], "settings": settings, "tokenizer": None})
+            w["bert"]["pair_config"] = made["config"]
+            w["bert"]["pair_note"] = (
+                "randomly initialised BertForMaskedLM (torch seeds 0 and 1), saved as float32; text tokenised with the "
+                "bundled 4,096-entry WordPiece tokenizer, so input ids are < 4096 while the output layer covers all 30,522"
+            )
+
+    if "scaling" in only:
+        base_tokens = 1024 if q else args.scale_base
+        scales = [1, 4] if q else [int(x) for x in args.scales.split(",")]
+        w["scaling"] = {}
+        for k in scales:
+            say(f"statistics at {k}× {base_tokens:,} matching tokens")
+            w["scaling"][f"x{k}"] = run_worker({**base, "kind": "statistics", "a": pair[0], "b": pair[1], "settings": {"match_tokens": k * base_tokens}})
+
+    if "whole" in only:
+        lambdas = 5 if q else 11
+        budget = ["--match-tokens", "4096", "--eval-tokens", "2048"] if q else []
+        tok = ["--tokenizer", args.tokenizer] if args.tokenizer else []
+        load_start = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory(prefix="permerge-bench-run-") as tmp:
+            say(f"whole run: align CLI, {lambdas} λ points, --no-cache")
+            align = timed_process([sys.executable, "-m", "permerge_core", "align", "--model-a", pair[0], "--model-b", pair[1], *tok, *budget,
+                                   "--lambdas", str(lambdas), "--no-cache", "--quiet", "--out", tmp])
+            say("whole run: plain forward passes")
+            plain = timed_process([sys.executable, "-m", "benchmarks.plain_forward", pair[0], pair[1], *tok, *budget, "--lambdas", str(lambdas)])
+        w["whole"] = {"lambdas": lambdas, "align": align, "plain": plain, "ratio": align["seconds"] / plain["seconds"],
+                      "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
+                      "settings": "default AlignSettings (FFN on, Head-Perm attention, residual first), " + (" ".join(budget) or "default budgets")}
+
+    results["load_at_end"] = _background_load()
+    results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    results["targets"] = check_targets(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(render(results))
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Tables (Markdown, readable in a terminal) and target checks for a benchmark results dict."""
+
+from __future__ import annotations
+
+GB = 1e9 / 2**20  # 3 GB in MiB is 3 × this
+
+TARGETS = [
+    # (name, workload path, limit, description)
+    ("statistics ratio, default pair", "default.ratios.statistics", 1.5, "statistics time / plain encoder passes of A and B"),
+    ("statistics ratio, BERT-base-size", "bert.ratios.statistics", 2.0, "statistics time / plain encoder passes of A and B"),
+    ("loss-path ratio, default pair", "default.ratios.loss_path", 1.15, "loss-path time / plain masked-LM passes"),
+    ("whole-run ratio", "whole.ratio", 1.3, "align CLI process / plain forward-pass process"),
+    ("matching, BERT-base-size (s)", "bert.stages.matching", 10.0, "seconds"),
+    ("peak RSS ×16 / ×1 (statistics)", "scaling_growth", 1.10, "peak RSS of the largest / smallest budget"),
+    ("peak RSS, BERT-base-size (MiB)", "bert.rss_mb.peak_child", 3 * GB, "3 GB"),
+    ("interactive: first point (s)", "default.interactive.0.first_point", 2.0, "after a change of attention mode"),
+    ("interactive: full curve (s)", "default.interactive.0.full_curve", 10.0, "after a change of attention mode"),
+    ("interactive, residual change: first point (s)", "default.interactive.1.first_point", 2.0, "after residual first → all"),
+    ("interactive, residual change: full curve (s)", "default.interactive.1.full_curve", 10.0, "after residual first → all"),
+]
+
+
+def _get(results: dict, path: str):
+    if path == "scaling_growth":
+        sc = results["workloads"].get("scaling") or {}
+        if len(sc) < 2:
+            return None
+        keys = sorted(sc, key=lambda k: int(k[1:]))
+        return sc[keys[-1]]["rss_mb"]["peak_child"] / sc[keys[0]]["rss_mb"]["peak_child"]
+    node = results["workloads"]
+    for part in path.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def check_targets(results: dict) -> list[dict]:
+    out = []
+    for name, path, limit, what in TARGETS:
+        value = _get(results, path)
+        out.append({"target": name, "value": value, "limit": limit, "met": None if value is None else value <= limit, "what": what})
+    return out
+
+
+def _f(x, digits=2):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+def render(results: dict) -> str:
+    w = results["workloads"]
+    m = results["machine"]
+    lines = []
+    threads = next((v.get("torch_threads") for v in w.values() if isinstance(v, dict) and "torch_threads" in v), None)
+    lines.append(f"machine: {m['cpu']}, {m['cores']} cores, torch threads {threads}; GPU: none (no GPU row)")
+    la, lb = results.get("load_at_start", {}), results.get("load_at_end", {})
+    lines.append(
+        f"background: {la.get('training_processes', '?')} training process(es) at start, {lb.get('training_processes', '?')} at end; "
+        f"load average at start {_f((la.get('loadavg') or [None])[0])}, at end {_f((lb.get('loadavg') or [None])[0])}"
+        + ("  (QUICK smoke run: budgets are tiny, numbers mean little)" if results.get("quick") else "")
+    )
+    loads = []
+    for name, r in w.items():
+        for key, sub in ([(name, r)] if name != "scaling" else [(f"scaling {k}", v) for k, v in r.items()]):
+            if isinstance(sub, dict) and "loadavg_1min" in sub:
+                loads.append(f"{key} {sub['loadavg_1min']['start']:.1f}→{sub['loadavg_1min']['end']:.1f}")
+    if loads:
+        lines.append(f"1-min load average at start→end of each workload ({m['cores']} cores; higher means other work was running): " + ", ".join(loads))
+    lines.append(f"git {results.get('git')}, pair: {results.get('pair', {}).get('label')}")
+    lines.append("")
+
+    rows = [(k, w[k]) for k in ("default", "bert") if k in w]
+    if rows:
+        lines.append("| workload | tokens (match / eval) | λ | load s | statistics s | matching s | permuting s | λ eval s (mean) | loss paths s | report s | total s | stats tok/s | eval tok/s | peak RSS MiB | stats ratio | loss ratio |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, r in rows:
+            st = r["stages"]
+            pts = [p["seconds"] for p in r.get("lambda_vanilla", []) + r.get("lambda_permuted", [])[:-1]]
+            mean = sum(pts) / len(pts) if pts else None
+            label = {"default": "default pair", "bert": "BERT-base-size (random init)"}[name]
+            shape = r["model"]
+            lines.append(
+                f"| {label} ({shape['layers']}×{shape['hidden']}, FFN {shape['ffn']}, vocab {shape['vocab']}) | {r['num_tokens']:,} / {r['eval_tokens']:,} | {r['settings']['lambdas']} "
+                f"| {_f(st['load'])} | {_f(st['statistics'])} | {_f(st['matching'])} | {_f(st['permuting'])} | {_f(mean)} | {_f(st['loss_path'])} "
+                f"| {_f(st['report'])} | {_f(st['total'])} | {_f(r['tokens_per_second']['statistics'], 0)} | {_f(r['tokens_per_second']['loss_path'], 0)} "
+                f"| {_f(r['rss_mb']['peak_child'], 0)} | {_f(r['ratios']['statistics'])} | {_f(r['ratios']['loss_path'])} |"
+            )
+        lines.append("")
+        lines.append("| yardstick (same process) | encoder passes A+B s | enc tok/s | masked-LM pass s (mean) | passes needed | masked-LM total s |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, r in rows:
+            y = r["yardstick"]
+            lines.append(f"| {name} | {_f(y['encoder_passes'])} | {_f(r['tokens_per_second']['yardstick_encoders'], 0)} | {_f(y['mlm_pass_mean'], 3)} | {y['mlm_passes_needed']} | {_f(y['mlm_passes_total'])} |")
+        lines.append("")
+
+    if "scaling" in w:
+        lines.append("| statistics, default pair | tokens | statistics s | tok/s | stats ratio | RSS after load MiB | peak RSS MiB |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for key, r in sorted(w["scaling"].items(), key=lambda kv: int(kv[0][1:])):
+            lines.append(
+                f"| {key[1:]}× | {r['num_tokens']:,} | {_f(r['stages']['statistics'])} | {_f(r['num_tokens'] / r['stages']['statistics'], 0)} "
+                f"| {_f(r['ratios']['statistics'])} | {_f(r['rss_mb']['after_load'], 0)} | {_f(r['rss_mb']['peak_child'], 0)} |"
+            )
+        lines.append("")
+
+    if "whole" in w:
+        r = w["whole"]
+        lines.append(f"| whole run ({r['lambdas']} λ, {r['settings']}) | seconds | peak RSS MiB |")
+        lines.append("|---|---|---|")
+        lines.append(f"| `python -m permerge_core align --no-cache` | {_f(r['align']['seconds'])} | {_f(r['align']['peak_rss_mb'], 0)} |")
+        lines.append(f"| plain forward passes (`python -m benchmarks.plain_forward`) | {_f(r['plain']['seconds'])} | {_f(r['plain']['peak_rss_mb'], 0)} |")
+        lines.append(f"| ratio | {_f(r['ratio'])} | |")
+        lines.append("")
+
+    if "default" in w and w["default"].get("interactive"):
+        lines.append("| interactive, default pair (statistics cached in memory) | matching s | permuting s | first point s | full curve s |")
+        lines.append("|---|---|---|---|---|")
+        for i in w["default"]["interactive"]:
+            m = i["settings"]
+            lines.append(f"| → attention {m['attention']}, residual {m['residual']} | {_f(i['matching'])} | {_f(i['permuting'])} "
+                         f"| {_f(i['first_point'])} (λ={i['first_point_lambda']:g}) | {_f(i['full_curve'])} |")
+        lines.append("")
+
+    lines.append("| target | measured | limit | met |")
+    lines.append("|---|---|---|---|")
+    for t in results.get("targets", []):
+        met = "–" if t["met"] is None else ("yes" if t["met"] else "NO")
+        lines.append(f"| {t['target']} | {_f(t['value'])} | {_f(t['limit'])} | {met} |")
+    return "\n".join(lines)

@@ -1,0 +1,296 @@
+"""One benchmark workload, run in a fresh process: `python -m benchmarks.worker '<json spec>'`.
+
+The result is printed as one JSON line prefixed with `BENCHMARK-RESULT ` (progress goes to
+stderr). Kinds:
+
+- `pipeline`: the Pipeline stage by stage (load, statistics, matching, both loss paths,
+  permuting, report), with the yardstick in the same process: plain encoder forward passes
+  of A and B over the same matching batches, and plain masked-LM forward passes (encoder +
+  MLM head at the masked positions, no interpolation) over the same evaluation batches.
+  Optionally the interactive case: statistics cached, merge settings changed, time to the
+  first point and to the whole new permuted curve.
+- `statistics`: load and statistics only (with the encoder yardstick), for the token-budget
+  scaling runs.
+- `make_pair`: write a randomly initialised BertForMaskedLM pair to disk (no measurement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+MARK = "BENCHMARK-RESULT "
+REPO = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str) -> None:
+    print(f"  [worker {os.getpid()}] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+# ---- the yardstick ------------------------------------------------------------------------
+def encoder_passes(model_a, model_b, batches) -> float:
+    """Plain forward passes of both encoders over the batches; seconds."""
+    import torch
+
+    enc_a, enc_b = model_a.base_model, model_b.base_model
+    model_a.eval()
+    model_b.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for ids, mask in batches:
+            enc_a(input_ids=ids, attention_mask=mask)
+            enc_b(input_ids=ids, attention_mask=mask)
+    return time.perf_counter() - start
+
+
+def mlm_pass(model, mlm_module: str, masked) -> float:
+    """One plain masked-LM forward pass: encoder, then the MLM head at the masked positions only."""
+    import torch
+
+    model.eval()
+    head = getattr(model, mlm_module)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in masked:
+            hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+            head(hidden[batch.positions])
+    return time.perf_counter() - start
+
+
+def _warm_up(p, batches, masked) -> None:
+    """One batch through each encoder and one masked batch through A: lazy initialisation is
+    paid before anything is timed, by the yardstick and the pipeline alike."""
+    import torch
+
+    ids, mask = batches.input_ids[0], batches.attention_mask[0]
+    with torch.no_grad():
+        p.a.model.base_model(input_ids=ids, attention_mask=mask)
+        p.b.model.base_model(input_ids=ids, attention_mask=mask)
+    mlm_pass(p.a.model, p.a.head.mlm_module, masked[:1])
+
+
+def _setup(spec):
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    from permerge_core.pipeline import AlignSettings, Pipeline
+
+    s = AlignSettings(**spec["settings"])
+    log(f"loading {spec['a']} and {spec['b']}")
+    p, load = _timed(Pipeline, spec["a"], spec["b"], tokenizer=spec.get("tokenizer"), cache_dir=None)
+    return torch, s, p, load
+
+
+def _yardstick_batches(p, s, need_eval: bool):
+    """The same batches the pipeline builds (same function, same arguments), built apart so
+    that the pipeline still pays for its own tokenisation."""
+    from permerge_core.data import masked_batches, tokenize
+
+    batches, tok_match = _timed(tokenize, p.a.tokenizer, p.match_passages, s.match_tokens, s.max_length, s.batch_size)
+    masked, tok_eval = None, None
+    if need_eval:
+        start = time.perf_counter()
+        eval_batches = tokenize(p.a.tokenizer, p.eval_passages, s.eval_tokens, s.max_length, s.batch_size)
+        masked = masked_batches(eval_batches, p.a.tokenizer, p.a.config.vocab_size, seed=s.mask_seed)
+        tok_eval = time.perf_counter() - start
+    return batches, masked, tok_match, tok_eval
+
+
+def _base_result(torch, s, p, load) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "settings": asdict(s),
+        "model": {
+            "layers": p.a.num_layers, "hidden": p.a.hidden, "heads": p.a.num_heads, "ffn": p.a.ffn,
+            "vocab": p.a.config.vocab_size, "parameters": p.a.num_parameters, "stored_dtype": p.a.stored_dtype,
+        },
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "stages": {"load": load},
+        "rss_mb": {"after_load": rss_now_mb()},
+        "yardstick": {},
+    }
+
+
+def _bracketed_statistics(p, s, batches, out) -> object:
+    """Statistics with the encoder yardstick run just before and just after it; the ratio uses
+    their mean, so a change of background load during the run biases neither side."""
+    ys = out["yardstick"]
+    log("yardstick: encoder passes (before statistics)")
+    before = encoder_passes(p.a.model, p.b.model, batches)
+    out["rss_mb"]["peak_before_statistics"] = rss_peak_mb()
+    out["rss_mb"]["before_statistics"] = rss_now_mb()
+    log(f"pipeline: statistics over {s.match_tokens:,} tokens")
+    stats, out["stages"]["statistics"] = _timed(p.statistics, s)
+    out["rss_mb"]["after_statistics"] = rss_now_mb()
+    out["rss_mb"]["peak_after_statistics"] = rss_peak_mb()
+    log("yardstick: encoder passes (after statistics)")
+    after = encoder_passes(p.a.model, p.b.model, batches)
+    ys["encoder_passes_each"] = [before, after]
+    ys["encoder_passes"] = (before + after) / 2
+    out["num_tokens"] = stats.num_tokens
+    return stats
+
+
+def run_statistics(spec) -> dict:
+    torch, s, p, load = _setup(spec)
+    out = _base_result(torch, s, p, load)
+    batches, masked, tok_match, _ = _yardstick_batches(p, s, need_eval=True)
+    _warm_up(p, batches, masked)
+    out["yardstick"]["tokenize_match"] = tok_match
+    _bracketed_statistics(p, s, batches, out)
+    out["ratios"] = {"statistics": out["stages"]["statistics"] / out["yardstick"]["encoder_passes"]}
+    return out
+
+
+def run_pipeline(spec) -> dict:
+    from dataclasses import replace
+
+    from permerge_core.interpolation import lambda_grid
+    from permerge_core.pipeline import build_report
+
+    torch, s, p, load = _setup(spec)
+    out = _base_result(torch, s, p, load)
+    batches, masked, tok_match, tok_eval = _yardstick_batches(p, s, need_eval=True)
+    _warm_up(p, batches, masked)
+    ys = out["yardstick"]
+    ys["tokenize_match"], ys["tokenize_eval"] = tok_match, tok_eval
+    st = out["stages"]
+    stats = _bracketed_statistics(p, s, batches, out)
+    log("pipeline: matching")
+    matching, st["matching"] = _timed(p.matching, s)
+    passes = []
+
+    def curve(settings, which):
+        """The curve, with one yardstick masked-LM pass right after each point the pipeline
+        evaluated (interleaved, so both see the same background load); the yardstick's own time
+        is taken out of the next point's."""
+        times, mark = [], [time.perf_counter()]
+
+        def on_point(point):
+            seconds = time.perf_counter() - mark[0]
+            times.append({"lambda": point["lambda"], "seconds": seconds, "loss": point["loss"]})
+            if seconds > 1e-3:  # not a remembered point (θ(1) = A on the second curve)
+                passes.append(mlm_pass(p.a.model, p.a.head.mlm_module, masked))
+            mark[0] = time.perf_counter()
+
+        points = p.curve(settings, which, on_point)
+        return points, sum(t["seconds"] for t in times), times
+
+    log("pipeline: vanilla loss path (interleaved with the masked-LM yardstick)")
+    vanilla, st["loss_path_vanilla"], out["lambda_vanilla"] = curve(s, "vanilla")
+    log("pipeline: permuting")
+    _, st["permuting"] = _timed(p.permuted_b, s)
+    log("pipeline: permuted loss path (interleaved with the masked-LM yardstick)")
+    permuted, st["loss_path_permuted"], out["lambda_permuted"] = curve(s, "permuted")
+    evaluated = 2 * s.lambdas - 1  # θ(1) is A on both curves and is evaluated once
+    ys["mlm_pass_each"] = passes
+    ys["mlm_pass_mean"] = sum(passes) / len(passes)
+    ys["mlm_passes_needed"] = evaluated
+    ys["mlm_passes_total"] = ys["mlm_pass_mean"] * evaluated
+    log("pipeline: report")
+    _, st["report"] = _timed(build_report, p, s, stats, matching, vanilla, permuted, *p.eval_set(s))
+    st["loss_path"] = st["loss_path_vanilla"] + st["loss_path_permuted"]
+    st["total"] = sum(st[k] for k in ("load", "statistics", "matching", "loss_path", "permuting", "report"))
+    out["rss_mb"]["after_pipeline"] = rss_now_mb()
+    out["rss_mb"]["peak_after_pipeline"] = rss_peak_mb()
+    eval_tokens = p.eval_set(s)[0].num_tokens
+    out["eval_tokens"] = eval_tokens
+    out["lambda_grid"] = lambda_grid(s.lambdas)
+    out["barrier"] = {"vanilla": max(x["loss"] for x in vanilla) - 0.5 * (vanilla[0]["loss"] + vanilla[-1]["loss"]),
+                      "permuted": max(x["loss"] for x in permuted) - 0.5 * (permuted[0]["loss"] + permuted[-1]["loss"])}
+    out["tokens_per_second"] = {
+        "statistics": stats.num_tokens / st["statistics"],
+        "loss_path": eval_tokens * evaluated / st["loss_path"],
+        "yardstick_encoders": stats.num_tokens / ys["encoder_passes"],
+        "yardstick_mlm": eval_tokens / ys["mlm_pass_mean"],
+    }
+    out["ratios"] = {
+        "statistics": st["statistics"] / ys["encoder_passes"],
+        "loss_path": st["loss_path"] / ys["mlm_passes_total"],
+    }
+
+    changes = spec.get("interactive") or []
+    out["interactive"] = [interactive(p, replace(s, **{field: value})) for field, value in changes]
+    return out
+
+
+def interactive(p, s2) -> dict:
+    """Statistics cached in memory, merge settings changed: time to the new permuted curve's
+    first point and to its end (matching, permuting and the evaluations included)."""
+    log(f"interactive: attention {s2.attention}, residual {s2.residual}, statistics cached")
+    start = time.perf_counter()
+    _, t_match = _timed(p.matching, s2)
+    _, t_perm = _timed(p.permuted_b, s2)
+    first = {}
+
+    def on_point(point):
+        if not first:
+            first["seconds"] = time.perf_counter() - start
+            first["lambda"] = point["lambda"]
+
+    p.curve(s2, "permuted", on_point)
+    return {
+        "settings": s2.merge_fields(),
+        "matching": t_match,
+        "permuting": t_perm,
+        "first_point": first["seconds"],
+        "first_point_lambda": first["lambda"],
+        "full_curve": time.perf_counter() - start,
+    }
+
+
+def make_pair(spec) -> dict:
+    """A randomly initialised BertForMaskedLM pair (seeds 0 and 1) with the bundled tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(**spec.get("config", {}))
+    for seed, folder in enumerate(spec["out"]):
+        torch.manual_seed(seed)
+        model = BertForMaskedLM(config).eval()
+        model.save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(REPO / "assets" / "tokenizer" / name, Path(folder) / name)
+        del model
+    return {"config": config.to_diff_dict()}
+
+
+KINDS = {"pipeline": run_pipeline, "statistics": run_statistics, "make_pair": make_pair}
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    load_start = os.getloadavg()[0]
+    result = KINDS[spec["kind"]](spec)
+    result["rss_mb"] = {**result.get("rss_mb", {}), "peak": rss_peak_mb()}
+    result["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}  # > cores: something else was running
+    print(MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,18 +46,45 @@ st.success(
     icon=":material/check_circle:",
 )
 
+classifier = p.labelled is not None
+if classifier:
+    st.subheader("Labelled data")
+    columns, rows = ui.labelled_preview(p.eval_path)
+    st.markdown(
+        f"Evaluation file `{p.eval_path}`: {len(p.labelled.texts):,} examples; text column **{p.task.text_column}**"
+        + (f", second sentence **{p.task.pair_column}**" if p.task.pair_column else "")
+        + f", label column **{p.task.label_column}**. Matching texts from `{p.match_path}`."
+    )
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(views.label_balance(p.labelled), hide_index=True)
+
 st.subheader("Endpoint losses and functional equivalence")
 with ui.progress():
     max_diff = p.equivalence(s)
     losses = views.endpoint_losses(p, s)
+metric = "accuracy" if classifier else "masked-token accuracy"
+
+
+def detail(key: str) -> str | None:
+    value = losses.get(f"{key}_accuracy")
+    return None if value is None else f"{metric} {value:.3f}"
+
+
 m = st.columns(3)
-m[0].metric("L(A), λ = 1", f"{losses['a']:.4f} nats", help=f"masked-token accuracy {losses['a_accuracy']:.3f}")
-m[1].metric("L(B), λ = 0 vanilla", f"{losses['b']:.4f} nats", help=f"masked-token accuracy {losses['b_accuracy']:.3f}")
+m[0].metric("L(A), λ = 1", f"{losses['a']:.4f} nats", help=detail("a"))
+m[1].metric("L(B), λ = 0 vanilla", f"{losses['b']:.4f} nats", help=detail("b"))
 m[2].metric("L(B′), λ = 0 permuted", f"{losses['b_prime']:.4f} nats", delta=f"{losses['b_prime'] - losses['b']:+.1e} vs B", delta_color="off",
-            help=f"masked-token accuracy {losses['b_prime_accuracy']:.3f}")
+            help=detail("b_prime"))
+if classifier and losses.get("a_accuracy") is not None:
+    a1, a2, a3 = st.columns(3)
+    a1.metric("accuracy of A", f"{losses['a_accuracy']:.1%}")
+    a2.metric("accuracy of B", f"{losses['b_accuracy']:.1%}")
+    a3.metric("majority-class baseline", f"{views.majority_baseline(p.labelled):.1%}")
 ok, text = views.equivalence_text(max_diff, s.attention, s.residual)
 (st.success if ok else st.warning)(text, icon=":material/check_circle:" if ok else ":material/warning:")
 st.caption(
-    "Masked-LM cross-entropy on the evaluation text (15% of tokens masked, masks drawn once from the mask seed), in nats. "
-    "The equivalence check compares B′'s and B's logits on one evaluation batch."
+    ("Task cross-entropy (mean squared error for one output) over every labelled evaluation example, in nats. "
+     if classifier else
+     "Masked-LM cross-entropy on the evaluation text (15% of tokens masked, masks drawn once from the mask seed), in nats. ")
+    + "The equivalence check compares B′'s and B's logits on one evaluation batch."
 )

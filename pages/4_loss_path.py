@@ -14,6 +14,14 @@ st.caption(
 )
 p, s = ui.current()
 ss = st.session_state
+classifier = p.labelled is not None
+if classifier:
+    metric_options = ["pearson"] if p.a.config.num_labels == 1 else (["accuracy", "f1", "mcc"] if p.a.config.num_labels == 2 else ["accuracy", "mcc"])
+    metric = st.radio("Task metric (lower panel)", metric_options, key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
+    loss_name = "task loss (MSE)" if p.a.config.num_labels == 1 else "task cross-entropy"
+else:
+    metric, loss_name = "accuracy", "masked-LM loss"
+metric_name = views.METRIC_LABELS[metric] if classifier else "masked-token accuracy"
 variants = st.multiselect(
     "Extra curves: component variants (the paper's comparisons)", list(views.VARIANTS), key="variants",
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
@@ -29,7 +37,7 @@ redraw = ui.LiveRedraw(placeholder)
 
 
 def figure():
-    return charts.loss_path(curves, s.lambdas, title, colors)
+    return charts.loss_path(curves, s.lambdas, title, colors, loss_name=loss_name, metric=metric, metric_name=metric_name)
 
 
 def collect(name):
@@ -49,7 +57,11 @@ with ui.progress():
 
 fig = figure()
 placeholder.plotly_chart(fig, key="loss_final")
-st.caption(f"'permuted' uses the sidebar settings: {permuted_label}. Loss is the masked-LM cross-entropy in nats; accuracy is the fraction of masked tokens predicted exactly.")
+st.caption(
+    f"'permuted' uses the sidebar settings: {permuted_label}. "
+    + (f"Loss is the task's {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
+       if classifier else "Loss is the masked-LM cross-entropy in nats; accuracy is the fraction of masked tokens predicted exactly.")
+)
 
 preserving = {"vanilla": True, "permuted": s.function_preserving}
 preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
@@ -62,7 +74,7 @@ m[1].metric("permuted barrier", f"{by_name['permuted']['barrier (nats)']:.3f} na
 m[2].metric("λ points", f"{s.lambdas}")
 st.subheader("Barriers")
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
-    k: st.column_config.NumberColumn(format="%.4f") for k in ("barrier (nats)", "peak loss (nats)", "loss at λ=0 (nats)", "loss at λ=1 (nats)", "min accuracy")
+    k: st.column_config.NumberColumn(format="%.4f") for k in rows[0] if k not in ("curve", "peak λ", "function-preserving")
 })
 
 d1, d2 = st.columns(2)

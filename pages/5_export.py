@@ -27,7 +27,7 @@ if st.button("Save merged model", disabled=not target.strip(), type="primary"):
     try:
         with ui.progress(), st.spinner("Writing the merged model…"):
             out = p.save_merged(s, lam, target.strip(), overwrite=overwrite)
-        st.success(f"Wrote θ(λ={lam:g}) to {out}. Load it with AutoModelForMaskedLM.from_pretrained(…).", icon=":material/check_circle:")
+        st.success(f"Wrote θ(λ={lam:g}) to {out}. Load it with {'AutoModelForSequenceClassification' if p.labelled is not None else 'AutoModelForMaskedLM'}.from_pretrained(…).", icon=":material/check_circle:")
     except PermergeError as err:
         ui.show_error(err)
 
@@ -56,9 +56,14 @@ else:
     st.caption("report.json needs both loss paths; they are not computed for these settings yet (the Loss path page computes them).")
 
 st.subheader("The same analysis from the command line")
+if p.labelled is not None:
+    eval_data, match_data = ui.labelled_paths()
+    match_data = match_data or eval_data
+else:
+    match_data, eval_data = ui.data_path("match"), ui.data_path("eval")
 command = views.cli_command(
-    ss.model_a, ss.model_b, s, tokenizer=ss.get("tokenizer") or None, match_data=ui.data_path("match"), eval_data=ui.data_path("eval"),
-    out="runs/latest", save_merged=target.strip() or None, merge_lambda=lam,
+    ss.model_a, ss.model_b, s, tokenizer=ss.get("tokenizer") or None, match_data=match_data, eval_data=eval_data,
+    out="runs/latest", save_merged=target.strip() or None, merge_lambda=lam, task=p.task,
 )
 st.code(command, language="bash", wrap_lines=True)
 st.caption("Writes runs/latest/report.json and curve.csv" + (f", and the merged model at λ={lam:g}" if target.strip() else "")

@@ -198,14 +198,16 @@ def head_block(block: dict, j: int, k: int, title: str) -> go.Figure:
     return fig
 
 
-def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: dict[str, str] | None = None, mark_barriers: bool = True) -> go.Figure:
-    """Loss (nats) and masked-token accuracy along λ, one colour per curve; barriers marked.
+def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: dict[str, str] | None = None, mark_barriers: bool = True,
+              loss_name: str = "masked-LM loss", metric: str = "accuracy", metric_name: str = "masked-token accuracy") -> go.Figure:
+    """Loss (nats) and one metric (masked-token accuracy, or a task metric) along λ, one
+    colour per curve; barriers marked.
 
     A barrier is drawn where it is measured: a vertical bar at the peak λ from the endpoints'
     mean loss up to the peak, labelled with its value.
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.65, 0.35],
-                        subplot_titles=("masked-LM loss", "masked-token accuracy"))
+                        subplot_titles=(loss_name, metric_name))
     colors = colors or {}
     for n, (name, points) in enumerate(curves.items()):
         if not points:
@@ -219,11 +221,11 @@ def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: d
             line=dict(color=color, width=3 if name in ("vanilla", "permuted") else 2),
             hovertemplate="λ = %{x:.2f}<br>loss %{y:.4f} nats<extra>" + name + "</extra>",
         ), row=1, col=1)
-        if any("accuracy" in p for p in points):
+        if any(metric in p for p in points):
             fig.add_trace(go.Scatter(
-                x=x, y=[p.get("accuracy") for p in points], mode="lines+markers", name=f"{name} accuracy", legendgroup=name,
+                x=x, y=[p.get(metric) for p in points], mode="lines+markers", name=f"{name} {metric}", legendgroup=name,
                 showlegend=False, line=dict(color=color, width=2, dash="dot"),
-                hovertemplate="λ = %{x:.2f}<br>accuracy %{y:.3f}<extra>" + name + "</extra>",
+                hovertemplate="λ = %{x:.2f}<br>" + metric + " %{y:.3f}<extra>" + name + "</extra>",
             ), row=2, col=1)
         if mark_barriers and complete and len(points) >= 2:
             peak = int(np.argmax(loss))
@@ -237,7 +239,7 @@ def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: d
             ), row=1, col=1)
     fig.update_xaxes(title_text="λ  (θ = λ·A + (1−λ)·B;  λ=0: B or B′,  λ=1: A)", range=[-0.03, 1.03], row=2, col=1)
     fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy (fraction)", row=2, col=1)
+    fig.update_yaxes(title_text="fraction" if metric in ("accuracy", "f1") else metric_name, row=2, col=1)
     fig.update_layout(title=dict(text=title), height=620, legend=dict(orientation="h", y=-0.15), hovermode="x unified")
     return fig
 

@@ -33,11 +33,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from permerge_core import AlignSettings, Pipeline, PermergeError, views
+from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
 from permerge_core.cache import default_cache_dir
-from permerge_core.checkpoints import BUNDLED_MODELS, bundled_seeds, find_checkpoints, load_checkpoint
+from permerge_core.checkpoints import BUNDLED_CLASSIFIERS, BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, load_checkpoint
 from permerge_core.errors import DataError
 from permerge_core.matching import ATTENTION_MODES, NON_PRESERVING, RESIDUAL_MODES
+from permerge_core.pipeline import TaskSpec
 
 log = logging.getLogger("permerge.app")
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,6 +123,9 @@ RESIDUAL_LABELS = {
     "sep": "sep ⚠ not function-preserving",
 }
 DATA_LABELS = {"bundled": "bundled corpus", "upload": "upload", "path": "file path"}
+TASK_LABELS = {"bundled": "bundled task", "upload": "upload", "path": "file paths"}
+NO_COLUMN = "(none)"
+LABELLED_TYPES = ["csv", "tsv", "jsonl", "json"]
 UPLOADS = Path(tempfile.gettempdir()) / "permerge-uploads"
 
 
@@ -165,6 +169,13 @@ def defaults() -> dict:
         "mask_seed": d.mask_seed,
         "drop_special": d.drop_special,
         "device": "cpu",
+        # classifiers: labelled data and its columns
+        "task_source": "bundled",
+        "task_eval_path": "",
+        "task_match_path": "",
+        "text_column": "text",
+        "pair_column": NO_COLUMN,
+        "label_column": "label",
     }
 
 
@@ -205,6 +216,8 @@ def model_label(source: str | None) -> str:
     path = Path(source).expanduser()
     if path.parent.resolve() == BUNDLED_MODELS.resolve():
         return f"{path.name} (bundled)"
+    if path.parent.resolve() == BUNDLED_CLASSIFIERS.resolve():
+        return f"{path.name} (bundled classifier)"
     if path.is_dir():
         return f"{path.name} — {path.parent}"
     return source
@@ -213,7 +226,7 @@ def model_label(source: str | None) -> str:
 def checkpoint_options() -> list[str]:
     """Bundled seeds, checkpoints found under the models folder, and the current picks."""
     ss = st.session_state
-    found = [str(p) for p in bundled_seeds()] + _found_checkpoints(ss.get("models_dir") or "")
+    found = [str(p) for p in bundled_seeds() + bundled_classifiers()] + _found_checkpoints(ss.get("models_dir") or "")
     for current in (ss.get("model_a"), ss.get("model_b")):
         if current:
             found.append(current)
@@ -240,6 +253,19 @@ def sidebar() -> None:
     if len(bundled_seeds()) < 2:
         sb.caption("The bundled seed models are not in assets/models yet: pick two checkpoints above.")
 
+    if head_kind(ss.get("model_a")) == "classification":
+        labelled_data_controls(sb)
+    else:
+        text_data_controls(sb)
+    c1, c2 = sb.columns(2)
+    c1.number_input("Matching tokens", min_value=1, step=4096, key="match_tokens", help="Tokens for the activation statistics.")
+    c2.number_input("Eval tokens", min_value=1, step=4096, key="eval_tokens",
+                    help="Tokens for the loss along λ (masked LMs; classifiers are evaluated on every labelled example).")
+    merge_controls(sb)
+
+
+def text_data_controls(sb) -> None:
+    ss = st.session_state
     sb.header("Data")
     for which, label in (("match", "Matching text"), ("eval", "Evaluation text")):
         sb.radio(label, list(DATA_LABELS), key=f"{which}_source", format_func=DATA_LABELS.get, horizontal=True)
@@ -253,10 +279,48 @@ def sidebar() -> None:
                 ss.pop(f"{which}_upload_path", None)
         elif source == "path":
             sb.text_input(f"{label} path", key=f"{which}_path", placeholder="/path/to/text.txt")
-    c1, c2 = sb.columns(2)
-    c1.number_input("Matching tokens", min_value=1, step=4096, key="match_tokens", help="Tokens for the activation statistics.")
-    c2.number_input("Eval tokens", min_value=1, step=4096, key="eval_tokens", help="Tokens for the loss along λ.")
 
+
+def labelled_data_controls(sb) -> None:
+    """Classifiers: a labelled evaluation file (and optionally a matching file), and which
+    columns hold the text, the second sentence and the label."""
+    ss = st.session_state
+    sb.header("Labelled data")
+    sb.radio("Source", list(TASK_LABELS), key="task_source", format_func=TASK_LABELS.get, horizontal=True,
+             help="The bundled task: which text a passage comes from (Bible or Shakespeare), see assets/tasks/README.md.")
+    source = ss.get("task_source")
+    if source == "upload":
+        for which, label in (("eval", "Evaluation file"), ("match", "Matching file (optional)")):
+            upload = sb.file_uploader(f"{label}: CSV, TSV or JSON Lines", type=LABELLED_TYPES, key=f"task_{which}_upload")
+            if upload is not None:
+                ss[f"task_{which}_upload_path"] = save_upload(upload.getvalue(), Path(upload.name).suffix.lower())
+                sb.caption(f"{upload.name}: {upload.size:,} bytes")
+            else:
+                ss.pop(f"task_{which}_upload_path", None)
+    elif source == "path":
+        sb.text_input("Evaluation file path", key="task_eval_path", placeholder="/path/to/dev.tsv or glue:sst2",
+                      help="A local CSV/TSV/JSON Lines file, or a GLUE task by name (glue:TASK[:SPLIT], needs the hub).")
+        sb.text_input("Matching file path (optional)", key="task_match_path", placeholder="/path/to/train.tsv",
+                      help="Its input texts feed the activation statistics; without one, the evaluation file's texts are used.")
+    try:
+        eval_path, _ = labelled_paths()
+        columns = labelled_columns(eval_path)
+    except PermergeError as err:
+        sb.caption(f"⚠ {err.problem}")
+        return
+    for key, guesses in (("text_column", ("text", "sentence", "sentence1", "question")), ("label_column", ("label", "labels", "score"))):
+        if ss.get(key) not in columns:
+            ss[key] = next((g for g in guesses if g in columns), columns[0])
+    if ss.get("pair_column") not in [NO_COLUMN] + columns:
+        ss["pair_column"] = next((g for g in ("sentence2", "question2") if g in columns), NO_COLUMN)
+    c1, c2 = sb.columns(2)
+    c1.selectbox("Text column", columns, key="text_column")
+    c2.selectbox("Label column", columns, key="label_column")
+    sb.selectbox("Second sentence column", [NO_COLUMN] + columns, key="pair_column", help="For sentence-pair tasks (MRPC, RTE, …).")
+
+
+def merge_controls(sb) -> None:
+    ss = st.session_state
     sb.header("Merge settings")
     sb.toggle("Align FFN units", key="ffn")
     sb.selectbox("Attention", ATTENTION_MODES, key="attention", format_func=ATTENTION_LABELS.get)
@@ -275,10 +339,11 @@ def sidebar() -> None:
         st.selectbox("Device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), key="device")
 
 
-def save_upload(data: bytes) -> str:
-    """Store uploaded text under a content-addressed temp path (the same file → the same path)."""
+def save_upload(data: bytes, suffix: str = ".txt") -> str:
+    """Store an upload under a content-addressed temp path (the same file → the same path);
+    the suffix tells the labelled-data reader the format."""
     UPLOADS.mkdir(parents=True, exist_ok=True)
-    path = UPLOADS / f"{hashlib.sha256(data).hexdigest()}.txt"
+    path = UPLOADS / f"{hashlib.sha256(data).hexdigest()}{suffix}"
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
@@ -318,14 +383,63 @@ def data_path(which: str) -> str | None:
     return None
 
 
+def head_kind(source: str | None) -> str | None:
+    """'mlm', 'classification' or 'base' for a checkpoint, None if it cannot be read."""
+    if not source:
+        return None
+    try:
+        return describe(source, st.session_state.get("tokenizer") or "").get("head")
+    except PermergeError:
+        return None
+
+
+def labelled_paths() -> tuple[str, str | None]:
+    """(evaluation file, matching file or None) of the labelled data controls."""
+    ss = st.session_state
+    source = ss.get("task_source", "bundled")
+    if source == "bundled":
+        return str(BUNDLED_TASK / "eval.tsv"), str(BUNDLED_TASK / "train.tsv")
+    if source == "upload":
+        path = ss.get("task_eval_upload_path")
+        if not path:
+            raise DataError("No labelled evaluation file has been uploaded yet.", "Upload a CSV, TSV or JSON Lines file in the sidebar, or choose the bundled task.")
+        return path, ss.get("task_match_upload_path")
+    path = (ss.get("task_eval_path") or "").strip()
+    if not path:
+        raise DataError("No labelled evaluation file path is given.", "Type the path of a CSV, TSV or JSON Lines file in the sidebar, or choose the bundled task.")
+    match = (ss.get("task_match_path") or "").strip()
+    return str(Path(path).expanduser()), (str(Path(match).expanduser()) if match else None)
+
+
+def labelled_columns(path: str) -> list[str]:
+    return labelled_preview(path)[0]
+
+
+def labelled_preview(path: str) -> tuple[list[str], list[dict]]:
+    """Column names and the first rows of a labelled file (cached by content signature)."""
+    return _labelled_preview(path, views.source_signature(path))
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the labelled file…")
+def _labelled_preview(path: str, signature: str) -> tuple[list[str], list[dict]]:
+    return tasks.preview(path, rows=8)
+
+
+def task_spec() -> TaskSpec:
+    ss = st.session_state
+    pair = ss.get("pair_column")
+    return TaskSpec(text_column=ss.get("text_column") or "text", label_column=ss.get("label_column") or "label",
+                    pair_column=None if pair in (None, "", NO_COLUMN) else pair)
+
+
 @st.cache_resource(max_entries=6, show_spinner="Loading both models…")
 def _pipeline(model_a: str, sig_a: str, model_b: str, sig_b: str, tokenizer: str, match: str | None, sig_m: str,
-              eval_: str | None, sig_e: str, cache_dir: str):
+              eval_: str | None, sig_e: str, cache_dir: str, task: TaskSpec | None = None):
     """A shared Pipeline, or the PermergeError that building it raised (also cached: the key
     holds the files' signatures, so fixing a file gives a new key and a new attempt)."""
     try:
         return Pipeline(model_a, model_b, tokenizer=tokenizer or None, match_data=match, eval_data=eval_,
-                        cache_dir=cache_dir, progress=_dispatch)
+                        cache_dir=cache_dir, progress=_dispatch, task=task)
     except PermergeError as err:
         return err
 
@@ -333,14 +447,19 @@ def _pipeline(model_a: str, sig_a: str, model_b: str, sig_b: str, tokenizer: str
 def pipeline_for(model_a: str, model_b: str) -> Pipeline:
     """The shared pipeline for a pair with the sidebar's tokenizer and data (raises PermergeError)."""
     ss = st.session_state
-    match, eval_ = data_path("match"), data_path("eval")
+    task = None
+    if head_kind(model_a) == "classification":
+        eval_, match = labelled_paths()
+        task = task_spec()
+    else:
+        match, eval_ = data_path("match"), data_path("eval")
     # No progress bars while loading: elements drawn inside a cached function would be replayed
     # by Streamlit on later cache hits, into containers that no longer exist (its spinner shows instead).
     previous, _local.callback = getattr(_local, "callback", None), None
     try:
         result = _pipeline(
             model_a, views.source_signature(model_a), model_b, views.source_signature(model_b), ss.get("tokenizer") or "",
-            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()),
+            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()), task,
         )
     finally:
         _local.callback = previous

@@ -38,6 +38,10 @@ class DiskCache:
     def enabled(self) -> bool:
         return self.root is not None
 
+    def has(self, kind: str, fields: dict, suffix: str) -> bool:
+        """Whether an entry exists (without reading or validating it)."""
+        return self.enabled and self._path(kind, fields, suffix).exists()
+
     def _path(self, kind: str, fields: dict, suffix: str) -> Path:
         return self.root / f"{kind}-{key_of(kind, fields)}{suffix}"
 

@@ -23,6 +23,8 @@ from .errors import CheckpointError, IncompatiblePairError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODELS = ASSETS / "models"
+BUNDLED_CLASSIFIERS = ASSETS / "classifiers"  # the seed models fine-tuned on the bundled task
+BUNDLED_TASK = ASSETS / "tasks" / "source"  # train.tsv (matching) and eval.tsv (evaluation)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUB_ALLOW = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer*", "vocab*", "special_tokens_map.json", "merges.txt"]
 
@@ -328,6 +330,20 @@ def bundled_seeds() -> list[Path]:
     if not BUNDLED_MODELS.is_dir():
         return []
     return sorted(p for p in BUNDLED_MODELS.iterdir() if (p / "config.json").exists())
+
+
+def bundled_classifiers() -> list[Path]:
+    """The bundled fine-tuned pair (sequence classifiers on the bundled task), in seed order."""
+    if not BUNDLED_CLASSIFIERS.is_dir():
+        return []
+    return sorted(p for p in BUNDLED_CLASSIFIERS.iterdir() if (p / "config.json").exists())
+
+
+def is_bundled_classifier(path: str | Path) -> bool:
+    try:
+        return Path(path).resolve().parent == BUNDLED_CLASSIFIERS.resolve()
+    except OSError:
+        return False
 
 
 def find_checkpoints(root: str | Path) -> list[Path]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import cache as cache_mod
-from .checkpoints import Checkpoint, bundled_seeds, load_checkpoint, validate_pair
+from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
 from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
 from .evaluation import barrier, max_abs_logit_diff, mlm_loss
@@ -33,7 +33,7 @@ from .interpolation import Interpolator, lambda_grid
 from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving, matched_statistics, HeadMatching
 from .permuting import permuted_model
 from .statistics import SpaceStats, Statistics, collect_statistics
-from .tasks import FORMATS, encode, load_labelled, task_eval
+from .tasks import FORMATS, encode, is_glue, load_labelled, task_eval
 
 __all__ = ["ATTENTION_MODES", "RESIDUAL_MODES", "AlignSettings", "Pipeline", "default_pair", "write_outputs"]
 
@@ -99,7 +99,7 @@ def _label_names(config) -> list[str] | None:
 
 def _match_passages(path: str, task: TaskSpec | None) -> list[str]:
     """Matching text: plain lines, or the input texts of a labelled file (labels unused)."""
-    if task is not None and Path(path).suffix.lower() in FORMATS:
+    if task is not None and (Path(path).suffix.lower() in FORMATS or is_glue(path)):
         return [t for t in _texts_only(path, task) if t.strip()]
     return read_passages(path)
 
@@ -150,6 +150,16 @@ class Pipeline:
         self.b = model_b if isinstance(model_b, Checkpoint) else load_checkpoint(model_b, tokenizer, device)
         validate_pair(self.a, self.b)
         self.progress("load", 1.0, "models loaded")
+        if self.a.head.kind == "classification" and eval_data is None and is_bundled_classifier(self.a.path):
+            # The bundled fine-tuned pair comes with its task: match on its training texts,
+            # evaluate on its held-out split.
+            match_data = match_data or str(BUNDLED_TASK / "train.tsv")
+            eval_data = str(BUNDLED_TASK / "eval.tsv")
+            task = task or TaskSpec()
+        self.notes: list[str] = []
+        if self.a.head.kind == "classification" and match_data is None and eval_data is not None:
+            match_data = eval_data  # the task's input texts, as method.md §6 asks
+            self.notes.append("matching on the evaluation file's input texts (no separate matching file was given)")
         self.match_path = str(match_data or DEFAULT_MATCH_DATA)
         self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)
         self.task = task if self.a.head.kind == "classification" else None
@@ -399,6 +409,33 @@ class Pipeline:
             self._memo[memo_key] = self._evaluate(self.a.model, s)
         return self._memo[memo_key]
 
+    # ---- status --------------------------------------------------------------------------
+    def stage_status(self, s: AlignSettings) -> dict[str, str]:
+        """Where each stage of `s` stands, without computing anything: 'computed' (in
+        memory), 'cached' (on disk), 'stale' (computed here, but only for other settings) or
+        'missing'. Uses the same keys as the stages themselves."""
+        with self._lock:
+            memo_keys = list(self._memo)
+        held = [(kind, json.loads(key)) for kind, key in memo_keys if isinstance(key, str) and key.startswith("{")]
+
+        def state(kind: str, fields: dict, suffix: str, same: tuple = ()) -> str:
+            if (kind, json.dumps(fields, sort_keys=True)) in memo_keys:
+                return "computed"
+            if self.cache.has(kind, fields, suffix):
+                return "cached"
+            if any(k == kind and all(f.get(x) == fields.get(x) for x in same) for k, f in held):
+                return "stale"
+            return "missing"
+
+        ev = self.eval_fields(s)
+        match = self.matching_fields(s)
+        return {
+            "statistics": state("stats", self.stats_fields(s), ".safetensors"),
+            "matching": state("matching", match, ".safetensors"),
+            "vanilla path": state("curve", {**ev, "lambdas": s.lambdas, "which": "vanilla"}, ".json", ("which", "lambdas")),
+            "permuted path": state("curve", {**ev, "lambdas": s.lambdas, "which": "permuted", **match}, ".json", ("which", "lambdas")),
+        }
+
     # ---- the whole run -------------------------------------------------------------------
     def run(self, s: AlignSettings, on_point: Callable[[str, dict], None] | None = None) -> dict:
         s.validate()
@@ -474,7 +511,7 @@ def build_report(p: Pipeline, s: AlignSettings, stats, matching, vanilla, permut
         "function_preserving": matching.function_preserving,
         "max_abs_logit_diff": p.equivalence(s),
         "matched_correlation": matched_statistics(stats, matching),
-        "notes": list(stats.notes) + list(batches.notes) + list(p.cache.events),
+        "notes": list(p.notes) + list(stats.notes) + list(batches.notes) + list(p.cache.events),
     }
     if masked is None:  # a classifier: every task metric along λ
         names = [k for k in vanilla[0] if k not in ("lambda", "loss")]

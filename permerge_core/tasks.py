@@ -9,6 +9,7 @@ Otherwise cross-entropy, accuracy, and F1 (two classes) or Matthews correlation.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,9 +31,42 @@ class LabelledData:
     notes: list[str] = field(default_factory=list)
 
 
+# "glue:sst2" (validation split) or "glue:mrpc:train": a GLUE task by name, fetched through
+# `datasets` from the Hugging Face hub, so only when online.
+GLUE_SPEC = re.compile(r"^glue[:/](?P<task>[a-z0-9_]+)(?::(?P<split>[a-z_]+))?$")
+GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "ax")
+
+
+def is_glue(spec: str | Path) -> bool:
+    return bool(GLUE_SPEC.match(str(spec))) and not Path(spec).exists()
+
+
+def _read_glue(spec: str):
+    from datasets import load_dataset
+
+    from .checkpoints import _hub_reachable
+
+    match = GLUE_SPEC.match(spec)
+    task, split = match["task"], match["split"] or ("validation_matched" if match["task"] == "mnli" else "validation")
+    if task not in GLUE_TASKS:
+        raise DataError(f"{task!r} is not a GLUE task.", f"Use one of: {', '.join(GLUE_TASKS)} (e.g. glue:sst2 or glue:mrpc:train).")
+    if not _hub_reachable():
+        raise DataError(
+            f"Cannot reach the Hugging Face hub to fetch GLUE task {task!r} (offline).",
+            "Download the task's files once where you are online and give their path (CSV, TSV or JSON Lines).",
+        )
+    try:
+        return load_dataset("nyu-mll/glue", task, split=split)
+    except Exception as err:
+        raise DataError(f"GLUE task {task!r}, split {split!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}).",
+                        "Check the task and split names (e.g. glue:sst2, glue:mrpc:train).") from None
+
+
 def _read_table(path: Path):
     from datasets import load_dataset
 
+    if is_glue(path):
+        return _read_glue(str(path))
     if not path.exists():
         raise DataError(f"Labelled data file {path} does not exist.", "Give a CSV, TSV or JSON Lines file.")
     kind = FORMATS.get(path.suffix.lower())

@@ -13,7 +13,6 @@ diagonal holds the matched correlations.
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import dataclass, replace
@@ -274,21 +273,31 @@ def barrier_rows(curves: dict[str, list[dict]], preserving: dict[str, bool] | No
             "loss at λ=0 (nats)": losses[0],
             "loss at λ=1 (nats)": losses[-1],
         }
-        if any("accuracy" in p for p in points):
-            row["min accuracy"] = min(p.get("accuracy", float("nan")) for p in points)
+        for metric in metric_names({name: points}):
+            row[f"min {METRIC_LABELS.get(metric, metric)}"] = min(p.get(metric, float("nan")) for p in points)
         if preserving is not None:
             row["function-preserving"] = preserving.get(name, True)
         rows.append(row)
     return rows
 
 
+METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson correlation"}
+
+
+def metric_names(curves: dict[str, list[dict]]) -> list[str]:
+    """The metrics the curves carry besides loss, in a stable order (accuracy first)."""
+    found = {k for points in curves.values() for p in points for k in p if k not in ("lambda", "loss")}
+    return [m for m in METRIC_LABELS if m in found] + sorted(found - set(METRIC_LABELS))
+
+
 def curves_csv(curves: dict[str, list[dict]]) -> str:
-    """Long-format CSV of every curve: curve,lambda,loss,accuracy (loss in nats)."""
-    lines = ["curve,lambda,loss,accuracy"]
+    """Long-format CSV of every curve: curve,lambda,loss and one column per metric (loss in nats)."""
+    metrics = metric_names(curves) or ["accuracy"]
+    lines = [",".join(["curve", "lambda", "loss", *metrics])]
     for name, points in curves.items():
         for p in points:
-            acc = p.get("accuracy", float("nan"))
-            lines.append(f"{_csv_field(name)},{p['lambda']:.6g},{p['loss']:.6f},{acc:.6f}")
+            values = [f"{p.get(m, float('nan')):.6f}" for m in metrics]
+            lines.append(",".join([_csv_field(name), f"{p['lambda']:.6g}", f"{p['loss']:.6f}", *values]))
     return "\n".join(lines) + "\n"
 
 
@@ -310,6 +319,7 @@ def cli_command(
     merge_lambda: float | None = None,
     cache_dir: str | None = None,
     python: str = "python",
+    task=None,
 ) -> str:
     """The `python -m permerge_core align` command that computes exactly this view.
 
@@ -326,6 +336,12 @@ def cli_command(
         args += ["--match-data", str(match_data)]
     if eval_data:
         args += ["--eval-data", str(eval_data)]
+    if task is not None:  # classifiers: which columns of the labelled file
+        args += ["--text-column", task.text_column, "--label-column", task.label_column]
+        if task.pair_column:
+            args += ["--pair-column", task.pair_column]
+        if task.regression:
+            args.append("--regression")
     for name in ("match_tokens", "eval_tokens", "batch_size"):
         if getattr(settings, name) != getattr(d, name):
             args += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
@@ -421,37 +437,8 @@ def pair_barriers(pipeline, settings) -> dict[str, float]:
 # ---- status -----------------------------------------------------------------------------------
 
 def stage_status(pipeline, settings) -> dict[str, str]:
-    """Where each stage of `settings` stands: 'computed' (in memory), 'cached' (on disk),
-    'stale' (computed only for other settings) or 'missing'.
-
-    Reads the pipeline's memo and disk cache without computing anything. It mirrors the keys
-    `Pipeline` builds (stats_fields, matching_fields, eval_fields + λ grid + which).
-    """
-    memo = pipeline._memo  # noqa: SLF001 - read-only look; see the docstring
-    held = [(k[0], json.loads(k[1])) for k in list(memo) if len(k) == 2 and isinstance(k[1], str) and k[1].startswith("{")]
-    cache = pipeline.cache
-
-    def state(kind: str, fields: dict, suffix: str, same: tuple = ()) -> str:
-        if (kind, json.dumps(fields, sort_keys=True)) in memo:
-            return "computed"
-        if cache.enabled and cache._path("stats" if kind == "stats" else kind, fields, suffix).exists():  # noqa: SLF001
-            return "cached"
-        # Stale: the same stage (same curve, same λ grid) was computed, but for other settings.
-        if any(k == kind and all(f.get(x) == fields.get(x) for x in same) for k, f in held):
-            return "stale"
-        return "missing"
-
-    stats = pipeline.stats_fields(settings)
-    match = pipeline.matching_fields(settings)
-    ev = pipeline.eval_fields(settings)
-    curve_v = {**ev, "lambdas": settings.lambdas, "which": "vanilla"}
-    curve_p = {**ev, "lambdas": settings.lambdas, "which": "permuted", **match}
-    return {
-        "statistics": state("stats", stats, ".safetensors"),
-        "matching": state("matching", match, ".safetensors"),
-        "vanilla path": state("curve", curve_v, ".json", ("which", "lambdas")),
-        "permuted path": state("curve", curve_p, ".json", ("which", "lambdas")),
-    }
+    """Where each stage stands (see `Pipeline.stage_status`)."""
+    return pipeline.stage_status(settings)
 
 
 _SYMBOL = {"computed": "✓", "cached": "⛁", "stale": "↻", "missing": "○"}
@@ -483,6 +470,25 @@ def endpoint_losses(pipeline, settings) -> dict[str, float]:
         "a_accuracy": vanilla[-1].get("accuracy"), "b_accuracy": vanilla[0].get("accuracy"),
         "b_prime_accuracy": permuted[0].get("accuracy"),
     }
+
+
+def label_balance(data) -> list[dict]:
+    """Examples per label of a `LabelledData` (classification), with their share."""
+    if data.label_names is None and any(not float(y).is_integer() for y in data.labels):
+        return [{"label": "(regression target)", "examples": len(data.labels), "share": 1.0}]
+    counts: dict[int, int] = {}
+    for y in data.labels:
+        counts[int(y)] = counts.get(int(y), 0) + 1
+    names = data.label_names or []
+    return [
+        {"label": names[k] if k < len(names) else str(k), "examples": n, "share": round(n / len(data.labels), 4)}
+        for k, n in sorted(counts.items())
+    ]
+
+
+def majority_baseline(data) -> float:
+    """Accuracy of always predicting the most frequent label."""
+    return max(row["examples"] for row in label_balance(data)) / len(data.labels)
 
 
 def source_signature(source: str | None) -> str:

@@ -288,3 +288,51 @@ def test_views_cli_command_round_trips_through_the_cli_parser():
                             attention=args.attention, residual=args.residual, absolute=args.absolute, drop_special=args.drop_special,
                             lambdas=args.lambdas, mask_seed=args.mask_seed, device=args.device)
     assert rebuilt == s and args.model_a == "/m/a b" and args.merge_lambda == 0.25 and args.eval_data is None
+
+
+@pytest.fixture(scope="module")
+def classifiers(world) -> dict:
+    """Two tiny fine-tuned-style classifiers (2 labels named neg/pos) and a labelled TSV."""
+    root = world["root"] / "clf"
+    pair = []
+    for seed in (0, 1):
+        model = random_model("bert", "classification", seed=seed, layers=2, hidden=16, heads=4, ffn=32, num_labels=2)
+        model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+        pair.append(save_model(model, root / f"clf-{seed}"))
+    lines = random_text(60, seed=5).splitlines()
+    data = root / "task.tsv"
+    data.write_text("sentence\tgold\n" + "".join(f"{t}\t{'pos' if k % 3 else 'neg'}\n" for k, t in enumerate(lines)))
+    return {"a": pair[0], "b": pair[1], "data": data, "n": len(lines)}
+
+
+def test_classifier_pair_gets_labelled_data_controls_a_preview_and_task_curves(world, classifiers):
+    at = app(world, model_a=str(classifiers["a"]), model_b=str(classifiers["b"]), task_source="path",
+             task_eval_path=str(classifiers["data"])).run()
+    no_crash(at)
+    # The sidebar offers the file's columns and guessed the text column; the label column is chosen by hand.
+    assert at.sidebar.selectbox(key="text_column").value == "sentence"
+    assert at.sidebar.selectbox(key="text_column").options == ["sentence", "gold"]
+    at.sidebar.selectbox(key="label_column").set_value("gold").run()
+    no_crash(at)
+    preview = at.dataframe[1].value.to_dict("records")
+    assert list(preview[0]) == ["sentence", "gold"] and len(preview) == 8
+    balance = {r["label"]: r["examples"] for r in at.dataframe[2].value.to_dict("records")}
+    n = classifiers["n"]
+    assert balance == {"neg": (n + 2) // 3, "pos": n - (n + 2) // 3}
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["majority-class baseline"] == f"{max(balance.values()) / n:.1%}"
+    assert any("same function" in s.value for s in at.success)
+
+    at.switch_page("pages/4_loss_path.py").run()
+    no_crash(at)
+    assert at.radio(key="task_metric").options == ["accuracy", "F1", "Matthews correlation"]
+    fig = charts(at)["loss_final"]
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "task cross-entropy" in titles and "accuracy" in titles
+    acc = [t for t in fig["data"] if t.get("name") == "permuted accuracy"]
+    assert acc and all(0.0 <= v <= 1.0 for v in arr(acc[0]["y"]).tolist())
+    at.radio(key="task_metric").set_value("mcc").run()
+    no_crash(at)
+    assert any(t.get("name") == "permuted mcc" for t in charts(at)["loss_final"]["data"])
+    table = at.dataframe[0].value.to_dict("records")
+    assert {"min accuracy", "min F1", "min Matthews correlation"} <= set(table[0])

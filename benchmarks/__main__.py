@@ -5,6 +5,7 @@
     python -m benchmarks --only default,whole  # a subset: default, bert, scaling, whole
     python -m benchmarks --quick               # a smoke run with tiny budgets (numbers mean little)
     python -m benchmarks --render FILE.json    # print the tables of an earlier run
+    python -m benchmarks --compare OLD.json NEW.json   # key numbers side by side
 
 Workloads (each in a fresh process, so every peak RSS is its own):
   default   the default pair with the default AlignSettings, stage by stage, with the
@@ -29,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .report import check_targets, render
+from .report import check_targets, compare, render
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
@@ -99,10 +100,14 @@ def main(argv=None) -> int:
     parser.add_argument("--scale-base", type=int, default=4096, help="matching tokens of the 1× scaling run")
     parser.add_argument("--scales", default="1,4,16")
     parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier results file and exit")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print two results files side by side and exit")
     args = parser.parse_args(argv)
 
     if args.render:
         print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    if args.compare:
+        print(compare(*(json.loads(Path(f).read_text()) for f in args.compare)))
         return 0
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = set(only) - set(WORKLOADS)

@@ -130,3 +130,41 @@ def render(results: dict) -> str:
         met = "–" if t["met"] is None else ("yes" if t["met"] else "NO")
         lines.append(f"| {t['target']} | {_f(t['value'])} | {_f(t['limit'])} | {met} |")
     return "\n".join(lines)
+
+
+COMPARE = [
+    ("default: statistics s", "default.stages.statistics"),
+    ("default: statistics ratio", "default.ratios.statistics"),
+    ("default: matching s", "default.stages.matching"),
+    ("default: permuting s", "default.stages.permuting"),
+    ("default: loss-path ratio", "default.ratios.loss_path"),
+    ("default: peak RSS MiB", "default.rss_mb.peak_child"),
+    ("interactive (attention change): first point s", "default.interactive.0.first_point"),
+    ("interactive (attention change): full curve s", "default.interactive.0.full_curve"),
+    ("BERT-base-size: statistics s", "bert.stages.statistics"),
+    ("BERT-base-size: statistics ratio", "bert.ratios.statistics"),
+    ("BERT-base-size: matching s", "bert.stages.matching"),
+    ("BERT-base-size: permuting s", "bert.stages.permuting"),
+    ("BERT-base-size: report s", "bert.stages.report"),
+    ("BERT-base-size: loss-path ratio", "bert.ratios.loss_path"),
+    ("BERT-base-size: peak RSS MiB", "bert.rss_mb.peak_child"),
+    ("scaling: peak RSS ×1 MiB", "scaling.x1.rss_mb.peak_child"),
+    ("scaling: peak RSS ×16 MiB", "scaling.x16.rss_mb.peak_child"),
+    ("scaling: peak RSS ×16 / ×1", "scaling_growth"),
+    ("whole run: align s", "whole.align.seconds"),
+    ("whole run: plain s", "whole.plain.seconds"),
+    ("whole run: ratio", "whole.ratio"),
+]
+
+
+def compare(before: dict, after: dict) -> str:
+    """Key numbers of two results files side by side (Markdown)."""
+    def load(r):
+        return ", ".join(f"{k} {v['loadavg_1min']['start']:.1f}→{v['loadavg_1min']['end']:.1f}"
+                         for k, v in r["workloads"].items() if isinstance(v, dict) and "loadavg_1min" in v)
+
+    lines = [f"before: git {before.get('git')} (load: {load(before)}); after: git {after.get('git')} (load: {load(after)})", "",
+             "| measure | before | after |", "|---|---|---|"]
+    for name, path in COMPARE:
+        lines.append(f"| {name} | {_f(_get(before, path))} | {_f(_get(after, path))} |")
+    return "\n".join(lines)

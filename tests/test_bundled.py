@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from permerge_core import AlignSettings, Pipeline
-from permerge_core.checkpoints import BUNDLED_MODELS, bundled_seeds, load_checkpoint
+from permerge_core.checkpoints import BUNDLED_CLASSIFIERS, BUNDLED_MODELS, bundled_classifiers, bundled_seeds, load_checkpoint
 
 CARD = BUNDLED_MODELS / "card.json"
 pytestmark = pytest.mark.skipif(not CARD.exists(), reason="no bundled models yet (assets/models/card.json missing)")
@@ -43,3 +43,28 @@ def test_the_default_pair_reproduces_the_card_losses(card):
     assert vanilla[-1] == pytest.approx(card["models"][name_a]["held_out_loss"], abs=0.01)
     assert vanilla[0] == pytest.approx(card["models"][name_b]["held_out_loss"], abs=0.01)
     assert max(vanilla) == pytest.approx(max(pair["vanilla"]["curve"]), abs=0.01)
+
+
+CLASSIFIER_CARD = BUNDLED_CLASSIFIERS / "card.json"
+
+
+@pytest.mark.skipif(not CLASSIFIER_CARD.exists(), reason="no bundled classifiers yet (assets/classifiers/card.json missing)")
+def test_bundled_classifiers_load_reproduce_their_card_and_beat_the_majority_class():
+    from dataclasses import replace
+
+    from transformers import AutoModelForSequenceClassification
+
+    card = json.loads(CLASSIFIER_CARD.read_text())
+    assert [p.name for p in bundled_classifiers()] == sorted(card["models"])
+    for name in card["models"]:
+        model = AutoModelForSequenceClassification.from_pretrained(BUNDLED_CLASSIFIERS / name)
+        assert model.config.id2label == {0: "bible", 1: "shakespeare"}
+    a, b = (str(p) for p in bundled_classifiers())
+    p = Pipeline(a, b, cache_dir=None)  # no data arguments: the bundled task's files
+    assert p.eval_path.endswith("tasks/source/eval.tsv") and p.match_path.endswith("tasks/source/train.tsv")
+    ends = p.curve(replace(AlignSettings(**card["settings"]), lambdas=2), "vanilla")
+    baseline = card["task"]["majority_baseline"]
+    for point, name in ((ends[-1], Path(a).name), (ends[0], Path(b).name)):
+        assert point["loss"] == pytest.approx(card["models"][name]["held_out_loss"], abs=0.01)
+        assert point["accuracy"] == pytest.approx(card["models"][name]["held_out_accuracy"], abs=0.005)
+        assert point["accuracy"] >= baseline + 0.10, f"{name}: {point['accuracy']:.3f} vs majority {baseline:.3f}"

@@ -59,7 +59,7 @@ fig = figure()
 placeholder.plotly_chart(fig, key="loss_final")
 st.caption(
     f"'permuted' uses the sidebar settings: {permuted_label}. "
-    + (f"Loss is the task's {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
+    + (f"Loss is the {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
        if classifier else "Loss is the masked-LM cross-entropy in nats; accuracy is the fraction of masked tokens predicted exactly.")
 )
 

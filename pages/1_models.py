@@ -49,7 +49,7 @@ st.success(
 classifier = p.labelled is not None
 if classifier:
     st.subheader("Labelled data")
-    columns, rows = ui.labelled_preview(p.eval_path)
+    _, rows = ui.labelled_preview(p.eval_path)
     st.markdown(
         f"Evaluation file `{p.eval_path}`: {len(p.labelled.texts):,} examples; text column **{p.task.text_column}**"
         + (f", second sentence **{p.task.pair_column}**" if p.task.pair_column else "")

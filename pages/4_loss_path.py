@@ -4,7 +4,7 @@ merging (A↔B′), barriers marked, optional component variants, live as points
 import streamlit as st
 
 from permerge_app import charts, ui
-from permerge_core import is_function_preserving, views
+from permerge_core import is_function_preserving, tasks, views
 
 ui.page_start()
 st.title("Loss path")
@@ -16,8 +16,7 @@ p, s = ui.current()
 ss = st.session_state
 classifier = p.labelled is not None
 if classifier:
-    metric_options = ["pearson"] if p.a.config.num_labels == 1 else (["accuracy", "f1", "mcc"] if p.a.config.num_labels == 2 else ["accuracy", "mcc"])
-    metric = st.radio("Task metric (lower panel)", metric_options, key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
+    metric = st.radio("Task metric (lower panel)", tasks.task_metric_names(p.a.config.num_labels), key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
     loss_name = "task loss (MSE)" if p.a.config.num_labels == 1 else "task cross-entropy"
 else:
     metric, loss_name = "accuracy", "masked-LM loss"

@@ -56,9 +56,8 @@ else:
     st.caption("report.json needs both loss paths; they are not computed for these settings yet (the Loss path page computes them).")
 
 st.subheader("The same analysis from the command line")
-if p.labelled is not None:
-    eval_data, match_data = ui.labelled_paths()
-    match_data = match_data or eval_data
+if p.labelled is not None:  # the files the pipeline resolved, defaults included
+    match_data, eval_data = p.match_path, p.eval_path
 else:
     match_data, eval_data = ui.data_path("match"), ui.data_path("eval")
 command = views.cli_command(

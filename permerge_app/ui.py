@@ -35,7 +35,9 @@ import streamlit as st
 
 from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
 from permerge_core.cache import default_cache_dir
-from permerge_core.checkpoints import BUNDLED_CLASSIFIERS, BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, load_checkpoint
+from permerge_core.checkpoints import (
+    BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, is_bundled_classifier, load_checkpoint,
+)
 from permerge_core.errors import DataError
 from permerge_core.matching import ATTENTION_MODES, NON_PRESERVING, RESIDUAL_MODES
 from permerge_core.pipeline import TaskSpec
@@ -216,7 +218,7 @@ def model_label(source: str | None) -> str:
     path = Path(source).expanduser()
     if path.parent.resolve() == BUNDLED_MODELS.resolve():
         return f"{path.name} (bundled)"
-    if path.parent.resolve() == BUNDLED_CLASSIFIERS.resolve():
+    if is_bundled_classifier(path):
         return f"{path.name} (bundled classifier)"
     if path.is_dir():
         return f"{path.name} — {path.parent}"
@@ -304,7 +306,7 @@ def labelled_data_controls(sb) -> None:
                       help="Its input texts feed the activation statistics; without one, the evaluation file's texts are used.")
     try:
         eval_path, _ = labelled_paths()
-        columns = labelled_columns(eval_path)
+        columns, _ = labelled_preview(eval_path)
     except PermergeError as err:
         sb.caption(f"⚠ {err.problem}")
         return
@@ -409,10 +411,6 @@ def labelled_paths() -> tuple[str, str | None]:
         raise DataError("No labelled evaluation file path is given.", "Type the path of a CSV, TSV or JSON Lines file in the sidebar, or choose the bundled task.")
     match = (ss.get("task_match_path") or "").strip()
     return str(Path(path).expanduser()), (str(Path(match).expanduser()) if match else None)
-
-
-def labelled_columns(path: str) -> list[str]:
-    return labelled_preview(path)[0]
 
 
 def labelled_preview(path: str) -> tuple[list[str], list[dict]]:

@@ -150,20 +150,21 @@ class Pipeline:
         self.b = model_b if isinstance(model_b, Checkpoint) else load_checkpoint(model_b, tokenizer, device)
         validate_pair(self.a, self.b)
         self.progress("load", 1.0, "models loaded")
-        if self.a.head.kind == "classification" and eval_data is None and is_bundled_classifier(self.a.path):
+        classifier = self.a.head.kind == "classification"
+        if classifier and eval_data is None and is_bundled_classifier(self.a.path):
             # The bundled fine-tuned pair comes with its task: match on its training texts,
             # evaluate on its held-out split.
             match_data = match_data or str(BUNDLED_TASK / "train.tsv")
             eval_data = str(BUNDLED_TASK / "eval.tsv")
             task = task or TaskSpec()
         self.notes: list[str] = []
-        if self.a.head.kind == "classification" and match_data is None and eval_data is not None:
+        if classifier and match_data is None and eval_data is not None:
             match_data = eval_data  # the task's input texts, as method.md §6 asks
             self.notes.append("matching on the evaluation file's input texts (no separate matching file was given)")
         self.match_path = str(match_data or DEFAULT_MATCH_DATA)
         self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)
-        self.task = task if self.a.head.kind == "classification" else None
-        if self.a.head.kind == "classification":
+        self.task = task if classifier else None
+        if classifier:
             if task is None:
                 raise SettingsError(
                     f"{self.a.architecture} checkpoints are evaluated on labelled data.",
@@ -200,6 +201,13 @@ class Pipeline:
 
     def matching_fields(self, s: AlignSettings) -> dict:
         return {**self.stats_fields(s), **s.merge_fields()}
+
+    def curve_fields(self, s: AlignSettings, which: str) -> dict:
+        """A curve depends on the evaluation data and λ grid, and a permuted one on B′ too."""
+        fields = {**self.eval_fields(s), "lambdas": s.lambdas, "which": which}
+        if which == "permuted":
+            fields.update(self.matching_fields(s))
+        return fields
 
     def eval_fields(self, s: AlignSettings) -> dict:
         return {
@@ -355,9 +363,7 @@ class Pipeline:
         s.validate()
         if which not in ("vanilla", "permuted"):
             raise ValueError(which)
-        fields = {**self.eval_fields(s), "lambdas": s.lambdas, "which": which}
-        if which == "permuted":
-            fields.update(self.matching_fields(s))
+        fields = self.curve_fields(s, which)
         memo_key = ("curve", json.dumps(fields, sort_keys=True))
         with self._lock:
             cached = self._memo.get(memo_key) or self.cache.load_json("curve", fields)
@@ -427,13 +433,11 @@ class Pipeline:
                 return "stale"
             return "missing"
 
-        ev = self.eval_fields(s)
-        match = self.matching_fields(s)
         return {
             "statistics": state("stats", self.stats_fields(s), ".safetensors"),
-            "matching": state("matching", match, ".safetensors"),
-            "vanilla path": state("curve", {**ev, "lambdas": s.lambdas, "which": "vanilla"}, ".json", ("which", "lambdas")),
-            "permuted path": state("curve", {**ev, "lambdas": s.lambdas, "which": "permuted", **match}, ".json", ("which", "lambdas")),
+            "matching": state("matching", self.matching_fields(s), ".safetensors"),
+            "vanilla path": state("curve", self.curve_fields(s, "vanilla"), ".json", ("which", "lambdas")),
+            "permuted path": state("curve", self.curve_fields(s, "permuted"), ".json", ("which", "lambdas")),
         }
 
     # ---- the whole run -------------------------------------------------------------------

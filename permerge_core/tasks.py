@@ -214,8 +214,14 @@ def task_eval(model, batches: LabelledBatches, device: str = "cpu") -> TaskResul
         return TaskResult(float(F.mse_loss(pred, gold.float())), {"pearson": pearson(pred, gold)})
     gold_ids = gold.long()
     pred = logits.argmax(-1)
-    metrics = {"accuracy": accuracy(pred, gold_ids)}
-    if logits.shape[1] == 2:
-        metrics["f1"] = f1_binary(pred, gold_ids)
-    metrics["mcc"] = matthews(pred, gold_ids, logits.shape[1])
+    score = {"accuracy": lambda: accuracy(pred, gold_ids), "f1": lambda: f1_binary(pred, gold_ids),
+             "mcc": lambda: matthews(pred, gold_ids, logits.shape[1])}
+    metrics = {name: score[name]() for name in task_metric_names(logits.shape[1])}
     return TaskResult(float(F.cross_entropy(logits, gold_ids)), metrics)
+
+
+def task_metric_names(num_outputs: int) -> list[str]:
+    """The metrics `task_eval` reports for a head with this many outputs, in display order."""
+    if num_outputs == 1:
+        return ["pearson"]
+    return ["accuracy", "f1", "mcc"] if num_outputs == 2 else ["accuracy", "mcc"]

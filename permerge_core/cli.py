@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-data", default=tdef.train_data)
     train.add_argument("--eval-data", default=tdef.eval_data)
     train.add_argument("--tokenizer", default=tdef.tokenizer)
+    train.add_argument(
+        "--init-from", default=None, metavar="DIR",
+        help="continue an earlier, finished run (its --out): its weights, a fresh schedule, data read on from where it stopped",
+    )
     train.add_argument("--export-only", action="store_true", help="write the model from the last saved state and stop")
     fine = sub.add_parser("finetune", help="fine-tune a masked LM as a sequence classifier")
     fine.add_argument("--model", required=True, help="masked-LM checkpoint folder")

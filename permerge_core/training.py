@@ -48,6 +48,12 @@ class TrainConfig:
     eval_tokens: int = 16384
     save_every: int = 250
     save_dtype: str = "float16"
+    init_from: str | None = None  # an earlier run's --out: start from its weights, new schedule
+
+
+# Settings a continued run must share with the run it starts from: they fix the model's shape,
+# its vocabulary and the text it has learned from.
+_SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_length", "tokenizer", "train_data", "seed")
 
 
 def _stream_seed(seed: int, stream: int, step: int) -> int:
@@ -118,6 +124,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     step, tokens_seen, elapsed, history = 0, 0, 0.0, []
+    data_offset = _source_steps(cfg)  # a continued run reads on from where its source stopped
     if state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location=cfg.device)
         saved = state["config"]
@@ -134,13 +141,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
         if saved["steps"] != cfg.steps:
             history.append({"step": step, "note": f"total steps changed from {saved['steps']} to {cfg.steps} at the end of warm-up"})
         log(f"resumed at step {step}")
+    elif cfg.init_from:
+        _init_from(cfg, model, log)
 
     epoch_order: tuple[int, torch.Tensor] | None = None
     running, running_n = 0.0, 0
     started = time.time() - elapsed
     while step < cfg.steps:
         model.train()
-        epoch, index = divmod(step, batches_per_epoch)
+        data_step = step + data_offset
+        epoch, index = divmod(data_step, batches_per_epoch)
         if epoch_order is None or epoch_order[0] != epoch:
             order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(_stream_seed(cfg.seed, 1, epoch)))
             epoch_order = (epoch, order)
@@ -153,9 +163,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             mask[r, : len(seq)] = 1
         batch = draw_mlm_masks(
             ids, mask, special_ids, tokenizer.mask_token_id, vocab_size,
-            torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, step)),
+            torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, data_step)),
         )
-        torch.manual_seed(_stream_seed(cfg.seed, 3, step))  # dropout
+        torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
         logits = mlm_logits_at(
             model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device)
         )
@@ -207,6 +217,45 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return _export(cfg, model, tokenizer, eval_set, step, tokens_seen, elapsed, history, log)
 
 
+def _source_steps(cfg: TrainConfig) -> int:
+    if not cfg.init_from:
+        return 0
+    path = Path(cfg.init_from) / "training_state.pt"
+    if not path.exists():
+        raise SettingsError(f"--init-from {cfg.init_from} has no training_state.pt.", "Give the --out folder of an earlier `train` run.")
+    return int(torch.load(path, weights_only=True, map_location="cpu")["step"])
+
+
+def _init_from(cfg: TrainConfig, model, log) -> None:
+    """Load the full-precision weights of an earlier, finished run into `model`.
+
+    The optimizer and the learning-rate schedule start afresh (a warm restart): the source
+    run's schedule has decayed, and continuing it would train at its floor rate.
+    """
+    state = torch.load(Path(cfg.init_from) / "training_state.pt", weights_only=True, map_location=cfg.device)
+    source = state["config"]
+    differing = [k for k in _SHAPE_FIELDS if source.get(k) != getattr(cfg, k)]
+    if differing:
+        raise SettingsError(
+            f"--init-from {cfg.init_from} was trained with other {', '.join(differing)}.",
+            "Continue with the same model shape, seed, tokenizer and training text.",
+        )
+    if state["step"] < source["steps"]:
+        raise SettingsError(f"--init-from {cfg.init_from} stopped at step {state['step']} of {source['steps']}.", "Finish that run first.")
+    model.load_state_dict(state["model"])
+    log(f"starting from {cfg.init_from} (step {state['step']}, {state['tokens_seen'] / 1e6:.1f}M tokens)")
+
+
+def source_runs(cfg_dict: dict) -> list[dict]:
+    """The train_info.json of every run this one continues, oldest first."""
+    runs, source = [], cfg_dict.get("init_from")
+    while source:
+        info = json.loads((Path(source) / "train_info.json").read_text())
+        runs.insert(0, info)
+        source = info["config"].get("init_from")
+    return runs
+
+
 def export_checkpoint(cfg: TrainConfig, log=print) -> dict:
     """Write the Hugging Face folder from the last saved training state, without training on.
 
@@ -239,6 +288,10 @@ def _export(cfg, model, tokenizer, eval_set, step, tokens_seen, elapsed, history
         "torch": torch.__version__,
         "held_out_loss_training_eval_set": final.loss,
         "history": history,
+        "earlier_runs": [
+            {k: run[k] for k in ("config", "steps", "tokens_seen", "train_seconds", "hardware", "held_out_loss_training_eval_set")}
+            for run in source_runs(asdict(cfg))
+        ],
     }
     export = model.to(getattr(torch, cfg.save_dtype)).cpu()
     export.save_pretrained(out)

@@ -60,11 +60,24 @@ def measure(folders: list[Path]) -> dict:
     card = {"settings": asdict(settings), "models": {}, "pairs": {}}
     for folder in folders:
         info = json.loads((folder / "train_info.json").read_text())
+        # A model continued with `train --init-from` carries the runs before it: report each
+        # stage's schedule and the totals over all of them.
+        runs = info.get("earlier_runs", []) + [info]
+        stages = [
+            {
+                **{k: run["config"][k] for k in ("steps", "lr", "warmup")},
+                "tokens_seen": run["tokens_seen"],
+                "train_minutes": round(run["train_seconds"] / 60, 1),
+                "hardware": run["hardware"],
+            }
+            for run in runs
+        ]
         card["models"][folder.name] = {
-            "config": {k: info["config"][k] for k in ("seed", "layers", "hidden", "heads", "ffn", "max_length", "steps", "batch_size", "lr", "warmup", "dropout")},
-            "steps": info["steps"],
-            "tokens_seen": info["tokens_seen"],
-            "train_minutes": round(info["train_seconds"] / 60, 1),
+            "config": {k: info["config"][k] for k in ("seed", "layers", "hidden", "heads", "ffn", "max_length", "batch_size", "dropout")},
+            "stages": stages,
+            "steps": sum(run["steps"] for run in runs),
+            "tokens_seen": sum(run["tokens_seen"] for run in runs),
+            "train_minutes": round(sum(run["train_seconds"] for run in runs) / 60, 1),
             "hardware": info["hardware"],
             "stopped_before_schedule_end": info.get("stopped_before_schedule_end", False),
         }
@@ -111,18 +124,34 @@ def write_markdown(card: dict) -> str:
         "",
         f"BertForMaskedLM, {cfg['layers']} layers, hidden {cfg['hidden']}, {cfg['heads']} heads (d_k = {cfg['hidden'] // cfg['heads']}), "
         f"FFN {cfg['ffn']}, vocabulary 4096 (WordPiece, lower-cased), max length {cfg['max_length']}, dropout {cfg['dropout']}. "
-        f"AdamW (β = 0.9, 0.98; weight decay 0.01), peak learning rate {cfg['lr']}, {cfg['warmup']} warm-up steps then linear decay to 5%, "
-        f"batch {cfg['batch_size']} passages (~2.9k tokens), {cfg['steps']} steps, 80/10/10 masking of 15% of tokens, "
+        f"AdamW (β = 0.9, 0.98; weight decay 0.01), batch {cfg['batch_size']} passages (~2.9k tokens), 80/10/10 masking of 15% of tokens, "
         "vocabulary projection only at masked positions. Weights stored as float16 safetensors (computed in float32).",
         "",
-        "Reproduce one: `.venv/bin/python -m permerge_core train --seed N --out runs/train/seed-N "
-        f"--layers {cfg['layers']} --hidden {cfg['hidden']} --heads {cfg['heads']} --ffn {cfg['ffn']} --steps {cfg['steps']} "
-        f"--batch-size {cfg['batch_size']} --lr {cfg['lr']} --warmup {cfg['warmup']} --dropout {cfg['dropout']} --threads 1`, then "
-        "`.venv/bin/python assets/models/make_card.py --seeds 0 1 ...` to bundle and re-measure.",
+    ]
+    stages = first["stages"]
+    if len(stages) > 1:
+        lines += [
+            f"Trained in {len(stages)} stages; each later stage starts from the weights of the one before "
+            "(`train --init-from`: fresh optimizer and schedule, data read on from where the earlier stage stopped):",
+            "",
+        ]
+    lines += ["| stage | steps | peak learning rate | warm-up steps, then | tokens | time |", "|---:|---:|---:|---|---:|---:|"]
+    for k, st in enumerate(stages, 1):
+        lines.append(f"| {k} | {st['steps']:,} | {st['lr']} | {st['warmup']}, linear decay to 5% | {st['tokens_seen'] / 1e6:.1f} M | {st['train_minutes']} min |")
+    shape = (f"--layers {cfg['layers']} --hidden {cfg['hidden']} --heads {cfg['heads']} --ffn {cfg['ffn']} "
+             f"--batch-size {cfg['batch_size']} --dropout {cfg['dropout']} --threads 1")
+    lines += ["", "Reproduce one (N = the seed):", "", "```"]
+    for k, st in enumerate(stages, 1):
+        init = f" --init-from runs/stage{k - 1}/seed-N" if k > 1 else ""
+        lines.append(f".venv/bin/python -m permerge_core train --seed N --out runs/stage{k}/seed-N{init} {shape} "
+                     f"--steps {st['steps']} --lr {st['lr']} --warmup {st['warmup']}")
+    lines += [
+        f".venv/bin/python assets/models/make_card.py --runs runs/stage{len(stages)} --seeds 0 1 2   # bundle and re-measure",
+        "```",
         "",
         "## Models",
         "",
-        "| model | seed | steps | tokens seen | training time | hardware | held-out MLM loss (nats) | masked-token accuracy |",
+        "| model | seed | steps (all stages) | tokens seen | training time | hardware | held-out MLM loss (nats) | masked-token accuracy |",
         "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     stopped = [n for n, m in models.items() if m.get("stopped_before_schedule_end")]
@@ -135,8 +164,8 @@ def write_markdown(card: dict) -> str:
     if stopped:
         lines += [
             "",
-            f"**Training was stopped before its schedule ended** ({', '.join(stopped)}: step {models[stopped[0]]['steps']:,} of "
-            f"{models[stopped[0]]['config']['steps']:,}, learning rate not yet decayed) to fit the time available on two CPU cores. "
+            f"**Training was stopped before its schedule ended** ({', '.join(stopped)}: its last stage stopped before step "
+            f"{models[stopped[0]]['stages'][-1]['steps']:,}, learning rate not yet decayed) to fit the time available on two CPU cores. "
             "See *Against the project's bar* below.",
         ]
     lines += [

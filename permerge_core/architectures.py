@@ -72,6 +72,11 @@ class Encoder:
     capture_ffn: Capture
     capture_attention: Capture
     capture_residual: tuple[tuple[str, Capture], ...]  # (node rule, capture)
+    # The position-wise end of a layer: (attention output, intermediate, output) modules,
+    # called as a = m1(context, residual); out = m3(m2(a), a). Everything after the attention
+    # mixing acts on each position alone, so the last layer can run it at the masked
+    # positions only (evaluation.py). None: the family always runs the whole encoder.
+    position_wise_tail: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,7 @@ BERT_STYLE_ENCODER = Encoder(
         (AFTER_ATTENTION, Capture(f"{LAYER}.attention.output.LayerNorm", "output")),
         (AFTER_FFN, Capture(f"{LAYER}.output.LayerNorm", "output")),
     ),
+    position_wise_tail=(f"{LAYER}.attention.output", f"{LAYER}.intermediate", f"{LAYER}.output"),
 )
 
 

@@ -167,7 +167,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         )
         torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
         logits = mlm_logits_at(
-            model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device)
+            model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device),
+            tail_at_positions=False,  # keeps training bit-identical to the runs that made assets/models
         )
         loss = F.cross_entropy(logits.float(), batch.targets.to(cfg.device))
         optimizer.zero_grad(set_to_none=True)

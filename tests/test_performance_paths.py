@@ -81,3 +81,24 @@ def test_statistics_do_not_depend_on_the_row_slices(monkeypatch):
     for name, sp in whole.spaces.items():
         assert sliced.spaces[name].n == sp.n
         torch.testing.assert_close(sliced.spaces[name].correlation(), sp.correlation(), atol=1e-6, rtol=0)
+
+
+def test_last_layer_at_masked_positions_gives_the_full_forward_logits():
+    # The last layer's position-wise tail runs only where logits are needed; the logits must be
+    # those of the whole forward pass, padding and several layers included, for each family.
+    from permerge_core.evaluation import mlm_logits_at
+
+    for family, module in (("bert", "cls"), ("roberta", "lm_head")):
+        model = random_model(family, "mlm", seed=3, layers=3, hidden=16, heads=4, ffn=32).eval()
+        ids, mask = random_ids(batch=4, length=12, seed=5, vocab=model.config.vocab_size)
+        mask[1, 7:] = 0  # padding in one row
+        positions = torch.zeros_like(mask, dtype=torch.bool)
+        positions[0, [1, 4]] = positions[1, 6] = positions[3, 0] = positions[3, 11] = True
+        with torch.no_grad():
+            fast = mlm_logits_at(model, module, ids, mask, positions)
+            full = mlm_logits_at(model, module, ids, mask, positions, tail_at_positions=False)
+            everywhere = getattr(model, module)(model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state)
+        assert fast.shape == (int(positions.sum()), model.config.vocab_size)
+        torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast, everywhere[positions], rtol=0, atol=1e-5)
+        assert not torch.equal(fast[0], fast[1])  # different positions, different logits

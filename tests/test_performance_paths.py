@@ -76,6 +76,7 @@ def test_statistics_do_not_depend_on_the_row_slices(monkeypatch):
     ids, masks = zip(*(random_ids(batch=4, length=20, seed=s, vocab=a.config.vocab_size) for s in range(6)))
     batches = TokenBatches(list(ids), list(masks), int(sum(m.sum() for m in masks)), 24)
     monkeypatch.setattr(statistics, "HELD_BYTES", 1)  # one row per slice
+    monkeypatch.setattr(statistics, "MIN_SLICE_TOKENS", 1)
     sliced = collect_statistics(a, b, fam, a.config, batches)
     assert sliced.num_tokens == whole.num_tokens
     for name, sp in whole.spaces.items():

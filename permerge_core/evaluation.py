@@ -45,8 +45,8 @@ def _position_wise_tail(model) -> list[torch.nn.Module] | None:
 
     config = getattr(model, "config", None)
     family = family_for_model_type(getattr(config, "model_type", ""))
-    if family is None or family.encoder.position_wise_tail is None:
-        return None
+    if family is None or family.encoder.position_wise_tail is None or getattr(config, "add_cross_attention", False):
+        return None  # (cross-attention would sit between the self-attention and the tail)
     modules = dict(encoder_of(model).named_modules())
     names = [name.format(i=config.num_hidden_layers - 1) for name in family.encoder.position_wise_tail]
     return [modules[n] for n in names] if all(n in modules for n in names) else None

@@ -219,12 +219,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def _source_steps(cfg: TrainConfig) -> int:
-    if not cfg.init_from:
-        return 0
-    path = Path(cfg.init_from) / "training_state.pt"
-    if not path.exists():
-        raise SettingsError(f"--init-from {cfg.init_from} has no training_state.pt.", "Give the --out folder of an earlier `train` run.")
-    return int(torch.load(path, weights_only=True, map_location="cpu")["step"])
+    """How many batches the runs before this one read, all stages of the chain together."""
+    steps, source = 0, cfg.init_from
+    while source:
+        path = Path(source) / "training_state.pt"
+        if not path.exists():
+            raise SettingsError(f"--init-from {source} has no training_state.pt.", "Give the --out folder of an earlier `train` run.")
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        steps += int(state["step"])
+        source = state["config"].get("init_from")
+    return steps
 
 
 def _init_from(cfg: TrainConfig, model, log) -> None:

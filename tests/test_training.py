@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from permerge_core.errors import SettingsError
+from permerge_core import training
 from permerge_core.training import TrainConfig, train
 
 CORPUS = Path(__file__).resolve().parent.parent / "assets" / "corpus"
@@ -77,6 +78,10 @@ def test_init_from_continues_the_weights_and_reads_on_through_the_data(texts, tm
     # Deterministic too.
     train(config(texts, tmp_path / "again", init_from=first.out, lr=5e-4, warmup=2, steps=4), log=lambda m: None)
     assert same(weights(tmp_path / "second"), weights(tmp_path / "again"))
+    # A third stage reads on after both earlier ones (6 + 4 batches), and lists both.
+    third = train(config(texts, tmp_path / "third", init_from=second.out, steps=2, warmup=1), log=lambda m: None)
+    assert [run["config"]["out"] for run in third["earlier_runs"]] == [first.out, second.out]
+    assert training._source_steps(config(texts, tmp_path / "x", init_from=second.out)) == 10
 
 
 def test_init_from_a_model_of_another_shape_is_refused(texts, tmp_path):

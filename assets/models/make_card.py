@@ -161,6 +161,11 @@ def write_markdown(card: dict) -> str:
             f"{m['held_out_loss']:.3f} | {m['held_out_accuracy']:.3f} |"
         )
     s = card["settings"]
+    lines += [
+        "",
+        "Training time is the wall-clock time of each training process, pauses included; the three seeds of a stage",
+        "trained at the same time, one thread each, sharing two CPU cores with other work.",
+    ]
     if stopped:
         lines += [
             "",

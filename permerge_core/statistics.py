@@ -29,7 +29,8 @@ HELD_BYTES = 32 * 2**20
 # ...but a slice has at least this many tokens (of padded width): each slice's d×d products
 # are added into the float64 sums, and for BERT-base's 3072-wide FFN spaces that update costs
 # as much as the product itself when a slice is one 128-token row (measured: 1.6-1.9× slower).
-MIN_SLICE_TOKENS = 1024
+# (1024 measured no better than 512 on the whole BERT-base benchmark: docs/performance.md.)
+MIN_SLICE_TOKENS = 512
 DEAD_UNIT_STD = 1e-6  # below this a unit is treated as constant: its correlation is 0, not NaN
 
 ProgressFn = Callable[[str, float, str], None]

@@ -28,7 +28,10 @@ def mlm_logits_at(model, mlm_module: str, input_ids, attention_mask, positions, 
     `tail_at_positions=False` runs the whole last layer everywhere: the same function, with
     other rounding (training uses it, so that the bundled models stay reproducible bit for bit).
     """
-    tail = _position_wise_tail(model) if tail_at_positions else None
+    return _logits_at(model, mlm_module, input_ids, attention_mask, positions, _position_wise_tail(model) if tail_at_positions else None)
+
+
+def _logits_at(model, mlm_module: str, input_ids, attention_mask, positions, tail) -> torch.Tensor:
     if tail is None:
         hidden = encoder_of(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[positions]
     else:
@@ -115,15 +118,17 @@ def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "
     correct = 0
     count = 0
     ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
+    tail = _position_wise_tail(model)  # looked up once, not per batch
     for batch in (chunk for whole in batches for chunk in row_chunks(whole, ffn_width)):
         if not batch.positions.any():
             continue
-        logits = mlm_logits_at(
+        logits = _logits_at(
             model,
             mlm_module,
             batch.input_ids.to(device),
             batch.attention_mask.to(device),
             batch.positions.to(device),
+            tail,
         ).float()
         targets = batch.targets.to(device)
         total_loss += F.cross_entropy(logits, targets, reduction="sum").double().cpu()

@@ -2,8 +2,8 @@
 
 Both models read the same token batches. For every permutable space we keep running sums
 Σx_A, Σx_B, Σx_A², Σx_B² and the cross product X_Aᵀ X_B in float64 (the finished cross sum
-is then kept in float32); memory is fixed by the widths, not by the number of tokens. Only the A×B block is computed: the full joint
-covariance would be 4× the arithmetic for nothing.
+is then kept in float32); memory is fixed by the widths, not by the number of tokens. Only
+the A×B block is computed: the full joint covariance would be 4× the arithmetic for nothing.
 
 A's activations are held only until B produces the same space: B's hooks fold each pair
 into the sums and release A's copy, so at most one model's activations are alive at once,
@@ -69,11 +69,8 @@ class SpaceStats:
         """Fold in one batch of paired activations, [tokens, d] each; the inputs are left as they are."""
         self.add_(xa.clone(), xb.clone())
 
-    def add_(self, xa: torch.Tensor, xb: torch.Tensor, product: torch.Tensor | None = None) -> None:
+    def add_(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
         """`add` that uses xa and xb as scratch space: they hold garbage afterwards.
-
-        `product`, if given, is a reused [d_A, d_B] buffer of the activations' dtype for this
-        batch's cross product (BERT-base's is 38 MB: fresh, it would be page-faulted in anew).
 
         The hot path: activations are gathered into reused buffers and consumed here in place,
         because allocating fresh multi-megabyte temporaries per space per batch cost as much
@@ -94,7 +91,7 @@ class SpaceStats:
         # whole activation matrices instead cost as much as the cross product itself.
         self.sum_a += xa.sum(0)
         self.sum_b += xb.sum(0)
-        self.cross += torch.mm(xa.t(), xb, out=product) if product is not None and product.dtype == xa.dtype else xa.t() @ xb
+        self.cross += xa.t() @ xb
         self.sumsq_a += xa.mul_(xa).sum(0)
         self.sumsq_b += xb.mul_(xb).sum(0)
 
@@ -238,11 +235,7 @@ def collect_statistics(
         held_a[space] = kept(act, space)
 
     def on_b(space, act):
-        xa, xb = held_a.pop(space), kept(act, act.shape[-1])
-        key = ("product", xa.shape[1], xb.shape[1])
-        if key not in buffers or buffers[key].dtype != xa.dtype:
-            buffers[key] = torch.empty(xa.shape[1], xb.shape[1], dtype=xa.dtype, device=xa.device)
-        stats[space].add_(xa, xb, buffers[key])
+        stats[space].add_(held_a.pop(space), kept(act, act.shape[-1]))
 
     handles = _register(enc_a, captures, on_a) + _register(enc_b, captures, on_b)
     model_a.eval()

@@ -220,15 +220,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def _source_steps(cfg: TrainConfig) -> int:
     """How many batches the runs before this one read, all stages of the chain together."""
-    steps, source = 0, cfg.init_from
-    while source:
-        path = Path(source) / "training_state.pt"
-        if not path.exists():
-            raise SettingsError(f"--init-from {source} has no training_state.pt.", "Give the --out folder of an earlier `train` run.")
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        steps += int(state["step"])
-        source = state["config"].get("init_from")
-    return steps
+    return sum(run["steps"] for run in source_runs(asdict(cfg)))
 
 
 def _init_from(cfg: TrainConfig, model, log) -> None:
@@ -255,6 +247,10 @@ def source_runs(cfg_dict: dict) -> list[dict]:
     """The train_info.json of every run this one continues, oldest first."""
     runs, source = [], cfg_dict.get("init_from")
     while source:
+        if not (Path(source) / "training_state.pt").exists():
+            raise SettingsError(f"--init-from {source} has no training_state.pt.", "Give the --out folder of an earlier `train` run.")
+        if not (Path(source) / "train_info.json").exists():
+            raise SettingsError(f"--init-from {source} has not finished (no train_info.json).", "Finish that run first.")
         info = json.loads((Path(source) / "train_info.json").read_text())
         runs.insert(0, info)
         source = info["config"].get("init_from")

@@ -12,20 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+
+from .assignment import assign
 
 ATTENTION_MODES = ("none", "monotonic", "heads", "ignore-heads")
 RESIDUAL_MODES = ("none", "first", "last", "all", "sep")
 # Modes under which B′ is *not* the same function as B: they are ablations.
 NON_PRESERVING = {"attention": {"ignore-heads"}, "residual": {"sep"}}
-
-
-def assign(score: np.ndarray) -> np.ndarray:
-    """perm maximising Σ_i score[i, perm[i]] (Jonker–Volgenant via scipy)."""
-    rows, cols = linear_sum_assignment(score, maximize=True)
-    perm = np.empty(score.shape[0], dtype=np.int64)
-    perm[rows] = cols
-    return perm
 
 
 def identity(dim: int) -> np.ndarray:

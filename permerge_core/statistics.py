@@ -1,9 +1,9 @@
 """Streaming cross-correlation between the units of A and B (method.md §2).
 
 Both models read the same token batches. For every permutable space we keep running sums
-Σx_A, Σx_B, Σx_A², Σx_B² and the cross product X_Aᵀ X_B in float64 (the finished cross sum
-is then kept in float32); memory is fixed by the widths, not by the number of tokens. Only
-the A×B block is computed: the full joint covariance would be 4× the arithmetic for nothing.
+Σx_A, Σx_B, Σx_A², Σx_B² in float64 and the cross product X_Aᵀ X_B as a float32 pair (see
+`SpaceStats`); memory is fixed by the widths, not by the number of tokens. Only the A×B block
+is computed: the full joint covariance would be 4× the arithmetic for nothing.
 
 A's activations are held only until B produces the same space: B's hooks fold each pair
 into the sums and release A's copy, so at most one model's activations are alive at once,
@@ -26,11 +26,12 @@ from .data import TokenBatches
 # transient tensor small enough that the allocator reuses its memory: with whole 32×128
 # batches the default pair spent a quarter of the statistics time in page faults (measured).
 HELD_BYTES = 32 * 2**20
-# ...but a slice has at least this many tokens (of padded width): each slice's d×d products
-# are added into the float64 sums, and for BERT-base's 3072-wide FFN spaces that update costs
-# as much as the product itself when a slice is one 128-token row (measured: 1.6-1.9× slower).
-# (1024 measured no better than 512 on the whole BERT-base benchmark: docs/performance.md.)
+# ...but a slice has at least this many tokens (of padded width): a d×d product over a
+# 128-token row runs well below the matrix unit's speed for BERT-base's 3072-wide spaces.
 MIN_SLICE_TOKENS = 512
+# Products are summed in float32 over at most this many tokens (like one float32 matrix
+# product with an inner dimension of FOLD_TOKENS), then folded into the running total.
+FOLD_TOKENS = 4096
 DEAD_UNIT_STD = 1e-6  # below this a unit is treated as constant: its correlation is 0, not NaN
 
 ProgressFn = Callable[[str, float, str], None]
@@ -43,6 +44,15 @@ class SpaceStats:
     The sums are of activations minus a fixed shift (the first batch's mean). Covariance is
     shift-invariant, and shifting keeps E[xy] − E[x]E[y] from cancelling catastrophically
     when a unit's mean is large next to its spread (LayerNorm outputs with a large β).
+
+    The cross sum is the d×d part that costs: while accumulating it is held as two float32
+    matrices, `cross` (the running total) and `cross_low` (its rounding error plus the
+    products not yet folded in). Each slice's product is added into `cross_low` in place
+    (one addmm, no temporary); every FOLD_TOKENS tokens Knuth's TwoSum moves it into `cross`
+    without rounding error. That keeps about 48 significant bits, close to float64's 53, in
+    float64's memory, and at the cost of the products alone: adding each slice's float32
+    product into a float64 sum took longer than the product itself for 3072-wide spaces
+    (measured). The finished sum is kept in float32 (`compact`).
     """
 
     n: int
@@ -53,13 +63,16 @@ class SpaceStats:
     cross: torch.Tensor  # Σ (x_A − shift_A)(x_B − shift_B)ᵀ, [d_A, d_B]
     shift_a: torch.Tensor
     shift_b: torch.Tensor
+    cross_low: torch.Tensor | None = None  # only while accumulating (see above)
+    pending_tokens: int = 0  # tokens in cross_low not yet folded into cross
 
     PARTS = ("sum_a", "sum_b", "sumsq_a", "sumsq_b", "cross", "shift_a", "shift_b")
 
     @classmethod
     def zeros(cls, dim: int, device: str = "cpu") -> "SpaceStats":
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        return cls(0, z(dim), z(dim), z(dim), z(dim), z(dim, dim), z(dim), z(dim))
+        pair = lambda: torch.zeros(dim, dim, dtype=torch.float32, device=device)  # noqa: E731
+        return cls(0, z(dim), z(dim), z(dim), z(dim), pair(), z(dim), z(dim), cross_low=pair())
 
     @property
     def dim(self) -> int:
@@ -69,16 +82,17 @@ class SpaceStats:
         """Fold in one batch of paired activations, [tokens, d] each; the inputs are left as they are."""
         self.add_(xa.clone(), xb.clone())
 
-    def add_(self, xa: torch.Tensor, xb: torch.Tensor) -> None:
+    def add_(self, xa: torch.Tensor, xb: torch.Tensor, scratch: dict | None = None) -> None:
         """`add` that uses xa and xb as scratch space: they hold garbage afterwards.
 
         The hot path: activations are gathered into reused buffers and consumed here in place,
         because allocating fresh multi-megabyte temporaries per space per batch cost as much
-        as the cross product (page faults and heap growth, measured).
+        as the cross product (page faults and heap growth, measured). `scratch` is a dict the
+        caller keeps across calls, for the two d×d temporaries of each fold.
         """
         if xa.shape[0] == 0:
             return
-        if xa.dtype not in (torch.float32, torch.float64):  # half precision is too coarse for batch sums
+        if xa.dtype != torch.float32:  # half precision is too coarse for batch sums; the pair is float32
             xa, xb = xa.float(), xb.float()
         if self.n == 0:  # any shift is exact (covariance is shift-invariant); near the mean is well conditioned
             self.shift_a = xa.mean(0).double()
@@ -86,26 +100,51 @@ class SpaceStats:
         xa.sub_(self.shift_a.to(xa.dtype))
         xb.sub_(self.shift_b.to(xb.dtype))
         self.n += xa.shape[0]
-        # Each batch's sums and products run in the activations' dtype (float32: fast; the
-        # shift keeps them well conditioned); the sums across batches are float64. Upcasting
+        # Each batch's sums and products run in float32 (fast; the shift keeps them well
+        # conditioned); the sums across batches are float64 or the float32 pair. Upcasting
         # whole activation matrices instead cost as much as the cross product itself.
         self.sum_a += xa.sum(0)
         self.sum_b += xb.sum(0)
-        self.cross += xa.t() @ xb
+        if self.cross_low is None:  # statistics loaded finished (compacted), now growing again
+            self.cross_low = torch.zeros_like(self.cross)
+        self.cross_low.addmm_(xa.t(), xb)
+        self.pending_tokens += xa.shape[0]
+        if self.pending_tokens >= FOLD_TOKENS:
+            self._fold(scratch if scratch is not None else {})
         self.sumsq_a += xa.mul_(xa).sum(0)
         self.sumsq_b += xb.mul_(xb).sum(0)
 
+    def _fold(self, scratch: dict) -> None:
+        """cross + cross_low → cross (rounded sum) + cross_low (its exact rounding error)."""
+        high, low = self.cross, self.cross_low
+        key = (tuple(high.shape), high.device)
+        if key not in scratch:
+            scratch[key] = (torch.empty_like(high), torch.empty_like(high))
+        total, part = scratch[key]
+        torch.add(high, low, out=total)
+        torch.sub(total, high, out=part)  # the part of `low` that made it into `total`
+        low.sub_(part)  # what of `low` did not
+        part.neg_().add_(total)  # the part of `high` that made it into `total`
+        high.sub_(part)  # what of `high` did not
+        low.add_(high)
+        high.copy_(total)
+        self.pending_tokens = 0
+
     def compact(self) -> None:
-        """Keep the finished cross sum in float32: half the memory (BERT-base's 0.9 GB of
-        float64 sums become 0.45 GB). It was accumulated in float64 (method.md §2); stored,
-        each entry keeps 7 significant digits, and since the sums are of shifted values the
-        covariances derived from it do too, far finer than any correlation shown or matched."""
-        self.cross = self.cross.float()
+        """Keep the finished cross sum as one float32 matrix: each entry keeps 7 significant
+        digits, and since the sums are of shifted values the covariances derived from it do
+        too, far finer than any correlation shown or matched."""
+        self.cross = self.cross_sum().float()
+        self.cross_low, self.pending_tokens = None, 0
+
+    def cross_sum(self) -> torch.Tensor:
+        """Σ (x_A − shift_A)(x_B − shift_B)ᵀ as exactly as it is held (float64 while accumulating)."""
+        return self.cross if self.cross_low is None else self.cross.double() + self.cross_low.double()
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cross-covariance and the two variance vectors."""
         mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
-        cov = self.cross / self.n - torch.outer(mean_a, mean_b)
+        cov = self.cross_sum() / self.n - torch.outer(mean_a, mean_b)
         var_a = (self.sumsq_a / self.n - mean_a.square()).clamp_min(0)
         var_b = (self.sumsq_b / self.n - mean_b.square()).clamp_min(0)
         return cov, var_a, var_b
@@ -122,7 +161,8 @@ class SpaceStats:
         device = self.cross.device
         rows, cols = (torch.as_tensor(x, dtype=torch.long, device=device) for x in (rows, cols))
         mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
-        cov = self.cross[rows, cols] / self.n - mean_a[rows] * mean_b[cols]
+        cross = self.cross[rows, cols] if self.cross_low is None else self.cross[rows, cols].double() + self.cross_low[rows, cols]
+        cov = cross / self.n - mean_a[rows] * mean_b[cols]
         std_a = (self.sumsq_a / self.n - mean_a.square()).clamp_min(0).sqrt()
         std_b = (self.sumsq_b / self.n - mean_b.square()).clamp_min(0).sqrt()
         alive_a, alive_b = std_a > DEAD_UNIT_STD, std_b > DEAD_UNIT_STD
@@ -131,7 +171,8 @@ class SpaceStats:
         return corr.clamp_(-1.0, 1.0)
 
     def to(self, device: str) -> "SpaceStats":
-        return SpaceStats(self.n, *(getattr(self, p).to(device) for p in self.PARTS))
+        low = None if self.cross_low is None else self.cross_low.to(device)
+        return SpaceStats(self.n, *(getattr(self, p).to(device) for p in self.PARTS), cross_low=low, pending_tokens=self.pending_tokens)
 
 
 def correlation_from_moments(cov: torch.Tensor, var_a: torch.Tensor, var_b: torch.Tensor) -> torch.Tensor:
@@ -221,6 +262,7 @@ def collect_statistics(
     # per width for B (consumed at once). Fresh ones per slice cost as much as the arithmetic.
     # Sized once for the largest slice (batches grow in width: they are sorted by length).
     buffers: dict[object, torch.Tensor] = {}
+    scratch: dict = {}  # the folds' temporaries, shared by every space of one width
     capacity = max((min(len(ids), _slice_rows(held_per_token, ids.shape[1])) * ids.shape[1] for ids, _ in batches), default=0)
 
     def kept(act, key):  # [batch, length, d] → [kept tokens, d], into buffer `key`
@@ -235,7 +277,7 @@ def collect_statistics(
         held_a[space] = kept(act, space)
 
     def on_b(space, act):
-        stats[space].add_(held_a.pop(space), kept(act, act.shape[-1]))
+        stats[space].add_(held_a.pop(space), kept(act, act.shape[-1]), scratch)
 
     handles = _register(enc_a, captures, on_a) + _register(enc_b, captures, on_b)
     model_a.eval()

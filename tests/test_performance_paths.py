@@ -103,3 +103,30 @@ def test_last_layer_at_masked_positions_gives_the_full_forward_logits():
         torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
         torch.testing.assert_close(fast, everywhere[positions], rtol=0, atol=1e-5)
         assert not torch.equal(fast[0], fast[1])  # different positions, different logits
+
+
+def test_the_float32_pair_sums_products_as_precisely_as_float64(monkeypatch):
+    # The cross sum is held as two float32 matrices and folded with TwoSum. With a fold after
+    # every slice (the most rounding it can see), it must stay at float32-product precision
+    # over thousands of slices, where one plain float32 running sum drifts.
+    import permerge_core.statistics as statistics
+    from permerge_core.statistics import SpaceStats
+
+    monkeypatch.setattr(statistics, "FOLD_TOKENS", 1)
+    gen = torch.Generator().manual_seed(0)
+    xs = [(torch.randn(4, 6, generator=gen) + 3, torch.randn(4, 6, generator=gen) - 2) for _ in range(3000)]
+    space = SpaceStats.zeros(6)
+    naive = torch.zeros(6, 6)
+    shift_a, shift_b = xs[0][0].mean(0), xs[0][1].mean(0)
+    for xa, xb in xs:
+        space.add(xa, xb)
+        naive += (xa - shift_a).t() @ (xb - shift_b)
+    exact = sum((xa.double() - shift_a.double()).t() @ (xb.double() - shift_b.double()) for xa, xb in xs)
+    scale = exact.abs().max()
+    paired = (space.cross_sum() - exact).abs().max() / scale
+    plain = (naive.double() - exact).abs().max() / scale
+    assert paired < 1e-6, paired
+    assert plain > 10 * paired, (plain, paired)
+    space.compact()
+    assert space.cross_low is None and space.cross.dtype == torch.float32
+    torch.testing.assert_close(space.cross.double(), exact, atol=1e-6 * float(scale), rtol=0)

@@ -1,0 +1,70 @@
+"""The sparse-first assignment finds the same optimum as the dense solver, and says when it can't."""
+
+import numpy as np
+import pytest
+
+from permerge_core import assignment
+from permerge_core.assignment import assign, assign_dense, assign_sparse
+
+
+def total(score, perm):
+    return float(score[np.arange(len(perm)), perm].astype(np.float64).sum())
+
+
+def matrices(n, seed=0):
+    rng = np.random.default_rng(seed)
+    planted = np.zeros((n, n), np.float32)
+    planted[np.arange(n), rng.permutation(n)] = 0.3
+    yield "uniform", rng.random((n, n)).astype(np.float32)
+    yield "weak correlations", np.tanh(0.05 * rng.standard_normal((n, n))).astype(np.float32)
+    yield "planted", planted + 0.1 * rng.standard_normal((n, n)).astype(np.float32)
+    yield "negative", -rng.random((n, n)).astype(np.float32)
+
+
+@pytest.mark.parametrize("candidates", [32, 2])
+def test_sparse_optimum_equals_the_dense_optimum(candidates):
+    for name, score in matrices(400):
+        rounds = []
+        perm = assign_sparse(score, candidates=candidates, rounds=rounds)
+        dense = assign_dense(score)
+        assert perm is not None, name
+        assert sorted(perm) == list(range(400)), name
+        assert total(score, perm) == pytest.approx(total(score, dense), abs=1e-6), name
+        # Random matrices have a unique optimum: the same permutation, index for index.
+        assert np.array_equal(perm, dense), name
+        assert rounds[-1]["violations"] == 0
+
+
+def test_two_candidates_per_row_are_not_enough_and_the_certificate_says_so():
+    score = next(matrices(400))[1]
+    rounds = []
+    assign_sparse(score, candidates=2, rounds=rounds)
+    assert len(rounds) > 1 and rounds[0]["violations"] != 0  # it had to widen or repair
+
+
+def test_ties_and_missing_full_matchings_still_give_an_optimum():
+    rng = np.random.default_rng(3)
+    score = rng.integers(0, 3, (300, 300)).astype(np.float32)
+    perm = assign_sparse(score, candidates=1)
+    expected = total(score, assign_dense(score))
+    if perm is not None:  # with ties, any optimum will do
+        assert total(score, perm) == expected
+    assert total(score, assign(score)) == expected
+
+
+def test_non_finite_scores_go_to_the_dense_solver(monkeypatch):
+    score = np.random.default_rng(0).random((50, 50)).astype(np.float32)
+    score[3, 4] = np.nan
+    assert assign_sparse(score) is None
+    with pytest.raises(ValueError):
+        assign(score)
+
+
+def test_large_matrices_take_the_sparse_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 100)
+    real = assignment.assign_sparse
+    monkeypatch.setattr(assignment, "assign_sparse", lambda s: calls.append(s.shape) or real(s))
+    score = next(matrices(150))[1]
+    assert np.array_equal(assign(score), assign_dense(score))
+    assert calls == [(150, 150)]

@@ -203,7 +203,7 @@ def run_pipeline(spec) -> dict:
     log("pipeline: vanilla loss path (interleaved with the masked-LM yardstick)")
     vanilla, st["loss_path_vanilla"], out["lambda_vanilla"] = curve(s, "vanilla")
     log("pipeline: permuting")
-    _, st["permuting"] = _timed(p.permuted_b, s)
+    _, st["permuting"] = _timed(p.permutation_plan, s)
     log("pipeline: permuted loss path (interleaved with the masked-LM yardstick)")
     permuted, st["loss_path_permuted"], out["lambda_permuted"] = curve(s, "permuted")
     evaluated = 2 * s.lambdas - 1  # θ(1) is A on both curves and is evaluated once
@@ -244,7 +244,7 @@ def interactive(p, s2) -> dict:
     log(f"interactive: attention {s2.attention}, residual {s2.residual}, statistics cached")
     start = time.perf_counter()
     _, t_match = _timed(p.matching, s2)
-    _, t_perm = _timed(p.permuted_b, s2)
+    _, t_perm = _timed(p.permutation_plan, s2)
     first = {}
 
     def on_point(point):

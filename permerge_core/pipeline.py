@@ -31,7 +31,7 @@ from .errors import PermergeError, SettingsError
 from .evaluation import barrier, max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
 from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving, matched_statistics, HeadMatching
-from .permuting import permuted_model
+from .permuting import plan_for_matching
 from .statistics import SpaceStats, Statistics, collect_statistics
 from .tasks import FORMATS, encode, is_glue, load_labelled, task_eval
 
@@ -314,19 +314,27 @@ class Pipeline:
             return None
         return Matching(perms, heads, meta["settings"], score)
 
-    def permuted_b(self, s: AlignSettings) -> torch.nn.Module:
-        fields = self.matching_fields(s)
-        memo_key = ("b_prime", json.dumps(fields, sort_keys=True))
+    def permutation_plan(self, s: AlignSettings) -> list:
+        """Every (tensor, axis, permutation) that turns B into B′. B′ itself is never stored:
+        the interpolator gathers B through the plan at each λ (one model less in memory)."""
+        memo_key = ("plan", json.dumps(self.matching_fields(s), sort_keys=True))
         with self._lock:
             if memo_key not in self._memo:
-                # Keep only the latest B′ in memory: each is a full model.
-                for k in [k for k in self._memo if k[0] == "b_prime"]:
-                    del self._memo[k]
-                self.progress("permuting", 0.0, "applying permutations to B")
                 matching = self.matching(s)
-                self._memo[memo_key] = permuted_model(self.b.model, self.b.family, self.b.head, self.b.num_layers, matching)
+                self.progress("permuting", 0.0, "planning the permutations of B")
+                self._memo[memo_key] = plan_for_matching(self.b.family, self.b.head, self.b.num_layers, matching)
                 self.progress("permuting", 1.0, "done")
             return self._memo[memo_key]
+
+    def _interpolator_for(self, s: AlignSettings, which: str) -> Interpolator:
+        """The one working model, with A and B (vanilla) or A and B′ (permuted) as its ends."""
+        plan = self.permutation_plan(s) if which == "permuted" else None
+        if self._interpolator is None:
+            self._interpolator = Interpolator(self.a.model, self.b.model, plan=plan)
+        else:
+            self._interpolator.set_endpoints(self.a.model, self.b.model, plan)
+        self._interpolator.work.to(s.device)
+        return self._interpolator
 
     def eval_set(self, s: AlignSettings):
         memo_key = ("eval", json.dumps(self.eval_fields(s), sort_keys=True))
@@ -354,7 +362,8 @@ class Pipeline:
                     batches = self.task_batches(s)
                 else:
                     batches, _ = self.eval_set(s)
-                self._memo[memo_key] = max_abs_logit_diff(self.permuted_b(s), self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device)
+                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+                self._memo[memo_key] = max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device)
             return self._memo[memo_key]
 
     def curve(self, s: AlignSettings, which: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
@@ -374,17 +383,12 @@ class Pipeline:
                         on_point(point)
                 self.progress(f"loss path ({which})", 1.0, "cached")
                 return cached
-            end_b = self.b.model if which == "vanilla" else self.permuted_b(s)
-            if self._interpolator is None:
-                self._interpolator = Interpolator(self.a.model, end_b)
-            else:
-                self._interpolator.set_endpoints(self.a.model, end_b)
-            self._interpolator.work.to(s.device)
+            interpolator = self._interpolator_for(s, which)
             grid = lambda_grid(s.lambdas)
             points = []
             for k, lam in enumerate(grid):
                 self.progress(f"loss path ({which})", k / len(grid), f"λ = {lam:.2f}")
-                point = {"lambda": lam, **(self._endpoint_a(s) if lam == 1.0 else self._evaluate(self._interpolator.set(lam), s))}
+                point = {"lambda": lam, **(self._endpoint_a(s) if lam == 1.0 else self._evaluate(interpolator.set(lam), s))}
                 points.append(point)
                 if on_point:
                     on_point(point)
@@ -463,9 +467,7 @@ class Pipeline:
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise SettingsError(f"{out} is not empty; refusing to overwrite it.", "Choose an empty or new folder, or allow overwriting (--overwrite).")
         with self._lock:
-            end_b = self.permuted_b(s)
-            interp = Interpolator(self.a.model, end_b)
-            model = interp.set(lam)
+            model = self._interpolator_for(s, "permuted").set(lam)
             out.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             try:

@@ -12,6 +12,7 @@ from permerge_core.data import TokenBatches
 from permerge_core.matching import compute_matching
 from permerge_core.permuting import permute_state_dict, permuted_model, plan_for_matching
 from permerge_core.statistics import collect_statistics
+from test_invariants import random_matching
 
 
 def head_for(model):
@@ -130,3 +131,22 @@ def test_the_float32_pair_sums_products_as_precisely_as_float64(monkeypatch):
     space.compact()
     assert space.cross_low is None and space.cross.dtype == torch.float32
     torch.testing.assert_close(space.cross.double(), exact, atol=1e-6 * float(scale), rtol=0)
+
+
+def test_gathering_b_through_the_plan_equals_interpolating_a_stored_b_prime():
+    # B′ is not stored: each λ gathers B through the permutation plan. Every parameter at
+    # every λ must be bitwise what interpolating towards a materialised B′ gives.
+    from permerge_core.interpolation import Interpolator
+
+    for family, kind in (("bert", "mlm"), ("roberta", "mlm"), ("bert", "classification")):
+        a = random_model(family, kind, seed=1, layers=2, hidden=16, heads=4, ffn=32)
+        b = random_model(family, kind, seed=2, layers=2, hidden=16, heads=4, ffn=32)
+        fam, head = head_for(b)
+        for residual in ("first", "sep", "none"):
+            matching = random_matching(b.config, "heads", residual, seed=7)
+            stored = Interpolator(a, permuted_model(b, fam, head, 2, matching))
+            gathered = Interpolator(a, b, plan=plan_for_matching(fam, head, 2, matching))
+            for lam in (0.0, 0.3, 0.5, 1.0):
+                want = dict(stored.set(lam).named_parameters())
+                for name, p in gathered.set(lam).named_parameters():
+                    assert torch.equal(p, want[name]), (family, kind, residual, lam, name)

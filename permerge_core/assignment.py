@@ -143,8 +143,12 @@ def _dual_violations(table: torch.Tensor, price_rows: np.ndarray, price_cols: np
     n = table.shape[0]
     u, v = torch.from_numpy(price_rows), torch.from_numpy(price_cols)
     found = []
+    buffer = torch.empty(min(CHECK_ROWS, n), n, dtype=torch.float64)
     for a in range(0, n, CHECK_ROWS):
-        reduced = table[a : a + CHECK_ROWS].double().neg_().sub_(u[a : a + CHECK_ROWS, None]).sub_(v)
+        block = table[a : a + CHECK_ROWS]
+        # Into a float64 buffer first: `.double()` of float64 scores would be the scores
+        # themselves, and the in-place arithmetic below would overwrite the caller's matrix.
+        reduced = buffer[: len(block)].copy_(block).neg_().sub_(u[a : a + CHECK_ROWS, None]).sub_(v)
         bad = (reduced < -tolerance).nonzero()
         if len(bad):
             found.append(((bad[:, 0] + a) * n + bad[:, 1]).numpy())

@@ -152,23 +152,43 @@ class SpaceStats:
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.shift_a + self.sum_a / self.n, self.shift_b + self.sum_b / self.n
 
+    def _factors(self) -> tuple[torch.Tensor, ...]:
+        """float32 vectors (r_A, r_B, p_A, p_B) with corr_ij = Σ_ij·r_A,i·r_B,j − p_A,i·p_B,j.
+
+        corr_ij = (Σ_ij/n − m_i m_j) / (σ_i σ_j), with r = 1/(√n σ) and p = m/σ; dead units
+        (σ ≈ 0) get r = p = 0, so correlation 0. The means are of shifted activations, so the
+        difference does not cancel badly in float32, the precision the finished sum has.
+        """
+        mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+        out = []
+        for mean, sumsq in ((mean_a, self.sumsq_a), (mean_b, self.sumsq_b)):
+            std = (sumsq / self.n - mean.square()).clamp_min(0).sqrt()
+            inv = torch.where(std > DEAD_UNIT_STD, 1.0 / std.clamp_min(DEAD_UNIT_STD), 0.0)
+            out.append((inv, mean * inv))
+        (inv_a, p_a), (inv_b, p_b) = out
+        root_n = float(self.n) ** 0.5
+        return (inv_a / root_n).float(), (inv_b / root_n).float(), p_a.float(), p_b.float()
+
     def correlation(self) -> torch.Tensor:
-        return correlation_from_moments(*self.moments())
+        """The A×B correlation matrix, float32, formed in one d×d buffer (the float64 route
+        through cov, outer products and a division spent 0.46 s per 3072-wide space on
+        temporaries alone, measured)."""
+        r_a, r_b, p_a, p_b = self._factors()
+        corr = self.cross_sum().to(torch.float32, copy=True)
+        corr.mul_(r_a.unsqueeze(1)).mul_(r_b)
+        for a in range(0, corr.shape[0], 256):  # row blocks keep the outer product's temporary small
+            corr[a : a + 256].sub_(torch.outer(p_a[a : a + 256], p_b))
+        return corr.clamp_(-1.0, 1.0)
 
     def correlation_at(self, rows, cols) -> torch.Tensor:
         """correlation()[rows[k], cols[k]] for every k, with the same arithmetic, without
         forming the d×d matrix (summaries need only d entries of it)."""
         device = self.cross.device
         rows, cols = (torch.as_tensor(x, dtype=torch.long, device=device) for x in (rows, cols))
-        mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+        r_a, r_b, p_a, p_b = self._factors()
         cross = self.cross[rows, cols] if self.cross_low is None else self.cross[rows, cols].double() + self.cross_low[rows, cols]
-        cov = cross / self.n - mean_a[rows] * mean_b[cols]
-        std_a = (self.sumsq_a / self.n - mean_a.square()).clamp_min(0).sqrt()
-        std_b = (self.sumsq_b / self.n - mean_b.square()).clamp_min(0).sqrt()
-        alive_a, alive_b = std_a > DEAD_UNIT_STD, std_b > DEAD_UNIT_STD
-        corr = cov / (torch.where(alive_a, std_a, 1.0)[rows] * torch.where(alive_b, std_b, 1.0)[cols])
-        corr[~(alive_a[rows] & alive_b[cols])] = 0.0
-        return corr.clamp_(-1.0, 1.0)
+        corr = cross.float().mul_(r_a[rows]).mul_(r_b[cols])
+        return corr.sub_(p_a[rows] * p_b[cols]).clamp_(-1.0, 1.0)
 
     def to(self, device: str) -> "SpaceStats":
         low = None if self.cross_low is None else self.cross_low.to(device)

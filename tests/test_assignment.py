@@ -19,13 +19,16 @@ def matrices(n, seed=0):
     yield "weak correlations", np.tanh(0.05 * rng.standard_normal((n, n))).astype(np.float32)
     yield "planted", planted + 0.1 * rng.standard_normal((n, n)).astype(np.float32)
     yield "negative", -rng.random((n, n)).astype(np.float32)
+    yield "float64", np.tanh(0.05 * rng.standard_normal((n, n)))  # correlations come as float64
 
 
 @pytest.mark.parametrize("candidates", [32, 2])
 def test_sparse_optimum_equals_the_dense_optimum(candidates):
     for name, score in matrices(400):
         rounds = []
+        before = score.copy()
         perm = assign_sparse(score, candidates=candidates, rounds=rounds)
+        assert np.array_equal(score, before), f"{name}: the scores were modified"
         dense = assign_dense(score)
         assert perm is not None, name
         assert sorted(perm) == list(range(400)), name

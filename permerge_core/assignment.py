@@ -21,7 +21,6 @@ rounds, non-finite scores) falls back to the dense solver.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
@@ -30,7 +29,7 @@ SPARSE_FROM = 1024  # below this size the dense solver takes well under a second
 CANDIDATES = 32  # best entries kept per row and per column
 TOLERANCE = 1e-10  # allowed dual violation per entry, relative to the largest |score|
 MAX_ROUNDS = 6
-CHECK_ROWS = 256  # rows per block of the dense certificate (keeps temporaries small)
+BLOCK_ROWS = 256  # rows per block of the dense passes (keeps temporaries small)
 
 
 def assign_dense(score: np.ndarray) -> np.ndarray:
@@ -56,12 +55,13 @@ def assign_sparse(score: np.ndarray, candidates: int = CANDIDATES, rounds: list 
     `rounds`, when given, receives one dict per solve (edges, violations): for tests and tuning.
     """
     n = score.shape[0]
-    table = torch.from_numpy(np.ascontiguousarray(score))
-    if not bool(torch.isfinite(table).all()):
+    score = np.ascontiguousarray(score)
+    low, high = float(score.min()), float(score.max())  # NaN or ±inf shows up here
+    if not (np.isfinite(low) and np.isfinite(high)):
         return None
-    tolerance = TOLERANCE * max(1.0, float(table.abs().max()))
+    tolerance = TOLERANCE * max(1.0, abs(low), abs(high))
     k = min(candidates, n)
-    edges = _best_entries(table, k)
+    edges = _best_entries(score, k)
     for _ in range(MAX_ROUNDS):
         rows, cols = np.divmod(edges, n)
         cost = -score[rows, cols].astype(np.float64)
@@ -74,32 +74,43 @@ def assign_sparse(score: np.ndarray, candidates: int = CANDIDATES, rounds: list 
             if 4 * k >= n:
                 return None
             k *= 2
-            edges = np.union1d(edges, _best_entries(table, k))
+            edges = np.union1d(edges, _best_entries(score, k))  # (rare: only for massive ties)
             if rounds is not None:
                 rounds.append({"edges": len(rows), "violations": None})
             continue
         price_cols = _column_potentials(rows, cols, cost, perm, n)
         matched_cost = -score[np.arange(n), perm].astype(np.float64)
         price_rows = matched_cost - price_cols[perm]
-        broken = _dual_violations(table, price_rows, price_cols, tolerance)
+        broken = _dual_violations(score, price_rows, price_cols, tolerance)
         if rounds is not None:
             rounds.append({"edges": len(rows), "violations": len(broken)})
         if len(broken) == 0:
             return perm
-        edges = np.union1d(edges, broken)
+        # A broken entry is never a candidate (those satisfy the bound by construction).
+        edges = np.concatenate([edges, broken])
     return None
 
 
-def _best_entries(table: torch.Tensor, k: int) -> np.ndarray:
-    """Flat indices (i·n + j) of the k largest entries of every row and of every column."""
-    n = table.shape[0]
-    by_row = torch.topk(table, k, dim=1, sorted=False).indices
-    by_col = torch.topk(table.t().contiguous(), k, dim=1, sorted=False).indices
-    arange = torch.arange(n).unsqueeze(1)
-    chosen = torch.zeros(n * n, dtype=torch.bool)
-    chosen[(arange * n + by_row).reshape(-1)] = True
-    chosen[(by_col * n + arange).reshape(-1)] = True
-    return chosen.nonzero().squeeze(1).numpy()
+def _best_entries(score: np.ndarray, k: int) -> np.ndarray:
+    """Flat indices (i·n + j) of the k largest entries of every row and of every column.
+
+    In blocks of rows (and of columns), so no n×n index array is ever made: numpy rather
+    than torch, because the solves run two at a time in threads and torch's own threads
+    would oversubscribe the cores (measured: no gain from the second worker).
+    """
+    n = score.shape[0]
+    chosen = np.zeros(n * n, dtype=bool)
+    columns = np.empty((min(BLOCK_ROWS, n), n), dtype=score.dtype)
+    for a in range(0, n, BLOCK_ROWS):
+        block = score[a : a + BLOCK_ROWS]
+        top = np.argpartition(block, n - k, axis=1)[:, n - k :]
+        chosen[(np.arange(a, a + len(block))[:, None] * n + top).ravel()] = True
+        slab = columns[: len(block)]
+        for r in range(0, n, 512):  # transposed in tiles: a strided whole-slab copy is 2× slower
+            slab[:, r : r + 512] = score[r : r + 512, a : a + BLOCK_ROWS].T
+        top = np.argpartition(slab, n - k, axis=1)[:, n - k :]
+        chosen[(top * n + np.arange(a, a + len(slab))[:, None]).ravel()] = True
+    return np.flatnonzero(chosen)
 
 
 def _column_potentials(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, perm: np.ndarray, n: int) -> np.ndarray:
@@ -138,18 +149,18 @@ def _column_potentials(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, per
     raise RuntimeError("assignment: negative cycle in the exchange graph (the sparse matching is not optimal)")
 
 
-def _dual_violations(table: torch.Tensor, price_rows: np.ndarray, price_cols: np.ndarray, tolerance: float) -> np.ndarray:
+def _dual_violations(score: np.ndarray, price_rows: np.ndarray, price_cols: np.ndarray, tolerance: float) -> np.ndarray:
     """Flat indices of entries with −score_ij − u_i − v_j < −tolerance (none: proven optimal)."""
-    n = table.shape[0]
-    u, v = torch.from_numpy(price_rows), torch.from_numpy(price_cols)
+    n = score.shape[0]
     found = []
-    buffer = torch.empty(min(CHECK_ROWS, n), n, dtype=torch.float64)
-    for a in range(0, n, CHECK_ROWS):
-        block = table[a : a + CHECK_ROWS]
-        # Into a float64 buffer first: `.double()` of float64 scores would be the scores
-        # themselves, and the in-place arithmetic below would overwrite the caller's matrix.
-        reduced = buffer[: len(block)].copy_(block).neg_().sub_(u[a : a + CHECK_ROWS, None]).sub_(v)
-        bad = (reduced < -tolerance).nonzero()
+    reduced = np.empty((min(BLOCK_ROWS, n), n))  # float64, reused: never the caller's matrix
+    for a in range(0, n, BLOCK_ROWS):
+        block = score[a : a + BLOCK_ROWS]
+        out = reduced[: len(block)]
+        np.negative(block, out=out)
+        out -= price_rows[a : a + BLOCK_ROWS, None]
+        out -= price_cols
+        bad = np.flatnonzero(out < -tolerance)
         if len(bad):
-            found.append(((bad[:, 0] + a) * n + bad[:, 1]).numpy())
+            found.append(bad + a * n)
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)

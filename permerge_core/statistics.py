@@ -134,7 +134,8 @@ class SpaceStats:
         """Keep the finished cross sum as one float32 matrix: each entry keeps 7 significant
         digits, and since the sums are of shifted values the covariances derived from it do
         too, far finer than any correlation shown or matched."""
-        self.cross = self.cross_sum().float()
+        if self.cross_low is not None:  # IEEE addition rounds hi + lo correctly: no float64 temporary needed
+            self.cross.add_(self.cross_low)
         self.cross_low, self.pending_tokens = None, 0
 
     def cross_sum(self) -> torch.Tensor:

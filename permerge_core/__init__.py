@@ -3,17 +3,39 @@
 The method is Verma & Elbayad (2024), "Merging Text Transformer Models from Different
 Initializations", with the two fixes described in shared method.md (tied MLM decoder
 handled correctly; no scaling of the endpoints). Pure Python: no UI code lives here.
+
+The public names are imported on first use (PEP 562), so that importing a light module such
+as `permerge_core.assignment` (in the assignment worker processes) does not load torch and
+transformers.
 """
 
-from .architectures import FAMILIES, supported_architectures
-from .checkpoints import Checkpoint, load_checkpoint, validate_pair
-from .errors import CheckpointError, DataError, IncompatiblePairError, PermergeError, SettingsError
-from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving
-from .pipeline import AlignSettings, Pipeline, default_pair
+from importlib import import_module
 
-__all__ = [
-    "ATTENTION_MODES", "RESIDUAL_MODES", "FAMILIES", "AlignSettings", "Checkpoint", "CheckpointError",
-    "DataError", "IncompatiblePairError", "Matching", "PermergeError", "Pipeline", "SettingsError",
-    "compute_matching", "default_pair", "is_function_preserving", "load_checkpoint", "supported_architectures",
-    "validate_pair",
-]
+_EXPORTS = {
+    "FAMILIES": "architectures", "supported_architectures": "architectures",
+    "Checkpoint": "checkpoints", "load_checkpoint": "checkpoints", "validate_pair": "checkpoints",
+    "CheckpointError": "errors", "DataError": "errors", "IncompatiblePairError": "errors",
+    "PermergeError": "errors", "SettingsError": "errors",
+    "ATTENTION_MODES": "matching", "RESIDUAL_MODES": "matching", "Matching": "matching",
+    "compute_matching": "matching", "is_function_preserving": "matching",
+    "AlignSettings": "pipeline", "Pipeline": "pipeline", "default_pair": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # submodules: `from permerge_core import views`
+        return import_module(f".{name}", __name__)
+    except ModuleNotFoundError as missing:
+        if missing.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -66,8 +66,26 @@ def test_non_finite_scores_go_to_the_dense_solver(monkeypatch):
 def test_large_matrices_take_the_sparse_path(monkeypatch):
     calls = []
     monkeypatch.setattr(assignment, "SPARSE_FROM", 100)
+    monkeypatch.setattr(assignment, "_worker_pool", lambda: None)  # here, where the spy can see it
     real = assignment.assign_sparse
     monkeypatch.setattr(assignment, "assign_sparse", lambda s: calls.append(s.shape) or real(s))
     score = next(matrices(150))[1]
     assert np.array_equal(assign(score), assign_dense(score))
     assert calls == [(150, 150)]
+
+
+def test_large_assignments_are_solved_in_worker_processes_and_here_without_them(monkeypatch):
+    score = np.tanh(0.05 * np.random.default_rng(5).standard_normal((1100, 1100)))
+    expected = assign_dense(score)
+    solved = assignment._pool_state["solved"]
+    assert np.array_equal(assign(score), expected)
+    assert assignment._pool_state["solved"] == solved + 1  # answered by a worker process
+
+    class Refusing:
+        def submit(self, *args):
+            raise OSError("no processes here")
+
+    monkeypatch.setattr(assignment, "_worker_pool", lambda: Refusing())
+    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    assert np.array_equal(assign(score), expected)  # solved here instead
+    assert assignment._pool_state == {"usable": False, "solved": 0}

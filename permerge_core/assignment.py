@@ -138,6 +138,8 @@ def assign_sparse(score: np.ndarray, candidates: int = CANDIDATES, rounds: list 
                 rounds.append({"edges": len(rows), "violations": None})
             continue
         price_cols = _column_potentials(rows, cols, cost, perm, n, slack=tolerance / 1000)
+        if price_cols is None:  # cannot happen for an optimal sparse solution; be safe anyway
+            return None
         matched_cost = -score[np.arange(n), perm].astype(np.float64)
         price_rows = matched_cost - price_cols[perm]
         broken, near = _dual_violations(score, price_rows, price_cols, tolerance, WIDEN * scale)
@@ -152,9 +154,9 @@ def assign_sparse(score: np.ndarray, candidates: int = CANDIDATES, rounds: list 
 def _best_entries(score: np.ndarray, k: int) -> np.ndarray:
     """Flat indices (i·n + j) of the k largest entries of every row and of every column.
 
-    In blocks of rows (and of columns), so no n×n index array is ever made: numpy rather
-    than torch, because the solves run two at a time in threads and torch's own threads
-    would oversubscribe the cores (measured: no gain from the second worker).
+    In blocks of rows (and of columns), so no n×n index array is ever made. numpy, not torch:
+    this runs in forked workers (and, without them, beside other solver threads, where
+    torch's own threads oversubscribed the cores: no gain from the second thread, measured).
     """
     n = score.shape[0]
     chosen = np.zeros(n * n, dtype=bool)
@@ -171,13 +173,13 @@ def _best_entries(score: np.ndarray, k: int) -> np.ndarray:
     return np.flatnonzero(chosen)
 
 
-def _column_potentials(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, perm: np.ndarray, n: int, slack: float = 0.0) -> np.ndarray:
+def _column_potentials(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, perm: np.ndarray, n: int, slack: float = 0.0) -> np.ndarray | None:
     """Potentials v with v_j ≤ v_perm[i] + cost_ij − cost_i,perm[i] on every candidate edge.
 
     Shortest distances from a virtual source joined to every column at length 0, in the graph
     where row i leads from its matched column perm[i] to each of its candidates j. An optimal
     matching leaves no negative cycle, so Bellman–Ford converges; only the columns whose
-    distance changed are relaxed again (most settle in a few rounds).
+    distance changed are relaxed again (most settle in a few rounds). None if it does not.
     """
     on_match = cols == perm[rows]
     matched = np.empty(n)
@@ -206,7 +208,7 @@ def _column_potentials(rows: np.ndarray, cols: np.ndarray, cost: np.ndarray, per
         before = distance.copy()
         np.minimum.at(distance, target[shorter], reach[shorter])
         changed = np.flatnonzero(distance < before)
-    raise RuntimeError("assignment: negative cycle in the exchange graph (the sparse matching is not optimal)")
+    return None  # a negative cycle: the sparse matching was not optimal
 
 
 def _dual_violations(score: np.ndarray, price_rows: np.ndarray, price_cols: np.ndarray, tolerance: float, margin: float) -> tuple[int, np.ndarray]:

@@ -29,7 +29,6 @@ from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_cla
 from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
 from .evaluation import barrier, max_abs_logit_diff, mlm_loss
-from .allocator import keep_freed_memory
 from .interpolation import Interpolator, lambda_grid
 from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving, matched_statistics, HeadMatching
 from .permuting import plan_for_matching
@@ -144,7 +143,6 @@ class Pipeline:
         device: str = "cpu",
         task: "TaskSpec | None" = None,
     ):
-        keep_freed_memory()  # fewer page faults per batch (allocator.py)
         self.progress = progress or (lambda stage, fraction, message="": None)
         self.progress("load", 0.0, "loading model A")
         self.a = model_a if isinstance(model_a, Checkpoint) else load_checkpoint(model_a, tokenizer, device)

@@ -150,14 +150,3 @@ def test_gathering_b_through_the_plan_equals_interpolating_a_stored_b_prime():
                 want = dict(stored.set(lam).named_parameters())
                 for name, p in gathered.set(lam).named_parameters():
                     assert torch.equal(p, want[name]), (family, kind, residual, lam, name)
-
-
-def test_the_allocator_keeps_freed_memory_on_glibc():
-    import platform
-    import sys
-
-    from permerge_core.allocator import keep_freed_memory
-
-    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert keep_freed_memory() is on_glibc
-    assert keep_freed_memory() is on_glibc  # once per process, and idempotent

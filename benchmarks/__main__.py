@@ -73,7 +73,10 @@ def run_worker(spec: dict) -> dict:
         raise SystemExit(f"benchmarks: worker {spec['kind']} failed with exit code {rc}")
     line = [x for x in stdout.splitlines() if x.startswith("BENCHMARK-RESULT ")][-1]
     result = json.loads(line[len("BENCHMARK-RESULT "):])
-    result.setdefault("rss_mb", {})["peak_child"] = peak
+    # The worker may have reset the kernel's high-water mark (worker.PipelinePeak), which lowers
+    # ru_maxrss; its own record of the process's peak is then the larger, true one.
+    rss = result.setdefault("rss_mb", {})
+    rss["peak_child"] = max(peak, rss.get("process_peak") or 0)
     return result
 
 

@@ -16,6 +16,8 @@ import copy
 
 import torch
 
+from .permuting import reindex, touches_by_tensor
+
 
 class Interpolator:
     """Holds the endpoints' parameters and one working model that takes any θ(λ)."""
@@ -42,7 +44,7 @@ class Interpolator:
         lam = float(lam)
         for target, a, b, gather in self._pairs:
             if gather:
-                _gather_into(target, b, gather)
+                reindex(b, gather, out=target)
                 target.mul_(1.0 - lam)
             else:
                 torch.mul(b, 1.0 - lam, out=target)
@@ -60,14 +62,7 @@ def _gathers(model: torch.nn.Module, plan) -> dict[str, list[tuple[int, torch.Te
     """
     canonical = {id(p): name for name, p in model.named_parameters()}
     state = model.state_dict(keep_vars=True)
-    touches: dict[str, list[tuple[int, torch.Tensor]]] = {}
-    for touch, perm in plan:
-        if touch.name not in state:
-            if touch.optional:
-                continue
-            raise KeyError(f"tensor {touch.name} is not in the model")
-        index = torch.as_tensor(perm, dtype=torch.long, device=state[touch.name].device)
-        touches.setdefault(touch.name, []).append((touch.axis, index))
+    touches = touches_by_tensor(state, plan)
     out: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for name, tensor in state.items():
         if name in touches:
@@ -75,14 +70,6 @@ def _gathers(model: torch.nn.Module, plan) -> dict[str, list[tuple[int, torch.Te
                 raise ValueError(f"{name} is a buffer, not a parameter: it cannot be interpolated")
             out[canonical[id(tensor)]] = touches[name]
     return out
-
-
-def _gather_into(target: torch.Tensor, source: torch.Tensor, gather) -> None:
-    """target = source reindexed on every (axis, index) of `gather`; the axes commute."""
-    *first, (axis, index) = gather
-    for ax, ix in first:
-        source = source.index_select(ax, ix)
-    torch.index_select(source, axis, index, out=target)
 
 
 def lambda_grid(points: int) -> list[float]:

@@ -48,21 +48,36 @@ def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[st
     return plan
 
 
-def permuted_tensors(state: dict[str, torch.Tensor], plan):
-    """(name, reindexed tensor) for every planned tensor, one at a time, in the state's order:
-    new[..i..] = old[..perm[i]..] on every planned axis."""
-    touches: dict[str, list] = {}
+def touches_by_tensor(state: dict[str, torch.Tensor], plan) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """Tensor name → [(axis, index)] for every planned tensor of `state`, in the plan's order
+    (optional tensors the model lacks are skipped)."""
+    touches: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for touch, perm in plan:
         if touch.name not in state:
             if touch.optional:
                 continue
             raise KeyError(f"tensor {touch.name} is not in the model")
-        touches.setdefault(touch.name, []).append((touch.axis, perm))
+        index = torch.as_tensor(perm, dtype=torch.long, device=state[touch.name].device)
+        touches.setdefault(touch.name, []).append((touch.axis, index))
+    return touches
+
+
+def reindex(tensor: torch.Tensor, touches, out: torch.Tensor | None = None) -> torch.Tensor:
+    """new[..i..] = tensor[..index[i]..] on every (axis, index) of `touches` (the axes commute),
+    written into `out` when given."""
+    *first, (axis, index) = touches
+    for ax, ix in first:
+        tensor = tensor.index_select(ax, ix)
+    return torch.index_select(tensor, axis, index, out=out) if out is not None else tensor.index_select(axis, index)
+
+
+def permuted_tensors(state: dict[str, torch.Tensor], plan):
+    """(name, reindexed tensor) for every planned tensor, one at a time, in the state's order:
+    new[..i..] = old[..perm[i]..] on every planned axis."""
+    touches = touches_by_tensor(state, plan)
     for name, tensor in state.items():
-        for axis, perm in touches.get(name, ()):
-            tensor = tensor.index_select(axis, torch.as_tensor(perm, dtype=torch.long, device=tensor.device))
         if name in touches:
-            yield name, tensor
+            yield name, reindex(tensor, touches[name])
 
 
 def permute_state_dict(state: dict[str, torch.Tensor], plan) -> dict[str, torch.Tensor]:

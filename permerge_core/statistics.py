@@ -71,8 +71,8 @@ class SpaceStats:
     @classmethod
     def zeros(cls, dim: int, device: str = "cpu") -> "SpaceStats":
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-        pair = lambda: torch.zeros(dim, dim, dtype=torch.float32, device=device)  # noqa: E731
-        return cls(0, z(dim), z(dim), z(dim), z(dim), pair(), z(dim), z(dim), cross_low=pair())
+        cross = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+        return cls(0, z(dim), z(dim), z(dim), z(dim), cross, z(dim), z(dim))  # cross_low: made by the first add_
 
     @property
     def dim(self) -> int:
@@ -105,7 +105,7 @@ class SpaceStats:
         # whole activation matrices instead cost as much as the cross product itself.
         self.sum_a += xa.sum(0)
         self.sum_b += xb.sum(0)
-        if self.cross_low is None:  # statistics loaded finished (compacted), now growing again
+        if self.cross_low is None:  # the first add, or finished (compacted) sums growing again
             self.cross_low = torch.zeros_like(self.cross)
         self.cross_low.addmm_(xa.t(), xb)
         self.pending_tokens += xa.shape[0]

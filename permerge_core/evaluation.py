@@ -5,16 +5,21 @@ positions need it, so the encoder output is gathered at those positions first. T
 holds one step earlier: after the last layer's attention, every module acts on each position
 alone, so that tail (attention output, FFN, LayerNorms) also runs at the masked positions
 only. On the 3-layer default pair that is about a fifth of the encoder's arithmetic.
+
+On a CPU, the chunks of an evaluation run side by side, one per core (`parallel.map_chunks`).
 """
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .data import MaskedBatch
+from .parallel import map_chunks
 
 
 def encoder_of(model):
@@ -28,10 +33,13 @@ def mlm_logits_at(model, mlm_module: str, input_ids, attention_mask, positions, 
     `tail_at_positions=False` runs the whole last layer everywhere: the same function, with
     other rounding (training uses it, so that the bundled models stay reproducible bit for bit).
     """
-    return _logits_at(model, mlm_module, input_ids, attention_mask, positions, _position_wise_tail(model) if tail_at_positions else None)
+    tail = _position_wise_tail(model) if tail_at_positions else None
+    with tail_stop(tail):
+        return _logits_at(model, mlm_module, input_ids, attention_mask, positions, tail)
 
 
 def _logits_at(model, mlm_module: str, input_ids, attention_mask, positions, tail) -> torch.Tensor:
+    """As `mlm_logits_at`; with a tail, only inside `tail_stop(tail)`."""
     if tail is None:
         hidden = encoder_of(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[positions]
     else:
@@ -40,7 +48,35 @@ def _logits_at(model, mlm_module: str, input_ids, attention_mask, positions, tai
 
 
 class _TailReached(Exception):
-    """Raised by a hook to stop the encoder where the last layer's position-wise part begins."""
+    """Raised by the hook to stop the encoder where the last layer's position-wise part begins."""
+
+
+# Which module the current thread wants to stop at, and what the hook caught there. Per
+# thread: evaluation chunks run in parallel on one model, and a thread that did not ask
+# (another computation on the same model) must run the encoder whole.
+_tail_request = threading.local()
+
+
+def _stop_at_tail(module, args, kwargs):
+    if getattr(_tail_request, "module", None) is not module:
+        return None
+    values = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
+    _tail_request.caught = (values[0], values[1])
+    raise _TailReached
+
+
+@contextmanager
+def tail_stop(tail):
+    """The stopping hook on the tail's first module, for the whole block (not per chunk: hooks
+    must not be added or removed while other threads run the model and iterate over them)."""
+    if tail is None:
+        yield
+        return
+    handle = tail[0].register_forward_pre_hook(_stop_at_tail, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _position_wise_tail(model) -> list[torch.nn.Module] | None:
@@ -59,23 +95,17 @@ def _last_layer_at(encoder, tail, input_ids, attention_mask, positions) -> torch
     """The encoder's output at `positions`: the full encoder up to the last layer's attention
     context, then that layer's position-wise tail on the selected rows only."""
     attention_output, intermediate, output = tail
-    caught = {}
-
-    def stop(module, args, kwargs):
-        values = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
-        caught["context"], caught["residual"] = values[0], values[1]
-        raise _TailReached
-
-    handle = attention_output.register_forward_pre_hook(stop, with_kwargs=True)
+    _tail_request.module, _tail_request.caught = attention_output, None
     try:
         encoder(input_ids=input_ids, attention_mask=attention_mask)
     except _TailReached:
         pass
-    else:
-        raise RuntimeError("the encoder never reached its last layer's attention output")
     finally:
-        handle.remove()
-    after_attention = attention_output(caught["context"][positions], caught["residual"][positions])
+        _tail_request.module = None
+    if _tail_request.caught is None:
+        raise RuntimeError("the encoder never reached its last layer's attention output")
+    (context, residual), _tail_request.caught = _tail_request.caught, None
+    after_attention = attention_output(context[positions], residual[positions])
     return output(intermediate(after_attention), after_attention)
 
 
@@ -114,14 +144,12 @@ def row_chunks(batch: MaskedBatch, ffn_width: int):
 def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "cpu") -> MlmResult:
     """Mean masked-LM cross-entropy and accuracy over fixed, pre-drawn masks."""
     model.eval()
-    total_loss = torch.zeros((), dtype=torch.float64)
-    correct = 0
-    count = 0
     ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
+    chunks = [chunk for whole in batches for chunk in row_chunks(whole, ffn_width) if chunk.positions.any()]
     tail = _position_wise_tail(model)  # looked up once, not per batch
-    for batch in (chunk for whole in batches for chunk in row_chunks(whole, ffn_width)):
-        if not batch.positions.any():
-            continue
+
+    @torch.no_grad()  # (grad mode is per thread)
+    def chunk_result(batch: MaskedBatch) -> tuple[torch.Tensor, int, int]:
         logits = _logits_at(
             model,
             mlm_module,
@@ -131,10 +159,32 @@ def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "
             tail,
         ).float()
         targets = batch.targets.to(device)
-        total_loss += F.cross_entropy(logits, targets, reduction="sum").double().cpu()
-        correct += int((logits.argmax(-1) == targets).sum())
-        count += int(targets.numel())
+        loss = F.cross_entropy(logits, targets, reduction="sum").double().cpu()
+        return loss, argmax_hits(logits, targets), int(targets.numel())
+
+    with tail_stop(tail):
+        results = map_chunks(chunk_result, chunks, device, cost=lambda c: c.input_ids.numel())
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = count = 0
+    for loss, hits, n in results:  # in chunk order: the float64 sum does not depend on timing
+        total_loss += loss
+        correct += hits
+        count += n
     return MlmResult(float(total_loss / count), correct / count, count)
+
+
+def argmax_hits(logits: torch.Tensor, targets: torch.Tensor) -> int:
+    """How many rows have argmax == target, argmax's tie rule (first maximal index) included.
+
+    A row can only be a hit where its target's logit is the row's maximum, so the max comes
+    first (a vectorised amax, ~10× faster than argmax over a 4096-word vocabulary, measured)
+    and argmax runs on those rows only; rows with a NaN go to argmax too, as it ranks NaN highest.
+    """
+    best = logits.amax(-1)
+    candidates = ((logits.gather(1, targets.unsqueeze(1)).squeeze(1) == best) | best.isnan()).nonzero().squeeze(1)
+    if candidates.numel() == 0:
+        return 0
+    return int((logits.index_select(0, candidates).argmax(-1) == targets.index_select(0, candidates)).sum())
 
 
 @torch.no_grad()

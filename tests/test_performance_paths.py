@@ -150,3 +150,106 @@ def test_gathering_b_through_the_plan_equals_interpolating_a_stored_b_prime():
                 want = dict(stored.set(lam).named_parameters())
                 for name, p in gathered.set(lam).named_parameters():
                     assert torch.equal(p, want[name]), (family, kind, residual, lam, name)
+
+
+def _masked_batches(model, seed=0):
+    from permerge_core.data import MaskedBatch
+
+    out = []
+    for s, (batch, length) in enumerate(((3, 9), (4, 14), (2, 20), (5, 11))):
+        ids, mask = random_ids(batch=batch, length=length, seed=seed + s, vocab=model.config.vocab_size)
+        mask[0, length - 3 :] = 0  # padding in each batch's first row
+        gen = torch.Generator().manual_seed(seed + s)
+        positions = (torch.rand(ids.shape, generator=gen) < 0.3) & mask.bool()
+        positions[1, 0] = True
+        out.append(MaskedBatch(ids, mask, positions, ids[positions].roll(1)))  # some targets right, most wrong
+    return out
+
+
+def test_parallel_evaluation_equals_chunk_by_chunk_evaluation(monkeypatch):
+    # The chunks run side by side on the CPU's threads; the loss, the hit count and the number
+    # of predictions must be those of running the same chunks one after another, and the
+    # thread count must be what it was before.
+    import permerge_core.evaluation as evaluation
+
+    model = random_model("bert", "mlm", seed=7, layers=3, hidden=16, heads=4, ffn=32).eval()
+    batches = _masked_batches(model)
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_BYTES", 2 * 20 * 32 * 4)  # 2-row chunks: more chunks than threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        calls = []
+        real_map = evaluation.map_chunks
+        monkeypatch.setattr(evaluation, "map_chunks", lambda fn, chunks, *a, **k: calls.append(len(chunks)) or real_map(fn, chunks, *a, **k))
+        parallel = evaluation.mlm_loss(model, "cls", batches)
+        assert calls and calls[0] > 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(evaluation, "map_chunks", lambda fn, chunks, *a, **k: [fn(c) for c in chunks])
+        serial = evaluation.mlm_loss(model, "cls", batches)
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel.num_predictions == serial.num_predictions == sum(int(b.positions.sum()) for b in batches)
+    assert parallel.accuracy == serial.accuracy
+    assert abs(parallel.loss - serial.loss) <= 1e-6 * abs(serial.loss)
+
+
+def test_map_chunks_keeps_chunk_order_and_raises_a_workers_error():
+    import pytest
+
+    from permerge_core.parallel import map_chunks
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen_threads = []
+
+        def work(k):
+            seen_threads.append(torch.get_num_threads())
+            return k * k
+
+        assert map_chunks(work, list(range(7)), cost=lambda k: k) == [k * k for k in range(7)]
+        assert set(seen_threads) == {1}  # each worker ran on one intra-op thread
+        assert torch.get_num_threads() == 2
+
+        def fail(k):
+            if k == 3:
+                raise ValueError("chunk 3")
+            return k
+
+        with pytest.raises(ValueError, match="chunk 3"):
+            map_chunks(fail, list(range(5)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_argmax_hits_counts_exactly_what_argmax_counts():
+    from permerge_core.evaluation import argmax_hits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=gen)
+    logits[:8, 3] = logits[:8, 7] = 5.0  # exact ties: argmax takes the first maximal index (3)
+    logits[8, 2] = float("nan")  # argmax ranks NaN highest
+    targets = torch.randint(0, 10, (64,), generator=gen)
+    targets[:4], targets[4:8], targets[8] = 7, 3, 2
+    targets[9:30] = logits[9:30].argmax(-1)
+    expected = int((logits.argmax(-1) == targets).sum())
+    assert argmax_hits(logits, targets) == expected
+    assert expected >= 21 + 4 + 1  # the planted hits, the tie rule and the NaN row are all exercised
+
+
+def test_the_tail_hook_stops_only_the_thread_that_asked():
+    # While an evaluation holds the stopping hook on a model, another use of that model on
+    # another thread (or this one, outside an evaluation) must run the whole encoder.
+    from permerge_core.evaluation import _logits_at, _position_wise_tail, tail_stop
+
+    model = random_model("bert", "mlm", seed=3, layers=2, hidden=16, heads=4, ffn=32).eval()
+    ids, mask = random_ids(batch=2, length=8, seed=1, vocab=model.config.vocab_size)
+    positions = torch.ones_like(mask, dtype=torch.bool)
+    tail = _position_wise_tail(model)
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask).logits
+        with tail_stop(tail):
+            again = model(input_ids=ids, attention_mask=mask).logits
+            fast = _logits_at(model, "cls", ids, mask, positions, tail)
+    assert torch.equal(again, whole)
+    torch.testing.assert_close(fast, whole[positions], rtol=0, atol=1e-5)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import MaskedBatch
-from .parallel import map_chunks
+from .parallel import map_chunks, worker_count
 
 
 def encoder_of(model):
@@ -116,25 +116,27 @@ class MlmResult:
     num_predictions: int
 
 
-# Rows of a batch go through the model in chunks whose widest activation (the FFN's) stays
-# under this: BERT-base's transients for a whole 32×128 batch are ~0.5 GB, while a small
-# model's batch fits whole (smaller chunks would only make its matrix products less efficient).
+# Rows of a batch go through the model in chunks whose widest activations (the FFN's) stay
+# under this, all chunks running at once together: BERT-base's transients for a whole 32×128
+# batch are ~0.5 GB, while a small model's chunks are half batches (smaller ones would only
+# make its matrix products less efficient).
 EVAL_CHUNK_BYTES = 16 * 2**20
 
 
-def row_chunks(batch: MaskedBatch, ffn_width: int):
-    """The batch as consecutive row chunks, each with its own slice of the row-major targets."""
-    rows = max(1, EVAL_CHUNK_BYTES // (batch.input_ids.shape[1] * ffn_width * 4))
-    if rows >= batch.input_ids.shape[0]:
-        yield batch
-        return
+def row_chunks(batch: MaskedBatch, ffn_width: int, budget: int | None = None):
+    """The batch as consecutive row chunks, each with its own slice of the row-major targets,
+    and each cut to its own longest row (rows are sorted by length, so an early chunk of a
+    batch is narrower than the batch: padding columns that no row of it needs are dropped)."""
+    rows = max(1, (budget or EVAL_CHUNK_BYTES) // (batch.input_ids.shape[1] * ffn_width * 4))
     per_row = batch.positions.sum(1).tolist()
+    used = batch.attention_mask.bool()
     first_target = 0
     for start in range(0, batch.input_ids.shape[0], rows):
         part = slice(start, start + rows)
         count = sum(per_row[part])
+        width = int(used[part].any(0).nonzero().max()) + 1 if used[part].any() else 1
         yield MaskedBatch(
-            batch.input_ids[part], batch.attention_mask[part], batch.positions[part],
+            batch.input_ids[part, :width], batch.attention_mask[part, :width], batch.positions[part, :width],
             batch.targets[first_target : first_target + count],
         )
         first_target += count
@@ -145,7 +147,8 @@ def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "
     """Mean masked-LM cross-entropy and accuracy over fixed, pre-drawn masks."""
     model.eval()
     ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
-    chunks = [chunk for whole in batches for chunk in row_chunks(whole, ffn_width) if chunk.positions.any()]
+    budget = EVAL_CHUNK_BYTES // worker_count(device)  # per chunk, as chunks run side by side
+    chunks = [chunk for whole in batches for chunk in row_chunks(whole, ffn_width, budget) if chunk.positions.any()]
     tail = _position_wise_tail(model)  # looked up once, not per batch
 
     @torch.no_grad()  # (grad mode is per thread)

@@ -25,8 +25,8 @@ def map_chunks(fn, chunks: list, device: str = "cpu", cost=None) -> list:
     with a big one. On other devices, or with one thread, the chunks run one by one.
     """
     threads = torch.get_num_threads()
-    workers = min(threads, len(chunks))
-    if workers < 2 or not str(device).startswith("cpu"):
+    workers = min(worker_count(device), len(chunks))
+    if workers < 2:
         return [fn(c) for c in chunks]
     order = sorted(range(len(chunks)), key=lambda k: -cost(chunks[k])) if cost else range(len(chunks))
     try:
@@ -37,3 +37,8 @@ def map_chunks(fn, chunks: list, device: str = "cpu", cost=None) -> list:
         # torch.set_num_threads in a worker also sets the count that threads started later
         # (the app's next script run) begin with: put it back.
         torch.set_num_threads(threads)
+
+
+def worker_count(device: str = "cpu") -> int:
+    """How many chunks `map_chunks` runs at once at most (so that callers can size them)."""
+    return torch.get_num_threads() if str(device).startswith("cpu") else 1

@@ -253,3 +253,25 @@ def test_the_tail_hook_stops_only_the_thread_that_asked():
             fast = _logits_at(model, "cls", ids, mask, positions, tail)
     assert torch.equal(again, whole)
     torch.testing.assert_close(fast, whole[positions], rtol=0, atol=1e-5)
+
+
+def test_row_chunks_drop_only_padding_that_no_row_of_the_chunk_needs(monkeypatch):
+    import permerge_core.evaluation as evaluation
+    from permerge_core.data import MaskedBatch
+
+    model = random_model("bert", "mlm", seed=7, layers=2, hidden=16, heads=4, ffn=32).eval()
+    ids, _ = random_ids(batch=6, length=12, seed=2, vocab=model.config.vocab_size)
+    lengths = [3, 4, 4, 7, 9, 12]  # sorted, as data.tokenize makes them
+    mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
+    positions = torch.zeros_like(mask, dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        positions[row, n - 1] = positions[row, 0] = True
+    batch = MaskedBatch(ids, mask, positions, ids[positions])
+    chunks = list(evaluation.row_chunks(batch, 32, budget=2 * 12 * 32 * 4))  # two rows per chunk
+    assert [c.input_ids.shape for c in chunks] == [(2, 4), (2, 7), (2, 12)]
+    assert torch.equal(torch.cat([c.targets for c in chunks]), batch.targets)
+    whole = evaluation.mlm_loss(model, "cls", [batch])
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_BYTES", 2 * 12 * 32 * 4)
+    chunked = evaluation.mlm_loss(model, "cls", [batch])
+    assert chunked.num_predictions == whole.num_predictions == 12
+    assert abs(chunked.loss - whole.loss) <= 1e-6 * whole.loss and chunked.accuracy == whole.accuracy

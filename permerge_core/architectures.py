@@ -77,6 +77,11 @@ class Encoder:
     # mixing acts on each position alone, so the last layer can run it at the masked
     # positions only (evaluation.py). None: the family always runs the whole encoder.
     position_wise_tail: tuple[str, str, str] | None = None
+    # The layer's self-attention module (query, key and value Linears, num_attention_heads,
+    # attention_head_size, scaling, as in transformers' BERT): in the last layer only the
+    # masked positions' queries are needed, the keys and values of every position.
+    # None: the last layer's attention runs at every position.
+    self_attention: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,7 @@ BERT_STYLE_ENCODER = Encoder(
         (AFTER_FFN, Capture(f"{LAYER}.output.LayerNorm", "output")),
     ),
     position_wise_tail=(f"{LAYER}.attention.output", f"{LAYER}.intermediate", f"{LAYER}.output"),
+    self_attention=f"{LAYER}.attention.self",
 )
 
 

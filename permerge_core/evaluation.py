@@ -4,7 +4,9 @@ For a small model the vocabulary projection is most of a forward pass; only the 
 positions need it, so the encoder output is gathered at those positions first. The same
 holds one step earlier: after the last layer's attention, every module acts on each position
 alone, so that tail (attention output, FFN, LayerNorms) also runs at the masked positions
-only. On the 3-layer default pair that is about a fifth of the encoder's arithmetic.
+only, and in that layer's attention only the masked positions ask queries (the keys and
+values still come from every position). On the 3-layer default pair that is about a fifth
+of the encoder's arithmetic.
 
 On a CPU, the chunks of an evaluation run side by side, one per core (`parallel.map_chunks`).
 """
@@ -48,7 +50,7 @@ def _logits_at(model, mlm_module: str, input_ids, attention_mask, positions, tai
 
 
 class _TailReached(Exception):
-    """Raised by the hook to stop the encoder where the last layer's position-wise part begins."""
+    """Raised by the hook to stop the encoder where the last layer's masked-only part begins."""
 
 
 # Which module the current thread wants to stop at, and what the hook caught there. Per
@@ -60,26 +62,39 @@ _tail_request = threading.local()
 def _stop_at_tail(module, args, kwargs):
     if getattr(_tail_request, "module", None) is not module:
         return None
-    values = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
-    _tail_request.caught = (values[0], values[1])
+    _tail_request.caught = list(args) + [kwargs[k] for k in ("hidden_states", "input_tensor") if k in kwargs]
     raise _TailReached
 
 
+@dataclass(frozen=True)
+class _Tail:
+    """The last layer's modules from where only the masked positions are needed."""
+
+    self_attention: torch.nn.Module | None  # None: stop after the attention instead
+    attention_output: torch.nn.Module
+    intermediate: torch.nn.Module
+    output: torch.nn.Module
+
+    @property
+    def stop(self) -> torch.nn.Module:
+        return self.self_attention if self.self_attention is not None else self.attention_output
+
+
 @contextmanager
-def tail_stop(tail):
+def tail_stop(tail: _Tail | None):
     """The stopping hook on the tail's first module, for the whole block (not per chunk: hooks
     must not be added or removed while other threads run the model and iterate over them)."""
     if tail is None:
         yield
         return
-    handle = tail[0].register_forward_pre_hook(_stop_at_tail, with_kwargs=True)
+    handle = tail.stop.register_forward_pre_hook(_stop_at_tail, with_kwargs=True)
     try:
         yield
     finally:
         handle.remove()
 
 
-def _position_wise_tail(model) -> list[torch.nn.Module] | None:
+def _position_wise_tail(model) -> _Tail | None:
     from .architectures import family_for_model_type
 
     config = getattr(model, "config", None)
@@ -87,15 +102,35 @@ def _position_wise_tail(model) -> list[torch.nn.Module] | None:
     if family is None or family.encoder.position_wise_tail is None or getattr(config, "add_cross_attention", False):
         return None  # (cross-attention would sit between the self-attention and the tail)
     modules = dict(encoder_of(model).named_modules())
-    names = [name.format(i=config.num_hidden_layers - 1) for name in family.encoder.position_wise_tail]
-    return [modules[n] for n in names] if all(n in modules for n in names) else None
+    last = config.num_hidden_layers - 1
+    names = [name.format(i=last) for name in family.encoder.position_wise_tail]
+    if not all(n in modules for n in names):
+        return None
+    self_attention = modules.get((family.encoder.self_attention or "").format(i=last))
+    if not _queries_at_positions_supported(self_attention, config):
+        self_attention = None
+    return _Tail(self_attention, *(modules[n] for n in names))
 
 
-def _last_layer_at(encoder, tail, input_ids, attention_mask, positions) -> torch.Tensor:
-    """The encoder's output at `positions`: the full encoder up to the last layer's attention
-    context, then that layer's position-wise tail on the selected rows only."""
-    attention_output, intermediate, output = tail
-    _tail_request.module, _tail_request.caught = attention_output, None
+def _queries_at_positions_supported(module, config) -> bool:
+    """Whether `_attention_at` computes exactly what this self-attention module computes:
+    bidirectional, no relative positions, the attributes transformers' BERT has."""
+    needed = ("query", "key", "value", "num_attention_heads", "attention_head_size", "scaling")
+    return (
+        module is not None
+        and all(hasattr(module, n) for n in needed)
+        and not getattr(module, "is_causal", False)
+        and not getattr(config, "is_decoder", False)
+        and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
+    )
+
+
+def _last_layer_at(encoder, tail: _Tail, input_ids, attention_mask, positions) -> torch.Tensor:
+    """The encoder's output at `positions`: the full encoder up to the last layer, whose
+    attention then answers the selected positions' queries only (or, where the family does
+    not allow that, up to that layer's attention output), and whose position-wise tail runs
+    on the selected rows only."""
+    _tail_request.module, _tail_request.caught = tail.stop, None
     try:
         encoder(input_ids=input_ids, attention_mask=attention_mask)
     except _TailReached:
@@ -103,10 +138,36 @@ def _last_layer_at(encoder, tail, input_ids, attention_mask, positions) -> torch
     finally:
         _tail_request.module = None
     if _tail_request.caught is None:
-        raise RuntimeError("the encoder never reached its last layer's attention output")
-    (context, residual), _tail_request.caught = _tail_request.caught, None
-    after_attention = attention_output(context[positions], residual[positions])
-    return output(intermediate(after_attention), after_attention)
+        raise RuntimeError("the encoder never reached its last layer")
+    caught, _tail_request.caught = _tail_request.caught, None
+    if tail.self_attention is not None:
+        hidden = caught[0]
+        context, residual = _attention_at(tail.self_attention, hidden, attention_mask, positions), hidden[positions]
+    else:
+        context, residual = caught[0][positions], caught[1][positions]
+    after_attention = tail.attention_output(context, residual)
+    return tail.output(tail.intermediate(after_attention), after_attention)
+
+
+def _attention_at(module, hidden: torch.Tensor, attention_mask, positions) -> torch.Tensor:
+    """The self-attention's context vectors at `positions` ([n_selected, d], row-major order
+    like `hidden[positions]`): queries from the selected positions, keys and values from every
+    real token. Each row's selected positions are packed to the front of a [batch, most
+    selected in a row] query block; the empty slots are computed and dropped."""
+    batch, length, _ = hidden.shape
+    counts = positions.sum(1)
+    width = max(int(counts.max()), 1)
+    # A stable descending sort of the 0/1 mask lists each row's selected positions first, in order.
+    order = positions.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+    asked = hidden[torch.arange(batch, device=hidden.device).unsqueeze(1), order]
+    heads, size = module.num_attention_heads, module.attention_head_size
+    query = module.query(asked).view(batch, width, heads, size).transpose(1, 2)
+    key = module.key(hidden).view(batch, length, heads, size).transpose(1, 2)
+    value = module.value(hidden).view(batch, length, heads, size).transpose(1, 2)
+    keys = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=keys, scale=module.scaling)
+    filled = torch.arange(width, device=hidden.device).unsqueeze(0) < counts.unsqueeze(1)
+    return context.transpose(1, 2).reshape(batch, width, heads * size)[filled]
 
 
 @dataclass(frozen=True)

@@ -88,14 +88,17 @@ def test_statistics_do_not_depend_on_the_row_slices(monkeypatch):
 def test_last_layer_at_masked_positions_gives_the_full_forward_logits():
     # The last layer's position-wise tail runs only where logits are needed; the logits must be
     # those of the whole forward pass, padding and several layers included, for each family.
-    from permerge_core.evaluation import mlm_logits_at
+    # The last layer's attention is asked queries at the selected positions only.
+    from permerge_core.evaluation import _position_wise_tail, mlm_logits_at
 
     for family, module in (("bert", "cls"), ("roberta", "lm_head")):
         model = random_model(family, "mlm", seed=3, layers=3, hidden=16, heads=4, ffn=32).eval()
-        ids, mask = random_ids(batch=4, length=12, seed=5, vocab=model.config.vocab_size)
+        assert _position_wise_tail(model).self_attention is not None
+        ids, mask = random_ids(batch=5, length=12, seed=5, vocab=model.config.vocab_size)
         mask[1, 7:] = 0  # padding in one row
         positions = torch.zeros_like(mask, dtype=torch.bool)
         positions[0, [1, 4]] = positions[1, 6] = positions[3, 0] = positions[3, 11] = True
+        positions[4] = True  # every position of a row; row 2 has none
         with torch.no_grad():
             fast = mlm_logits_at(model, module, ids, mask, positions)
             full = mlm_logits_at(model, module, ids, mask, positions, tail_at_positions=False)
@@ -275,3 +278,23 @@ def test_row_chunks_drop_only_padding_that_no_row_of_the_chunk_needs(monkeypatch
     chunked = evaluation.mlm_loss(model, "cls", [batch])
     assert chunked.num_predictions == whole.num_predictions == 12
     assert abs(chunked.loss - whole.loss) <= 1e-6 * whole.loss and chunked.accuracy == whole.accuracy
+
+
+def test_the_last_layer_stops_after_its_attention_where_queries_cannot_be_cut():
+    # A self-attention that is causal, or a config with relative positions, is not what
+    # `_attention_at` computes: the last layer's attention then runs at every position, and
+    # the tail still runs at the selected positions only.
+    from permerge_core.evaluation import _position_wise_tail, mlm_logits_at
+
+    model = random_model("bert", "mlm", seed=3, layers=2, hidden=16, heads=4, ffn=32).eval()
+    model.config.position_embedding_type = "relative_key"
+    tail = _position_wise_tail(model)
+    assert tail is not None and tail.self_attention is None
+    ids, mask = random_ids(batch=3, length=10, seed=4, vocab=model.config.vocab_size)
+    mask[0, 6:] = 0
+    positions = torch.zeros_like(mask, dtype=torch.bool)
+    positions[0, 2] = positions[2, [0, 9]] = True
+    with torch.no_grad():
+        fast = mlm_logits_at(model, "cls", ids, mask, positions)
+        full = mlm_logits_at(model, "cls", ids, mask, positions, tail_at_positions=False)
+    torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)

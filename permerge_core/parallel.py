@@ -1,10 +1,12 @@
 """Independent pieces of work side by side on the CPU's cores, each on one intra-op thread.
 
-PyTorch splits each op across its intra-op threads; for the matrix products and attention of a
-small model (192 wide) much of that is spent waiting at each op's end. Running independent
-pieces (evaluation chunks, the two models' forward passes) one per core keeps both cores of
-this machine busier: one λ point of the default pair took 20% less time, BERT-base's 9% less
-(docs/performance.md). Results never depend on which thread ran what.
+PyTorch splits each op across its intra-op threads; for the attention, GELU and small matrix
+products of a 192-wide model much of that is spent waiting at each op's end. Running
+independent evaluation chunks one per core keeps both cores of this machine busier: one λ
+point of the default pair took 20% less time, BERT-base's 9% less (docs/performance.md).
+(The statistics pass's two forward passes side by side were slower: its slices are large
+enough to split well, and it has to hold both models' activations.) Results never depend on
+which thread ran what.
 """
 
 from __future__ import annotations

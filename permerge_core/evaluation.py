@@ -195,7 +195,8 @@ def row_chunks(batch: MaskedBatch, ffn_width: int, budget: int | None = None):
     for start in range(0, batch.input_ids.shape[0], rows):
         part = slice(start, start + rows)
         count = sum(per_row[part])
-        width = int(used[part].any(0).nonzero().max()) + 1 if used[part].any() else 1
+        columns = used[part].any(0).nonzero()  # the columns some row of the chunk uses
+        width = int(columns.max()) + 1 if len(columns) else 1
         yield MaskedBatch(
             batch.input_ids[part, :width], batch.attention_mask[part, :width], batch.positions[part, :width],
             batch.targets[first_target : first_target + count],

@@ -39,15 +39,19 @@ def figure():
     return charts.loss_path(curves, s.lambdas, title, colors, loss_name=loss_name, metric=metric, metric_name=metric_name)
 
 
-def collect(name):
+def collect(name, live: bool = True):
     def on_point(point):
         curves[name].append(point)
-        redraw(figure)
+        if live:
+            redraw(figure, first=len(curves[name]) == 1)
     return on_point
 
 
+# A curve computed before arrives all at once: it is drawn with the first new point (or at the
+# end), not on its own while the next curve waits for the draw.
+vanilla_ready = p.stage_status(s)["vanilla path"] in ("computed", "cached")
 with ui.progress():
-    p.curve(s, "vanilla", on_point=collect("vanilla"))
+    p.curve(s, "vanilla", on_point=collect("vanilla", live=not vanilla_ready))
     p.curve(s, "permuted", on_point=collect("permuted"))
     for n, name in enumerate(variants):
         curves[name] = []

@@ -536,14 +536,19 @@ def statistics_and_matching(p: Pipeline, s: AlignSettings):
 
 class LiveRedraw:
     """Call it with a figure-building function whenever data changes; it redraws at most every
-    `every` seconds (plus a final `flush`), so cached curves arriving all at once cost one draw."""
+    `every` seconds, and at once when `first` says a curve just got its first point (plus a
+    final draw by the page), so cached curves arriving all at once cost one draw.
 
-    def __init__(self, placeholder, every: float = 0.4):
+    Every draw costs the server ~60 ms of Python (the figure) and the browser a fresh Plotly
+    plot, on the same cores as the evaluation: with a draw every 0.4 s, a 21-point curve took
+    twice as long in the app as in the pipeline (benchmarks/app_interactive.py)."""
+
+    def __init__(self, placeholder, every: float = 2.5):
         self.placeholder, self.every, self.last, self.count = placeholder, every, 0.0, 0
 
-    def __call__(self, make_figure, force: bool = False) -> None:
+    def __call__(self, make_figure, force: bool = False, first: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self.last >= self.every:
+        if force or first or now - self.last >= self.every:
             self.count += 1
             self.placeholder.plotly_chart(make_figure(), key=f"live-{id(self)}-{self.count}")
             self.last = now

@@ -336,3 +336,67 @@ def test_classifier_pair_gets_labelled_data_controls_a_preview_and_task_curves(w
     assert any(t.get("name") == "permuted mcc" for t in charts(at)["loss_final"]["data"])
     table = at.dataframe[0].value.to_dict("records")
     assert {"min accuracy", "min F1", "min Matthews correlation"} <= set(table[0])
+
+
+class _Placeholder:
+    """Stands in for st.empty(): counts the charts drawn into it."""
+
+    def __init__(self):
+        self.drawn = []
+
+    def plotly_chart(self, fig, key=None):
+        self.drawn.append(fig)
+
+
+def test_live_redraw_draws_first_points_at_once_and_throttles_the_rest(monkeypatch):
+    from permerge_app import ui
+
+    clock = [1000.0]
+    monkeypatch.setattr(ui.time, "monotonic", lambda: clock[0])
+    holder = _Placeholder()
+    redraw = ui.LiveRedraw(holder, every=2.5)
+    redraw(lambda: "a")  # nothing drawn yet: draw
+    clock[0] += 0.5
+    redraw(lambda: "b")  # too soon
+    redraw(lambda: "c", first=True)  # a curve's first point: at once
+    clock[0] += 1.0
+    redraw(lambda: "d")  # 1 s after the last draw: wait
+    clock[0] += 1.6
+    redraw(lambda: "e")  # 2.6 s: draw
+    redraw(lambda: "f", force=True)
+    assert holder.drawn == ["a", "c", "e", "f"]
+
+
+def test_loss_path_does_not_draw_a_cached_curve_on_its_own(world, monkeypatch):
+    """After a merge-settings change the vanilla curve is remembered: the first live draw is the
+    one with the new permuted curve's first point, and the final chart has both curves whole."""
+    from permerge_app import ui
+
+    drawn = []
+    original = ui.LiveRedraw.__call__
+
+    def spy(self, make_figure, force=False, first=False):
+        before = self.count
+        original(self, make_figure, force=force, first=first)
+        if self.count > before:
+            drawn.append({t["name"]: len(t["x"]) for t in make_figure().to_dict()["data"] if t.get("legendgroup") == t.get("name").split(" (")[0]})
+
+    at = goto(app(world), "4_loss_path")
+    no_crash(at)
+    monkeypatch.setattr(ui.LiveRedraw, "__call__", spy)
+    at.sidebar.selectbox(key="attention").set_value("monotonic").run()
+    no_crash(at)
+    assert drawn, "the new permuted curve was never drawn while it was computed"
+    assert drawn[0] == {"vanilla": LAMBDAS, "permuted (computing…)": 1}
+    final = charts(at)["loss_final"]
+    assert {t["name"]: len(arr(t["x"])) for t in final["data"] if t.get("name") in ("vanilla", "permuted")} == {"vanilla": LAMBDAS, "permuted": LAMBDAS}
+
+
+def test_streamlit_config_keeps_the_file_watcher_off():
+    """With .venv inside the app's folder, Streamlit's recursive file watcher overflowed its
+    inotify queue hundreds of times per run, on the cores computing (docs/performance.md)."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["fileWatcherType"] == "none"
+    assert config["server"]["address"] == "127.0.0.1"

@@ -2,7 +2,7 @@
 
     python -m benchmarks                       # everything, on the bundled default pair
     python -m benchmarks --pair DIR_A DIR_B    # another pair stands in for the default pair
-    python -m benchmarks --only default,whole  # a subset: default, bert, scaling, whole
+    python -m benchmarks --only default,whole  # a subset: default, bert, scaling, whole, app
     python -m benchmarks --quick               # a smoke run with tiny budgets (numbers mean little)
     python -m benchmarks --render FILE.json    # print the tables of an earlier run
     python -m benchmarks --compare OLD.json NEW.json   # key numbers side by side
@@ -15,6 +15,9 @@ Workloads (each in a fresh process, so every peak RSS is its own):
   scaling   statistics of the default pair at 1×, 4× and 16× a 4,096-token matching budget
   whole     `python -m permerge_core align --lambdas 11 --no-cache` as one process against
             `python -m benchmarks.plain_forward` (only the forward passes) as one process
+  app       the interactive case in the app itself, in Chromium: merge settings changed in the
+            sidebar, time until the new permuted curve's first point and whole curve are on
+            screen (`python -m benchmarks.app_interactive`; skipped without /usr/bin/chromium)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .report import check_targets, compare, render
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
-WORKLOADS = ("default", "bert", "scaling", "whole")
+WORKLOADS = ("default", "bert", "scaling", "whole", "app")
 
 
 def _machine() -> dict:
@@ -90,6 +93,31 @@ def timed_process(cmd: list[str]) -> dict:
     if rc != 0:
         raise SystemExit(f"benchmarks: {' '.join(cmd[:4])} … failed ({rc}): {stderr.strip()[-500:]}")
     return {"seconds": seconds, "peak_rss_mb": peak, "stdout_tail": stdout.strip().splitlines()[-3:]}
+
+
+def run_app_benchmark(pair: list[str] | None, quick: bool, say) -> dict:
+    """`benchmarks.app_interactive` in its own process (it starts the app and Chromium)."""
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return {"skipped": "playwright is not installed (pip install -r requirements-dev.txt)"}
+    if not Path("/usr/bin/chromium").exists():
+        return {"skipped": "/usr/bin/chromium is missing (Debian's chromium package)"}
+    env = dict(os.environ)
+    if pair:  # the app's sidebar starts on these instead of the bundled pair
+        env.update(PERMERGE_MODEL_A=pair[0], PERMERGE_MODEL_B=pair[1])
+    if quick:
+        env.update(PERMERGE_MATCH_TOKENS="4096", PERMERGE_EVAL_TOKENS="2048")
+    say("the app in Chromium: merge settings changed in the sidebar" + (" (quick budgets)" if quick else ""))
+    cmd = [sys.executable, "-m", "benchmarks.app_interactive", *(["--lambdas", "5"] if quick else [])]
+    load_start = os.getloadavg()[0]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmarks: app_interactive failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("BENCHMARK-RESULT ")][-1]
+    result = json.loads(line[len("BENCHMARK-RESULT "):])
+    result["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
+    return result
 
 
 def main(argv=None) -> int:
@@ -188,6 +216,9 @@ def main(argv=None) -> int:
         w["whole"] = {"lambdas": lambdas, "align": align, "plain": plain, "ratio": align["seconds"] / plain["seconds"],
                       "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
                       "settings": "default AlignSettings (FFN on, Head-Perm attention, residual first), " + (" ".join(budget) or "default budgets")}
+
+    if "app" in only:
+        w["app"] = run_app_benchmark(pair if args.pair else None, q, say)
 
     results["load_at_end"] = _background_load()
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

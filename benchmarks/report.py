@@ -17,6 +17,10 @@ TARGETS = [
     ("interactive: full curve (s)", "default.interactive.0.full_curve", 10.0, "after a change of attention mode"),
     ("interactive, residual change: first point (s)", "default.interactive.1.first_point", 2.0, "after residual first → all"),
     ("interactive, residual change: full curve (s)", "default.interactive.1.full_curve", 10.0, "after residual first → all"),
+    ("app in Chromium: first point (s)", "app.changes.0.first_point", 2.0, "click on a new attention mode → first new point drawn"),
+    ("app in Chromium: full curve (s)", "app.changes.0.full_curve", 10.0, "click on a new attention mode → whole new curve drawn"),
+    ("app in Chromium, residual change: first point (s)", "app.changes.1.first_point", 2.0, "click on residual all → first new point drawn"),
+    ("app in Chromium, residual change: full curve (s)", "app.changes.1.full_curve", 10.0, "click on residual all → whole new curve drawn"),
 ]
 
 
@@ -132,6 +136,21 @@ def render(results: dict) -> str:
                          f"| {_f(i['first_point'])} (λ={i['first_point_lambda']:g}) | {_f(i['full_curve'])} |")
         lines.append("")
 
+    app = w.get("app")
+    if app and app.get("skipped"):
+        lines.append(f"app in Chromium: skipped ({app['skipped']})")
+        lines.append("")
+    elif app:
+        idle = app.get("idle_cpu_per_s", {})
+        lines.append(f"| app in Chromium, default pair, {app['lambdas']} λ (first page: {_f(app['initial_page'])} s; "
+                     f"idle page: browser {_f(idle.get('browser'))} CPU s/s) | first point s | full curve s | click to idle s "
+                     "| CPU s: browser | CPU s: app server and rest |")
+        lines.append("|---|---|---|---|---|---|")
+        for c in app["changes"]:
+            lines.append(f"| → {c['control']}: {c['option']} | {_f(c['first_point'])} | {_f(c['full_curve'])} | {_f(c.get('wall'))} "
+                         f"| {_f(c.get('cpu', {}).get('browser'))} | {_f(c.get('cpu', {}).get('other'))} |")
+        lines.append("")
+
     lines.append("| target | measured | limit | met |")
     lines.append("|---|---|---|---|")
     for t in results.get("targets", []):
@@ -149,6 +168,8 @@ COMPARE = [
     ("default: peak RSS MiB", "default.rss_mb.peak_child"),
     ("interactive (attention change): first point s", "default.interactive.0.first_point"),
     ("interactive (attention change): full curve s", "default.interactive.0.full_curve"),
+    ("app in Chromium (attention change): first point s", "app.changes.0.first_point"),
+    ("app in Chromium (attention change): full curve s", "app.changes.0.full_curve"),
     ("BERT-base-size: statistics s", "bert.stages.statistics"),
     ("BERT-base-size: statistics ratio", "bert.ratios.statistics"),
     ("BERT-base-size: matching s", "bert.stages.matching"),

@@ -1,0 +1,205 @@
+"""The interactive target measured in the app itself: `python -m benchmarks.app_interactive`.
+
+Starts the app (`streamlit run app.py`, as `bash run.sh app` does) on the bundled default
+pair with its default settings, opens the Loss path page in Chromium (Playwright, Debian's
+/usr/bin/chromium), and waits until both curves are drawn: statistics are then cached in the
+server's memory. Then it changes one merge setting at a time in the sidebar, as a user would,
+and reads the drawn chart in the browser every 20 ms: the time from the click to the first
+point of the new permuted curve on screen, and to the whole curve on screen. Everything the
+user waits for is inside those times: the rerun, matching, permuting, the evaluations, the
+redraws, and the browser drawing them on the same two cores.
+
+Prints a table and one JSON line prefixed with `BENCHMARK-RESULT ` (`python -m benchmarks
+--only app` stores it with the other workloads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+MARK = "BENCHMARK-RESULT "
+# (sidebar control, option label) in the order they are changed; each starts a new permuted curve.
+CHANGES = [
+    ("Attention", "monotonic (head j ↔ head j)"),
+    ("Residual stream", "all (averaged over nodes)"),
+    ("Attention", "heads: Head-Perm (the paper's)"),
+]
+# Records (time, [trace name, points]) whenever the loss chart's traces change. Only charts
+# that are not stale: while a rerun draws the new chart, the old one stays below it, marked
+# data-stale, until the run ends.
+POLLER = """() => {
+  window.__traces = [];
+  let last = "";
+  const live = el => el.closest('[data-testid="stElementContainer"]')?.getAttribute('data-stale') !== 'true';
+  const read = () => [...document.querySelectorAll('.js-plotly-plot')].filter(live).slice(0, 1).flatMap(el => (el.data || [])
+      .filter(t => !/accuracy|barrier/.test(t.name || "")).map(t => [t.name, t.x ? t.x.length : 0]));
+  window.__poll = setInterval(() => {
+    const now = read(), key = JSON.stringify(now);
+    if (key !== last) { window.__traces.push([performance.now(), now]); last = key; }
+  }, 20);
+}"""
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """User+system CPU seconds so far of every process on this machine, by kind: the
+    browser's (chromium) and everything else (the app server, this script), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {"browser": 0.0, "other": 0.0, "python": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out["browser" if "chrom" in name.lower() else "other"] += seconds
+        if name.startswith("python") or name.startswith("streamlit"):
+            out["python"] += seconds
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_idle(page, timeout_ms: int) -> None:
+    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=60_000)
+    page.wait_for_timeout(700)  # let a just-triggered rerun start
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
+
+
+def _choose(page, control: str, option: str) -> float:
+    """Pick `option` in the sidebar selectbox labelled `control`; browser time of the click (ms)."""
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').filter(has_text=control)
+    box.locator('input[role="combobox"]').click()
+    choice = page.locator('[role="option"]').filter(has_text=option).first
+    choice.wait_for(timeout=10_000)
+    clicked = page.evaluate("performance.now()")
+    choice.click()
+    return clicked
+
+
+def _timings(log: list, clicked: float, lambdas: int) -> dict:
+    """First point and whole curve of the new permuted path, from the poller's records."""
+    first = full = None
+    reset = False  # the new run's chart has replaced the old, complete one
+    for t, traces in log:
+        if t < clicked:
+            continue
+        permuted = [n for name, n in traces if name.startswith("permuted")]
+        complete = any(name == "permuted" and n == lambdas for name, n in traces)
+        if not complete:
+            reset = True
+        if reset and first is None and permuted and permuted[0] >= 1:
+            first = t
+        if reset and complete:
+            full = t
+            break
+    as_s = lambda t: None if t is None else (t - clicked) / 1000  # noqa: E731
+    return {"first_point": as_s(first), "full_curve": as_s(full)}
+
+
+def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    cache = tempfile.mkdtemp(prefix="permerge-bench-app-")
+    env = {**os.environ, "PERMERGE_CACHE": cache, "HF_HUB_OFFLINE": "1"}
+    args = ["--server.fileWatcherType", watcher] if watcher else []
+    log_path = Path(cache) / "streamlit.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false", *args],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read().strip() == b"ok":
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"app_interactive: streamlit did not start; see {log_path}")
+                time.sleep(0.5)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1400, "height": 1400})
+                start = time.perf_counter()
+                page.goto(f"{url}/loss_path")
+                _wait_idle(page, initial_timeout_s * 1000)
+                initial = time.perf_counter() - start
+                page.evaluate(POLLER)
+                idle_before = _cpu_seconds()
+                page.wait_for_timeout(5000)
+                idle_after = _cpu_seconds()
+                idle = {k: (idle_after[k] - idle_before[k]) / 5 for k in idle_after}
+                changes = []
+                for control, option in CHANGES:
+                    cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
+                    clicked = _choose(page, control, option)
+                    _wait_idle(page, 300_000)
+                    page.wait_for_timeout(200)  # the poller's last reading
+                    cpu_after, wall = _cpu_seconds(), time.perf_counter() - wall_before
+                    cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+                    changes.append({"control": control, "option": option, "wall": wall, "cpu": cpu,
+                                    **_timings(page.evaluate("window.__traces"), clicked, lambdas)})
+                browser.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    inotify = sum("Inotify queue overflowed" in line for line in log_path.read_text().splitlines())
+    return {"initial_page": initial, "changes": changes, "idle_cpu_per_s": idle, "lambdas": lambdas, "file_watcher": watcher or "app config",
+            "inotify_overflows": inotify}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.app_interactive", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lambdas", type=int, default=None, help="the app's λ grid (default: the app's default)")
+    parser.add_argument("--file-watcher", default=None, help="override server.fileWatcherType (auto, watchdog, poll, none)")
+    parser.add_argument("--initial-timeout", type=int, default=600, help="seconds allowed for the first page (statistics and both curves)")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.exists():
+        raise SystemExit("app_interactive: /usr/bin/chromium is missing (Debian's chromium package)")
+    from permerge_core.pipeline import AlignSettings
+
+    lambdas = args.lambdas or int(os.environ.get("PERMERGE_LAMBDAS") or AlignSettings().lambdas)
+    if args.lambdas:
+        os.environ["PERMERGE_LAMBDAS"] = str(args.lambdas)
+    result = measure(lambdas, args.file_watcher, args.initial_timeout)
+    print(f"first page (load, statistics, both curves): {result['initial_page']:.1f} s; "
+          f"file watcher: {result['file_watcher']}, inotify overflows logged: {result['inotify_overflows']}")
+    print(f"idle page, CPU s per s: {result['idle_cpu_per_s']}")
+    print("| change | first point s | full curve s | wall s (click to idle) | CPU s: browser | CPU s: app and rest |\n|---|---|---|---|---|---|")
+    for c in result["changes"]:
+        fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+        print(f"| {c['control']} → {c['option']} | {fmt(c['first_point'])} | {fmt(c['full_curve'])} | {c['wall']:.2f} | "
+              f"{c['cpu']['browser']:.2f} | {c['cpu']['other']:.2f} (python {c['cpu']['python']:.2f}) |")
+    print(MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

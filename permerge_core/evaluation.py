@@ -184,21 +184,28 @@ class MlmResult:
 EVAL_CHUNK_BYTES = 16 * 2**20
 
 
+def row_slices(attention_mask: torch.Tensor, ffn_width: int, budget: int | None = None):
+    """(rows, width) for consecutive row chunks of a padded batch: as many rows as keep the
+    chunk's FFN activations under `budget`, and the columns up to the chunk's longest row
+    (rows are sorted by length, so an early chunk of a batch is narrower than the batch:
+    padding columns that no row of it needs are dropped; that computes the same function)."""
+    batch, length = attention_mask.shape
+    step = max(1, (budget or EVAL_CHUNK_BYTES) // (length * ffn_width * 4))
+    used = attention_mask.bool()
+    for start in range(0, batch, step):
+        rows = slice(start, start + step)
+        columns = used[rows].any(0).nonzero()  # the columns some row of the chunk uses
+        yield rows, (int(columns.max()) + 1 if len(columns) else 1)
+
+
 def row_chunks(batch: MaskedBatch, ffn_width: int, budget: int | None = None):
-    """The batch as consecutive row chunks, each with its own slice of the row-major targets,
-    and each cut to its own longest row (rows are sorted by length, so an early chunk of a
-    batch is narrower than the batch: padding columns that no row of it needs are dropped)."""
-    rows = max(1, (budget or EVAL_CHUNK_BYTES) // (batch.input_ids.shape[1] * ffn_width * 4))
+    """The batch as `row_slices` chunks, each with its own slice of the row-major targets."""
     per_row = batch.positions.sum(1).tolist()
-    used = batch.attention_mask.bool()
     first_target = 0
-    for start in range(0, batch.input_ids.shape[0], rows):
-        part = slice(start, start + rows)
-        count = sum(per_row[part])
-        columns = used[part].any(0).nonzero()  # the columns some row of the chunk uses
-        width = int(columns.max()) + 1 if len(columns) else 1
+    for rows, width in row_slices(batch.attention_mask, ffn_width, budget):
+        count = sum(per_row[rows])
         yield MaskedBatch(
-            batch.input_ids[part, :width], batch.attention_mask[part, :width], batch.positions[part, :width],
+            batch.input_ids[rows, :width], batch.attention_mask[rows, :width], batch.positions[rows, :width],
             batch.targets[first_target : first_target + count],
         )
         first_target += count

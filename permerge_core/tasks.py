@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
+from .evaluation import EVAL_CHUNK_BYTES, row_slices
+from .parallel import map_chunks, worker_count
 
 FORMATS = {".csv": ("csv", ","), ".tsv": ("csv", "\t"), ".jsonl": ("json", None), ".json": ("json", None)}
 
@@ -201,14 +203,27 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def task_eval(model, batches: LabelledBatches, device: str = "cpu") -> TaskResult:
-    """Task loss and metrics of a sequence classifier (or regressor) over all batches."""
+    """Task loss and metrics of a sequence classifier (or regressor) over all batches.
+
+    Like `evaluation.mlm_loss`, the batches go through the model in row chunks cut to their
+    longest row, run side by side on the CPU's cores (`parallel.map_chunks`); every example's
+    logits are computed on their own, and come back in order."""
     model.eval()
-    logits_all, gold_all = [], []
-    for ids, mask, types, labels in zip(batches.input_ids, batches.attention_mask, batches.token_type_ids, batches.labels):
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), token_type_ids=types.to(device))
-        logits_all.append(out.logits.float().cpu())
-        gold_all.append(labels)
-    logits, gold = torch.cat(logits_all), torch.cat(gold_all)
+    ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
+    budget = EVAL_CHUNK_BYTES // worker_count(device)  # per chunk, as chunks run side by side
+    chunks = [
+        (ids[rows, :width], mask[rows, :width], types[rows, :width])
+        for ids, mask, types in zip(batches.input_ids, batches.attention_mask, batches.token_type_ids)
+        for rows, width in row_slices(mask, ffn_width, budget)
+    ]
+
+    @torch.no_grad()  # (grad mode is per thread)
+    def chunk_logits(chunk) -> torch.Tensor:
+        ids, mask, types = (t.to(device) for t in chunk)
+        return model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits.float().cpu()
+
+    logits = torch.cat(map_chunks(chunk_logits, chunks, device, cost=lambda c: c[0].numel()))
+    gold = torch.cat(batches.labels)
     if logits.shape[1] == 1:
         pred = logits[:, 0]
         return TaskResult(float(F.mse_loss(pred, gold.float())), {"pearson": pearson(pred, gold)})

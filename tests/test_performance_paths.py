@@ -298,3 +298,35 @@ def test_the_last_layer_stops_after_its_attention_where_queries_cannot_be_cut():
         fast = mlm_logits_at(model, "cls", ids, mask, positions)
         full = mlm_logits_at(model, "cls", ids, mask, positions, tail_at_positions=False)
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-5)
+
+
+def test_task_evaluation_in_parallel_row_chunks_equals_whole_batches(monkeypatch):
+    # Classifier logits per example, computed in 2-row chunks cut to their longest row and run
+    # side by side, against each whole padded batch through the model at once.
+    import permerge_core.tasks as tasks
+
+    model = random_model("bert", "classification", seed=5, layers=2, hidden=16, heads=4, ffn=32, num_labels=3).eval()
+    ids, masks, types, labels = [], [], [], []
+    for s, (batch, length) in enumerate(((5, 12), (3, 17), (6, 9))):
+        i, m = random_ids(batch=batch, length=length, seed=20 + s, vocab=model.config.vocab_size)
+        m[torch.arange(batch), length - 1 - torch.arange(batch) % 4] = 0  # rows of different lengths
+        m[:, 0] = 1
+        m = (m.cumprod(1) > 0).long()  # right padding only
+        ids.append(i), masks.append(m), types.append(torch.zeros_like(i)), labels.append(torch.arange(batch) % 3)
+    batches = tasks.LabelledBatches(ids, masks, types, labels, sum(len(x) for x in labels))
+    monkeypatch.setattr(tasks, "EVAL_CHUNK_BYTES", 2 * 17 * 32 * 4 * 2)  # 2 rows of the widest batch per chunk, 2 workers
+    threads = torch.get_num_threads()
+    calls = []
+    real_map = tasks.map_chunks
+    monkeypatch.setattr(tasks, "map_chunks", lambda fn, chunks, *a, **k: calls.append([c[0].shape for c in chunks]) or real_map(fn, chunks, *a, **k))
+    try:
+        torch.set_num_threads(2)
+        chunked = tasks.task_eval(model, batches)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls[0]) > len(ids) and any(shape[1] < 17 for shape in calls[0][3:5])  # chunked, and trimmed
+    with torch.no_grad():
+        logits = torch.cat([model(input_ids=i, attention_mask=m, token_type_ids=t).logits for i, m, t in zip(ids, masks, types)])
+    gold = torch.cat(labels)
+    assert abs(chunked.loss - float(torch.nn.functional.cross_entropy(logits, gold))) <= 1e-5
+    assert chunked.metrics["accuracy"] == float((logits.argmax(-1) == gold).float().mean())

@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 MARK = "BENCHMARK-RESULT "
 # (sidebar control, option label) in the order they are changed; each starts a new permuted curve.
@@ -71,12 +67,6 @@ def _cpu_seconds() -> dict[str, float]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_idle(page, timeout_ms: int) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=60_000)
     page.wait_for_timeout(700)  # let a just-triggered rerun start
@@ -117,58 +107,35 @@ def _timings(log: list, clicked: float, lambdas: int) -> dict:
 def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    from permerge_app.server import running_app
+
     cache = tempfile.mkdtemp(prefix="permerge-bench-app-")
     env = {**os.environ, "PERMERGE_CACHE": cache, "HF_HUB_OFFLINE": "1"}
-    args = ["--server.fileWatcherType", watcher] if watcher else []
+    args = ("--server.fileWatcherType", watcher) if watcher else ()
     log_path = Path(cache) / "streamlit.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false", *args],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read().strip() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit(f"app_interactive: streamlit did not start; see {log_path}")
-                time.sleep(0.5)
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-                page = browser.new_page(viewport={"width": 1400, "height": 1400})
-                start = time.perf_counter()
-                page.goto(f"{url}/loss_path")
-                _wait_idle(page, initial_timeout_s * 1000)
-                initial = time.perf_counter() - start
-                page.evaluate(POLLER)
-                idle_before = _cpu_seconds()
-                page.wait_for_timeout(5000)
-                idle_after = _cpu_seconds()
-                idle = {k: (idle_after[k] - idle_before[k]) / 5 for k in idle_after}
-                changes = []
-                for control, option in CHANGES:
-                    cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
-                    clicked = _choose(page, control, option)
-                    _wait_idle(page, 300_000)
-                    page.wait_for_timeout(200)  # the poller's last reading
-                    cpu_after, wall = _cpu_seconds(), time.perf_counter() - wall_before
-                    cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
-                    changes.append({"control": control, "option": option, "wall": wall, "cpu": cpu,
-                                    **_timings(page.evaluate("window.__traces"), clicked, lambdas)})
-                browser.close()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with running_app(env, log_path, args) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        start = time.perf_counter()
+        page.goto(f"{url}/loss_path")
+        _wait_idle(page, initial_timeout_s * 1000)
+        initial = time.perf_counter() - start
+        page.evaluate(POLLER)
+        idle_before = _cpu_seconds()
+        page.wait_for_timeout(5000)
+        idle_after = _cpu_seconds()
+        idle = {k: (idle_after[k] - idle_before[k]) / 5 for k in idle_after}
+        changes = []
+        for control, option in CHANGES:
+            cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
+            clicked = _choose(page, control, option)
+            _wait_idle(page, 300_000)
+            page.wait_for_timeout(200)  # the poller's last reading
+            cpu_after, wall = _cpu_seconds(), time.perf_counter() - wall_before
+            cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
+            changes.append({"control": control, "option": option, "wall": wall, "cpu": cpu,
+                            **_timings(page.evaluate("window.__traces"), clicked, lambdas)})
+        browser.close()
     inotify = sum("Inotify queue overflowed" in line for line in log_path.read_text().splitlines())
     return {"initial_page": initial, "changes": changes, "idle_cpu_per_s": idle, "lambdas": lambdas, "file_watcher": watcher or "app config",
             "inotify_overflows": inotify}

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from permerge_app.server import running_app
 from permerge_core.checkpoints import bundled_seeds
 
 pytestmark = pytest.mark.browser
@@ -48,12 +44,6 @@ README_PAGES = ("models", "correlations", "heads", "loss_path", "seeds")
 SLOW = 600_000  # ms: statistics and loss paths of the bundled pair on a busy CPU
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not CHROMIUM.exists():
@@ -64,7 +54,6 @@ def server(tmp_path_factory):
     if not bundled and not override:
         pytest.skip("the bundled seed models are not in assets/models yet (need at least 2); "
                     "train them, or set PERMERGE_MODEL_A/PERMERGE_MODEL_B to run on other checkpoints")
-    port = _free_port()
     env = {
         **os.environ,
         "PERMERGE_CACHE": os.environ.get("PERMERGE_BROWSER_CACHE", str(tmp_path_factory.mktemp("cache"))),
@@ -73,32 +62,9 @@ def server(tmp_path_factory):
         "PERMERGE_LAMBDAS": os.environ.get("PERMERGE_LAMBDAS", "11"),
         "HF_HUB_OFFLINE": "1",
     }
-    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read().strip() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"streamlit did not start (exit code {proc.poll()}); see {log.name}")
-            time.sleep(0.5)
-        yield {"url": url, "bundled": bundled, "log": log.name}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    log = tmp_path_factory.mktemp("server") / "streamlit.log"
+    with running_app(env, log) as url:
+        yield {"url": url, "bundled": bundled, "log": str(log)}
 
 
 @pytest.fixture(scope="module")

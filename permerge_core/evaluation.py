@@ -184,6 +184,13 @@ class MlmResult:
 EVAL_CHUNK_BYTES = 16 * 2**20
 
 
+def chunk_sizes(model, device: str = "cpu") -> tuple[int, int]:
+    """(FFN width, memory budget per chunk) for `row_slices`: the budget is shared by the
+    chunks that run side by side."""
+    ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
+    return ffn_width, EVAL_CHUNK_BYTES // worker_count(device)
+
+
 def row_slices(attention_mask: torch.Tensor, ffn_width: int, budget: int | None = None):
     """(rows, width) for consecutive row chunks of a padded batch: as many rows as keep the
     chunk's FFN activations under `budget`, and the columns up to the chunk's longest row
@@ -215,8 +222,7 @@ def row_chunks(batch: MaskedBatch, ffn_width: int, budget: int | None = None):
 def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "cpu") -> MlmResult:
     """Mean masked-LM cross-entropy and accuracy over fixed, pre-drawn masks."""
     model.eval()
-    ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
-    budget = EVAL_CHUNK_BYTES // worker_count(device)  # per chunk, as chunks run side by side
+    ffn_width, budget = chunk_sizes(model, device)
     chunks = [chunk for whole in batches for chunk in row_chunks(whole, ffn_width, budget) if chunk.positions.any()]
     tail = _position_wise_tail(model)  # looked up once, not per batch
 

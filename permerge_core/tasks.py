@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DataError
-from .evaluation import EVAL_CHUNK_BYTES, row_slices
-from .parallel import map_chunks, worker_count
+from .evaluation import chunk_sizes, row_slices
+from .parallel import map_chunks
 
 FORMATS = {".csv": ("csv", ","), ".tsv": ("csv", "\t"), ".jsonl": ("json", None), ".json": ("json", None)}
 
@@ -209,8 +209,7 @@ def task_eval(model, batches: LabelledBatches, device: str = "cpu") -> TaskResul
     longest row, run side by side on the CPU's cores (`parallel.map_chunks`); every example's
     logits are computed on their own, and come back in order."""
     model.eval()
-    ffn_width = getattr(getattr(model, "config", None), "intermediate_size", 0) or 4096
-    budget = EVAL_CHUNK_BYTES // worker_count(device)  # per chunk, as chunks run side by side
+    ffn_width, budget = chunk_sizes(model, device)
     chunks = [
         (ids[rows, :width], mask[rows, :width], types[rows, :width])
         for ids, mask, types in zip(batches.input_ids, batches.attention_mask, batches.token_type_ids)

@@ -314,7 +314,9 @@ def test_task_evaluation_in_parallel_row_chunks_equals_whole_batches(monkeypatch
         m = (m.cumprod(1) > 0).long()  # right padding only
         ids.append(i), masks.append(m), types.append(torch.zeros_like(i)), labels.append(torch.arange(batch) % 3)
     batches = tasks.LabelledBatches(ids, masks, types, labels, sum(len(x) for x in labels))
-    monkeypatch.setattr(tasks, "EVAL_CHUNK_BYTES", 2 * 17 * 32 * 4 * 2)  # 2 rows of the widest batch per chunk, 2 workers
+    import permerge_core.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_BYTES", 2 * 17 * 32 * 4 * 2)  # 2 rows of the widest batch per chunk, 2 workers
     threads = torch.get_num_threads()
     calls = []
     real_map = tasks.map_chunks

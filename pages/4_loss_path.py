@@ -43,7 +43,7 @@ def collect(name, live: bool = True):
     def on_point(point):
         curves[name].append(point)
         if live:
-            redraw(figure, first=len(curves[name]) == 1)
+            redraw(figure, force=len(curves[name]) == 1)  # a curve's first point: at once
     return on_point
 
 

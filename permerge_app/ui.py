@@ -536,8 +536,8 @@ def statistics_and_matching(p: Pipeline, s: AlignSettings):
 
 class LiveRedraw:
     """Call it with a figure-building function whenever data changes; it redraws at most every
-    `every` seconds, and at once when `first` says a curve just got its first point (plus a
-    final draw by the page), so cached curves arriving all at once cost one draw.
+    `every` seconds, and at once with `force` (the page forces a curve's first point, and
+    draws the final chart itself), so cached curves arriving all at once cost one draw.
 
     Every draw costs the server ~60 ms of Python (the figure) and the browser a fresh Plotly
     plot, on the same cores as the evaluation: with a draw every 0.4 s, a 21-point curve took
@@ -546,9 +546,9 @@ class LiveRedraw:
     def __init__(self, placeholder, every: float = 2.5):
         self.placeholder, self.every, self.last, self.count = placeholder, every, 0.0, 0
 
-    def __call__(self, make_figure, force: bool = False, first: bool = False) -> None:
+    def __call__(self, make_figure, force: bool = False) -> None:
         now = time.monotonic()
-        if force or first or now - self.last >= self.every:
+        if force or now - self.last >= self.every:
             self.count += 1
             self.placeholder.plotly_chart(make_figure(), key=f"live-{id(self)}-{self.count}")
             self.last = now

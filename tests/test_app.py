@@ -358,7 +358,7 @@ def test_live_redraw_draws_first_points_at_once_and_throttles_the_rest(monkeypat
     redraw(lambda: "a")  # nothing drawn yet: draw
     clock[0] += 0.5
     redraw(lambda: "b")  # too soon
-    redraw(lambda: "c", first=True)  # a curve's first point: at once
+    redraw(lambda: "c", force=True)  # a curve's first point: at once
     clock[0] += 1.0
     redraw(lambda: "d")  # 1 s after the last draw: wait
     clock[0] += 1.6
@@ -375,9 +375,9 @@ def test_loss_path_does_not_draw_a_cached_curve_on_its_own(world, monkeypatch):
     drawn = []
     original = ui.LiveRedraw.__call__
 
-    def spy(self, make_figure, force=False, first=False):
+    def spy(self, make_figure, force=False):
         before = self.count
-        original(self, make_figure, force=force, first=first)
+        original(self, make_figure, force=force)
         if self.count > before:
             drawn.append({t["name"]: len(t["x"]) for t in make_figure().to_dict()["data"] if t.get("legendgroup") == t.get("name").split(" (")[0]})
 

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .report import render_app
+
 CHROMIUM = Path("/usr/bin/chromium")
 MARK = "BENCHMARK-RESULT "
 # (sidebar control, option label) in the order they are changed; each starts a new permuted curve.
@@ -48,8 +50,9 @@ POLLER = """() => {
 
 
 def _cpu_seconds() -> dict[str, float]:
-    """User+system CPU seconds so far of every process on this machine, by kind: the
-    browser's (chromium) and everything else (the app server, this script), from /proc."""
+    """User+system CPU seconds so far of every process on this machine, from /proc: the
+    browser's (chromium), everything else (the app server, this script), and of that the
+    Python processes' ("python")."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {"browser": 0.0, "other": 0.0, "python": 0.0}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -65,12 +68,6 @@ def _cpu_seconds() -> dict[str, float]:
         if name.startswith("python") or name.startswith("streamlit"):
             out["python"] += seconds
     return out
-
-
-def _wait_idle(page, timeout_ms: int) -> None:
-    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=60_000)
-    page.wait_for_timeout(700)  # let a just-triggered rerun start
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
 
 
 def _choose(page, control: str, option: str) -> float:
@@ -107,7 +104,7 @@ def _timings(log: list, clicked: float, lambdas: int) -> dict:
 def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from permerge_app.server import running_app
+    from permerge_app.server import running_app, wait_until_idle
 
     cache = tempfile.mkdtemp(prefix="permerge-bench-app-")
     env = {**os.environ, "PERMERGE_CACHE": cache, "HF_HUB_OFFLINE": "1"}
@@ -118,7 +115,7 @@ def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         start = time.perf_counter()
         page.goto(f"{url}/loss_path")
-        _wait_idle(page, initial_timeout_s * 1000)
+        wait_until_idle(page, initial_timeout_s * 1000)
         initial = time.perf_counter() - start
         page.evaluate(POLLER)
         idle_before = _cpu_seconds()
@@ -129,7 +126,7 @@ def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
         for control, option in CHANGES:
             cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
             clicked = _choose(page, control, option)
-            _wait_idle(page, 300_000)
+            wait_until_idle(page, 300_000)
             page.wait_for_timeout(200)  # the poller's last reading
             cpu_after, wall = _cpu_seconds(), time.perf_counter() - wall_before
             cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}
@@ -156,14 +153,7 @@ def main(argv=None) -> int:
     if args.lambdas:
         os.environ["PERMERGE_LAMBDAS"] = str(args.lambdas)
     result = measure(lambdas, args.file_watcher, args.initial_timeout)
-    print(f"first page (load, statistics, both curves): {result['initial_page']:.1f} s; "
-          f"file watcher: {result['file_watcher']}, inotify overflows logged: {result['inotify_overflows']}")
-    print(f"idle page, CPU s per s: {result['idle_cpu_per_s']}")
-    print("| change | first point s | full curve s | wall s (click to idle) | CPU s: browser | CPU s: app and rest |\n|---|---|---|---|---|---|")
-    for c in result["changes"]:
-        fmt = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-        print(f"| {c['control']} → {c['option']} | {fmt(c['first_point'])} | {fmt(c['full_curve'])} | {c['wall']:.2f} | "
-              f"{c['cpu']['browser']:.2f} | {c['cpu']['other']:.2f} (python {c['cpu']['python']:.2f}) |")
+    print("\n".join(render_app(result)))
     print(MARK + json.dumps(result), flush=True)
     return 0
 

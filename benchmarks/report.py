@@ -62,6 +62,24 @@ def _f(x, digits=2):
     return "–" if x is None else f"{x:,.{digits}f}"
 
 
+def render_app(app: dict) -> list[str]:
+    """The `app` workload's table (`benchmarks.app_interactive`), or why it was skipped."""
+    if app.get("skipped"):
+        return [f"app in Chromium: skipped ({app['skipped']})"]
+    idle = app.get("idle_cpu_per_s", {})
+    lines = [
+        f"| app in Chromium, default pair, {app['lambdas']} λ (first page: {_f(app['initial_page'])} s; "
+        f"idle page: browser {_f(idle.get('browser'))} CPU s/s; file watcher: {app.get('file_watcher')}, "
+        f"inotify overflows logged: {app.get('inotify_overflows')}) | first point s | full curve s | click to idle s "
+        "| CPU s: browser | CPU s: app server and rest |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in app["changes"]:
+        lines.append(f"| → {c['control']}: {c['option']} | {_f(c['first_point'])} | {_f(c['full_curve'])} | {_f(c.get('wall'))} "
+                     f"| {_f(c.get('cpu', {}).get('browser'))} | {_f(c.get('cpu', {}).get('other'))} |")
+    return lines
+
+
 def render(results: dict) -> str:
     w = results["workloads"]
     m = results["machine"]
@@ -136,20 +154,8 @@ def render(results: dict) -> str:
                          f"| {_f(i['first_point'])} (λ={i['first_point_lambda']:g}) | {_f(i['full_curve'])} |")
         lines.append("")
 
-    app = w.get("app")
-    if app and app.get("skipped"):
-        lines.append(f"app in Chromium: skipped ({app['skipped']})")
-        lines.append("")
-    elif app:
-        idle = app.get("idle_cpu_per_s", {})
-        lines.append(f"| app in Chromium, default pair, {app['lambdas']} λ (first page: {_f(app['initial_page'])} s; "
-                     f"idle page: browser {_f(idle.get('browser'))} CPU s/s) | first point s | full curve s | click to idle s "
-                     "| CPU s: browser | CPU s: app server and rest |")
-        lines.append("|---|---|---|---|---|---|")
-        for c in app["changes"]:
-            lines.append(f"| → {c['control']}: {c['option']} | {_f(c['first_point'])} | {_f(c['full_curve'])} | {_f(c.get('wall'))} "
-                         f"| {_f(c.get('cpu', {}).get('browser'))} | {_f(c.get('cpu', {}).get('other'))} |")
-        lines.append("")
+    if w.get("app"):
+        lines += render_app(w["app"]) + [""]
 
     lines.append("| target | measured | limit | met |")
     lines.append("|---|---|---|---|")

@@ -2,7 +2,8 @@
 
 `running_app(env, log_path)` starts `streamlit run app.py` on a free local port with the
 repository's `.streamlit/config.toml` (what `bash run.sh app` runs), waits until Streamlit
-answers its health check, yields the URL, and stops the server afterwards.
+answers its health check, yields the URL, and stops the server afterwards; `wait_until_idle`
+waits, in a Playwright page, until the app's script has finished running.
 """
 
 from __future__ import annotations
@@ -52,3 +53,10 @@ def running_app(env: dict, log_path: Path, extra_args: tuple[str, ...] = (), sta
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def wait_until_idle(page, timeout_ms: int) -> None:
+    """Wait until the app in a Playwright page is connected and its script has finished running."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=60_000)
+    page.wait_for_timeout(700)  # let a just-triggered rerun start
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from permerge_app.server import running_app
+from permerge_app.server import running_app, wait_until_idle
 from permerge_core.checkpoints import bundled_seeds
 
 pytestmark = pytest.mark.browser
@@ -80,13 +80,6 @@ def browser_page(server):
             browser.close()
 
 
-def wait_idle(page, timeout: int = SLOW) -> None:
-    """Wait until the app is connected and its script has finished running."""
-    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=60_000)
-    page.wait_for_timeout(700)  # let a just-triggered rerun start
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
-
-
 def wait_charts(page, count: int) -> None:
     """Wait until `count` plotly charts are drawn with a non-zero size."""
     if count == 0:
@@ -117,18 +110,18 @@ def test_every_page_renders_without_errors(server, browser_page):
     page = browser_page
     # A deep link on a fresh server: the page must still come with the app's sidebar.
     page.goto(f"{server['url']}/heads", timeout=60_000)
-    wait_idle(page)
+    wait_until_idle(page, SLOW)
     page.get_by_role("heading", name="Heads").first.wait_for(timeout=SLOW)
     assert page.locator('[data-testid="stSidebar"]').get_by_text("Model A").count() >= 1
     for url_path, title, charts in PAGES:
         page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-        wait_idle(page)
+        wait_until_idle(page, SLOW)
         page.get_by_role("heading", name=title).first.wait_for(timeout=SLOW)
         if url_path == "seeds":
             compute = page.get_by_role("button", name="Compute")
             if compute.count():
                 compute.first.click()
-                wait_idle(page)
+                wait_until_idle(page, SLOW)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => /(\\d+) of \\1 pairs/.test(t.textContent))",
                 timeout=SLOW,

@@ -16,6 +16,7 @@ import copy
 
 import torch
 
+from .parallel import one_thread
 from .permuting import reindex, touches_by_tensor
 
 
@@ -42,13 +43,14 @@ class Interpolator:
     def set(self, lam: float) -> torch.nn.Module:
         """Make the working model θ(lam) and return it."""
         lam = float(lam)
-        for target, a, b, gather in self._pairs:
-            if gather:
-                reindex(b, gather, out=target)
-                target.mul_(1.0 - lam)
-            else:
-                torch.mul(b, 1.0 - lam, out=target)
-            target.add_(a, alpha=lam)
+        with one_thread():  # the evaluation that follows runs its own threads (parallel.one_thread)
+            for target, a, b, gather in self._pairs:
+                if gather:
+                    reindex(b, gather, out=target)
+                    target.mul_(1.0 - lam)
+                else:
+                    torch.mul(b, 1.0 - lam, out=target)
+                target.add_(a, alpha=lam)
         self.lam = lam
         return self.work
 

@@ -332,3 +332,35 @@ def test_task_evaluation_in_parallel_row_chunks_equals_whole_batches(monkeypatch
     gold = torch.cat(labels)
     assert abs(chunked.loss - float(torch.nn.functional.cross_entropy(logits, gold))) <= 1e-5
     assert chunked.metrics["accuracy"] == float((logits.argmax(-1) == gold).float().mean())
+
+
+def test_interpolation_runs_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    # θ(λ) is formed without an OpenMP team (its idle spinning competed with the evaluation
+    # that follows), and the caller's thread count is restored, after an error too.
+    import pytest
+
+    import permerge_core.interpolation as interpolation
+    from permerge_core.parallel import one_thread
+
+    a = random_model("bert", "mlm", seed=1, layers=2, hidden=16, heads=4, ffn=32)
+    b = random_model("bert", "mlm", seed=2, layers=2, hidden=16, heads=4, ffn=32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        interpolator = interpolation.Interpolator(a, b)
+        seen = []
+        real_mul = torch.mul
+        monkeypatch.setattr(interpolation.torch, "mul", lambda *args, **kw: seen.append(torch.get_num_threads()) or real_mul(*args, **kw))
+        work = interpolator.set(0.25)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        for name, p in work.named_parameters():  # and it still computes θ(λ)
+            want = torch.mul(dict(b.named_parameters())[name], 0.75).add_(dict(a.named_parameters())[name], alpha=0.25)
+            assert torch.equal(p, want), name
+        with pytest.raises(RuntimeError, match="inside"):
+            with one_thread():
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -80,6 +80,23 @@ def render_app(app: dict) -> list[str]:
     return lines
 
 
+def render_floor(workload: dict) -> list[str]:
+    """The arithmetic floor of a λ point next to the measured points (worker.arithmetic_floor)."""
+    f = workload.get("floor")
+    if not f:
+        return []
+    points = [p["seconds"] for p in workload.get("lambda_vanilla", []) + workload.get("lambda_permuted", []) if p["seconds"] > 1e-3]
+    measured = sorted(points)[len(points) // 2] if points else None
+    return [
+        f"Arithmetic floor: one λ point does {f['matmul_flops_per_point'] / 1e9:,.1f} GFLOP of matrix products (counted; attention, "
+        f"GELU, LayerNorm and softmax not included); at this machine's best float32 matrix-product rate, "
+        f"{f['gemm_flops_per_s'] / 1e9:,.0f} GFLOP/s on {f['threads']} threads, that is at least {_f(f['seconds_per_point'], 3)} s per point "
+        f"and {_f(f['curve_seconds'])} s for a new {f['points']}-point permuted curve. Measured: {_f(measured, 3)} s per point "
+        f"(median of the pipeline's evaluated points); the floor is {_f(None if measured is None else f['seconds_per_point'] / measured)} of that.",
+        "",
+    ]
+
+
 def render(results: dict) -> str:
     w = results["workloads"]
     m = results["machine"]
@@ -153,6 +170,7 @@ def render(results: dict) -> str:
             lines.append(f"| → attention {m['attention']}, residual {m['residual']} | {_f(i['matching'])} | {_f(i['permuting'])} "
                          f"| {_f(i['first_point'])} (λ={i['first_point_lambda']:g}) | {_f(i['full_curve'])} |")
         lines.append("")
+        lines += render_floor(w["default"])
 
     if w.get("app"):
         lines += render_app(w["app"]) + [""]

@@ -183,6 +183,34 @@ def _base_result(torch, s, p, load) -> dict:
     }
 
 
+def arithmetic_floor(p, masked, points: int) -> dict:
+    """How fast one λ point could be if every matrix product ran at this machine's best rate
+    and nothing else cost anything: a lower bound for the interactive curve.
+
+    The matrix products' FLOPs are counted by torch's FlopCounterMode over one evaluation
+    (on one thread: the counter only sees the thread it runs on; attention, GELU, LayerNorm
+    and softmax are not counted, so the bound is low). The rate is the best of ten
+    [4096×1024]·[1024×1024] float32 products on all of the process's threads."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from permerge_core.evaluation import mlm_loss
+    from permerge_core.parallel import one_thread
+
+    with one_thread(), FlopCounterMode(display=False) as counter:
+        mlm_loss(p.a.model, p.a.head.mlm_module, masked)
+    flops = counter.get_total_flops()
+    x, w = torch.randn(4096, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(12):
+        start = time.perf_counter()
+        torch.mm(x, w)
+        best = min(best, time.perf_counter() - start)
+    rate = 2 * 4096 * 1024 * 1024 / best
+    return {"matmul_flops_per_point": flops, "gemm_flops_per_s": rate, "threads": torch.get_num_threads(),
+            "seconds_per_point": flops / rate, "points": points, "curve_seconds": points * flops / rate}
+
+
 def _bracketed_statistics(p, s, batches, out) -> object:
     """Statistics with the encoder yardstick run just before and just after it; the ratio uses
     their mean, so a change of background load during the run biases neither side."""
@@ -289,6 +317,9 @@ def run_pipeline(spec) -> dict:
 
     changes = spec.get("interactive") or []
     out["interactive"] = [interactive(p, replace(s, **{field: value})) for field, value in changes]
+    if changes:
+        log("arithmetic floor of one λ point")
+        out["floor"] = arithmetic_floor(p, masked, s.lambdas - 1)  # a new permuted curve: every λ but θ(1) = A
     return out
 
 

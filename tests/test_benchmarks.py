@@ -23,3 +23,20 @@ def test_app_timings_wait_for_the_new_curve_not_the_old_one():
 def test_app_timings_are_none_when_the_new_curve_never_shows():
     log = [(1010.0, [["vanilla", 5], ["permuted", 5]])]
     assert _timings(log, 1000.0, lambdas=5) == {"first_point": None, "full_curve": None}
+
+
+def test_the_arithmetic_floor_is_compared_with_the_median_evaluated_point():
+    from benchmarks.report import render_floor
+
+    floor = {"matmul_flops_per_point": 40e9, "gemm_flops_per_s": 160e9, "threads": 2, "seconds_per_point": 0.25, "points": 20, "curve_seconds": 5.0}
+    workload = {
+        "floor": floor,
+        # the remembered θ(1) (0 s) is not an evaluation; the median of the rest is 0.5 s
+        "lambda_vanilla": [{"seconds": 0.4}, {"seconds": 0.5}, {"seconds": 0.9}],
+        "lambda_permuted": [{"seconds": 0.6}, {"seconds": 0.45}, {"seconds": 0.0}],
+    }
+    text = "\n".join(render_floor(workload))
+    assert "40.0 GFLOP" in text and "160 GFLOP/s on 2 threads" in text
+    assert "at least 0.250 s per point and 5.00 s for a new 20-point permuted curve" in text
+    assert "Measured: 0.500 s per point" in text and "the floor is 0.50 of that" in text
+    assert render_floor({"lambda_vanilla": []}) == []

@@ -12,7 +12,6 @@ which thread ran what.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import torch
 
@@ -46,21 +45,3 @@ def worker_count(device: str = "cpu") -> int:
     """How many chunks `map_chunks` runs at once at most (so that callers can size them)."""
     return torch.get_num_threads() if str(device).startswith("cpu") else 1
 
-
-@contextmanager
-def one_thread():
-    """Run the block's torch ops on the calling thread alone, without an OpenMP team.
-
-    After each parallel op, OpenMP's idle team thread spins for several milliseconds before
-    it sleeps. Between evaluations that spinning ran alongside the next evaluation's chunks
-    on the same two cores (perf, in the app: 5% of all CPU time went to that wait loop). A
-    short elementwise pass loses little by running on one thread."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

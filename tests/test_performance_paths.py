@@ -1,6 +1,7 @@
 """The faster paths give exactly what the plain ones give (see docs/performance.md)."""
 
 import copy
+import threading
 
 import numpy as np
 import torch
@@ -334,13 +335,11 @@ def test_task_evaluation_in_parallel_row_chunks_equals_whole_batches(monkeypatch
     assert chunked.metrics["accuracy"] == float((logits.argmax(-1) == gold).float().mean())
 
 
-def test_interpolation_runs_on_one_thread_and_gives_the_threads_back(monkeypatch):
+def test_interpolation_fills_parameter_groups_side_by_side_on_one_thread_each(monkeypatch):
     # θ(λ) is formed without an OpenMP team (its idle spinning competed with the evaluation
-    # that follows), and the caller's thread count is restored, after an error too.
-    import pytest
-
+    # that follows): the parameters are split into balanced groups, each filled on a thread
+    # of its own with one intra-op thread; the result is θ(λ), and the thread count comes back.
     import permerge_core.interpolation as interpolation
-    from permerge_core.parallel import one_thread
 
     a = random_model("bert", "mlm", seed=1, layers=2, hidden=16, heads=4, ffn=32)
     b = random_model("bert", "mlm", seed=2, layers=2, hidden=16, heads=4, ffn=32)
@@ -348,19 +347,19 @@ def test_interpolation_runs_on_one_thread_and_gives_the_threads_back(monkeypatch
     try:
         torch.set_num_threads(2)
         interpolator = interpolation.Interpolator(a, b)
+        sizes = [sum(t.numel() for t, *_ in group) for group in interpolator._groups]
+        assert len(sizes) == 2 and max(sizes) <= 1.1 * min(sizes) + max(p.numel() for p in a.parameters())
+        assert sum(sizes) == sum(p.numel() for p in a.parameters())
         seen = []
         real_mul = torch.mul
-        monkeypatch.setattr(interpolation.torch, "mul", lambda *args, **kw: seen.append(torch.get_num_threads()) or real_mul(*args, **kw))
+        monkeypatch.setattr(interpolation.torch, "mul", lambda *args, **kw: seen.append((threading.get_ident(), torch.get_num_threads())) or real_mul(*args, **kw))
         work = interpolator.set(0.25)
-        assert seen and set(seen) == {1}
+        assert {n for _, n in seen} == {1} and len({t for t, _ in seen}) == 2
+        assert threading.get_ident() not in {t for t, _ in seen}
         assert torch.get_num_threads() == 2
         for name, p in work.named_parameters():  # and it still computes θ(λ)
-            want = torch.mul(dict(b.named_parameters())[name], 0.75).add_(dict(a.named_parameters())[name], alpha=0.25)
+            want = real_mul(dict(b.named_parameters())[name], 0.75).add_(dict(a.named_parameters())[name], alpha=0.25)
             assert torch.equal(p, want), name
-        with pytest.raises(RuntimeError, match="inside"):
-            with one_thread():
-                assert torch.get_num_threads() == 1
-                raise RuntimeError("inside")
-        assert torch.get_num_threads() == 2
+            assert not p.grad_fn
     finally:
         torch.set_num_threads(threads)

@@ -195,10 +195,14 @@ def arithmetic_floor(p, masked, points: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from permerge_core.evaluation import mlm_loss
-    from permerge_core.parallel import one_thread
 
-    with one_thread(), FlopCounterMode(display=False) as counter:
-        mlm_loss(p.a.model, p.a.head.mlm_module, masked)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the chunks then run one by one, on this thread
+    try:
+        with FlopCounterMode(display=False) as counter:
+            mlm_loss(p.a.model, p.a.head.mlm_module, masked)
+    finally:
+        torch.set_num_threads(threads)
     flops = counter.get_total_flops()
     x, w = torch.randn(4096, 1024), torch.randn(1024, 1024)
     best = float("inf")

@@ -40,3 +40,33 @@ def test_the_arithmetic_floor_is_compared_with_the_median_evaluated_point():
     assert "at least 0.250 s per point and 5.00 s for a new 20-point permuted curve" in text
     assert "Measured: 0.500 s per point" in text and "the floor is 0.50 of that" in text
     assert render_floor({"lambda_vanilla": []}) == []
+
+
+def test_the_arithmetic_floor_counts_every_chunks_products_and_restores_the_threads():
+    # The FLOP counter sees only its own thread: the evaluation must run there, chunk by
+    # chunk, and count the same products whatever the thread count was.
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.worker import arithmetic_floor
+    from fixtures import random_model
+    from test_performance_paths import _masked_batches
+
+    model = random_model("bert", "mlm", seed=3, layers=2, hidden=16, heads=4, ffn=32).eval()
+    p = SimpleNamespace(a=SimpleNamespace(model=model, head=SimpleNamespace(mlm_module="cls")))
+    masked = _masked_batches(model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        floor = arithmetic_floor(p, masked, points=20)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert arithmetic_floor(p, masked, points=20)["matmul_flops_per_point"] == floor["matmul_flops_per_point"]
+    finally:
+        torch.set_num_threads(threads)
+    # at least the vocabulary projection of every masked position: 2 · hidden · vocab each
+    predictions = sum(int(b.positions.sum()) for b in masked)
+    assert floor["matmul_flops_per_point"] >= 2 * 16 * model.config.vocab_size * predictions
+    assert floor["gemm_flops_per_s"] > 0 and floor["threads"] == 2
+    assert floor["curve_seconds"] == 20 * floor["seconds_per_point"]

@@ -189,7 +189,7 @@ def arithmetic_floor(p, masked, points: int) -> dict:
 
     The matrix products' FLOPs are counted by torch's FlopCounterMode over one evaluation
     (on one thread: the counter only sees the thread it runs on; attention, GELU, LayerNorm
-    and softmax are not counted, so the bound is low). The rate is the best of ten
+    and softmax are not counted, so the bound is low). The rate is the best of twelve
     [4096×1024]·[1024×1024] float32 products on all of the process's threads."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -5,8 +5,9 @@ products of a 192-wide model much of that is spent waiting at each op's end. Run
 independent evaluation chunks one per core keeps both cores of this machine busier: one λ
 point of the default pair took 20% less time, BERT-base's 9% less (docs/performance.md).
 (The statistics pass's two forward passes side by side were slower: its slices are large
-enough to split well, and it has to hold both models' activations.) Results never depend on
-which thread ran what.
+enough to split well, and it has to hold both models' activations.) Forming θ(λ) uses it too,
+for groups of parameters, so that no OpenMP team is left spinning while the evaluation runs
+(interpolation.py). Results never depend on which thread ran what.
 """
 
 from __future__ import annotations
@@ -44,4 +45,3 @@ def map_chunks(fn, chunks: list, device: str = "cpu", cost=None) -> list:
 def worker_count(device: str = "cpu") -> int:
     """How many chunks `map_chunks` runs at once at most (so that callers can size them)."""
     return torch.get_num_threads() if str(device).startswith("cpu") else 1
-

@@ -33,7 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from .app_interactive import CHROMIUM
 from .report import check_targets, compare, render
+from .worker import MARK
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
@@ -67,6 +69,12 @@ def _wait(proc: subprocess.Popen) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024
 
 
+def _result(stdout: str) -> dict:
+    """The JSON result a benchmark process printed last, behind MARK."""
+    line = [x for x in stdout.splitlines() if x.startswith(MARK)][-1]
+    return json.loads(line[len(MARK):])
+
+
 def run_worker(spec: dict) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -74,8 +82,7 @@ def run_worker(spec: dict) -> dict:
     rc, peak = _wait(proc)
     if rc != 0:
         raise SystemExit(f"benchmarks: worker {spec['kind']} failed with exit code {rc}")
-    line = [x for x in stdout.splitlines() if x.startswith("BENCHMARK-RESULT ")][-1]
-    result = json.loads(line[len("BENCHMARK-RESULT "):])
+    result = _result(stdout)
     # The worker may have reset the kernel's high-water mark (worker.PipelinePeak), which lowers
     # ru_maxrss; its own record of the process's peak is then the larger, true one.
     rss = result.setdefault("rss_mb", {})
@@ -101,8 +108,8 @@ def run_app_benchmark(pair: list[str] | None, quick: bool, say) -> dict:
         import playwright  # noqa: F401
     except ImportError:
         return {"skipped": "playwright is not installed (pip install -r requirements-dev.txt)"}
-    if not Path("/usr/bin/chromium").exists():
-        return {"skipped": "/usr/bin/chromium is missing (Debian's chromium package)"}
+    if not CHROMIUM.exists():
+        return {"skipped": f"{CHROMIUM} is missing (Debian's chromium package)"}
     env = dict(os.environ)
     if pair:  # the app's sidebar starts on these instead of the bundled pair
         env.update(PERMERGE_MODEL_A=pair[0], PERMERGE_MODEL_B=pair[1])
@@ -114,8 +121,7 @@ def run_app_benchmark(pair: list[str] | None, quick: bool, say) -> dict:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"benchmarks: app_interactive failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-    line = [x for x in proc.stdout.splitlines() if x.startswith("BENCHMARK-RESULT ")][-1]
-    result = json.loads(line[len("BENCHMARK-RESULT "):])
+    result = _result(proc.stdout)
     result["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     return result
 

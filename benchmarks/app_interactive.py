@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from .report import render_app
+from .worker import MARK
 
 CHROMIUM = Path("/usr/bin/chromium")
-MARK = "BENCHMARK-RESULT "
 # (sidebar control, option label) in the order they are changed; each starts a new permuted curve.
 CHANGES = [
     ("Attention", "monotonic (head j ↔ head j)"),

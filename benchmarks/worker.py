@@ -211,8 +211,9 @@ def arithmetic_floor(p, masked, points: int) -> dict:
         torch.mm(x, w)
         best = min(best, time.perf_counter() - start)
     rate = 2 * 4096 * 1024 * 1024 / best
+    per_point = flops / rate
     return {"matmul_flops_per_point": flops, "gemm_flops_per_s": rate, "threads": torch.get_num_threads(),
-            "seconds_per_point": flops / rate, "points": points, "curve_seconds": points * flops / rate}
+            "seconds_per_point": per_point, "points": points, "curve_seconds": points * per_point}
 
 
 def _bracketed_statistics(p, s, batches, out) -> object:

@@ -337,8 +337,10 @@ def test_task_evaluation_in_parallel_row_chunks_equals_whole_batches(monkeypatch
 
 def test_interpolation_fills_parameter_groups_side_by_side_on_one_thread_each(monkeypatch):
     # θ(λ) is formed without an OpenMP team (its idle spinning competed with the evaluation
-    # that follows): the parameters are split into balanced groups, each filled on a thread
-    # of its own with one intra-op thread; the result is θ(λ), and the thread count comes back.
+    # that follows): the parameters are split into two balanced groups, filled by map_chunks'
+    # workers with one intra-op thread each (which worker takes which group is the pool's
+    # choice: with a tiny model one worker may take both); the result is θ(λ), and the thread
+    # count comes back.
     import permerge_core.interpolation as interpolation
 
     a = random_model("bert", "mlm", seed=1, layers=2, hidden=16, heads=4, ffn=32)
@@ -354,7 +356,7 @@ def test_interpolation_fills_parameter_groups_side_by_side_on_one_thread_each(mo
         real_mul = torch.mul
         monkeypatch.setattr(interpolation.torch, "mul", lambda *args, **kw: seen.append((threading.get_ident(), torch.get_num_threads())) or real_mul(*args, **kw))
         work = interpolator.set(0.25)
-        assert {n for _, n in seen} == {1} and len({t for t, _ in seen}) == 2
+        assert {n for _, n in seen} == {1}
         assert threading.get_ident() not in {t for t, _ in seen}
         assert torch.get_num_threads() == 2
         for name, p in work.named_parameters():  # and it still computes θ(λ)

@@ -72,6 +72,13 @@ def navigation_pages() -> list:
     return [st.Page(PAGES[key], title=title, icon=icon, url_path=key, default=(key == "models")) for key, title, icon in PAGE_META]
 
 
+# Streamlit slides a progress bar to each new value over 0.5 s. A loss path moves its bar at
+# every λ point (about every 0.5 s on the default pair), so the bar was always sliding and the
+# browser drew frames all the time, on the cores computing the curve: 5.9 to 7.9 CPU-s of
+# browser per settings change without this rule, 3.6 to 5.8 with it (docs/performance.md).
+STYLE = "<style>[data-testid='stProgressBarTrack'] div { transition: none; }</style>"
+
+
 @contextmanager
 def framed():
     """Mark that a page runs inside app.py's frame (sidebar, state, status)."""
@@ -86,6 +93,7 @@ def run_app() -> None:
     """The frame around every page (app.py's body): config, state, navigation, sidebar, the
     page itself with its errors caught, and the status line."""
     st.set_page_config(page_title="permerge", page_icon="🔀", layout="wide")
+    st.html(STYLE)  # style only: Streamlit puts it in the page's event container, taking no space
     init_state()
     page = st.navigation(navigation_pages())
     status = st.sidebar.container()  # filled after the page ran, so it shows what the page computed

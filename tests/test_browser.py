@@ -41,6 +41,16 @@ PAGES = [
     ("about", "About the method", 0),
 ]
 README_PAGES = ("models", "correlations", "heads", "loss_path", "seeds")
+# A progress bar's fill as Streamlit builds it, in the live page: the app's style must stop it sliding.
+STILL_PROGRESS_BAR = """() => {
+  const track = document.createElement('div');
+  track.setAttribute('data-testid', 'stProgressBarTrack');
+  const fill = track.appendChild(document.createElement('div'));
+  document.body.appendChild(track);
+  const property = getComputedStyle(fill).transitionProperty;
+  track.remove();
+  return property;
+}"""
 SLOW = 600_000  # ms: statistics and loss paths of the bundled pair on a busy CPU
 
 
@@ -132,6 +142,7 @@ def test_every_page_renders_without_errors(server, browser_page):
             assert page.get_by_text("computes the same function as B").count() >= 1
         if url_path == "loss_path":
             assert page.get_by_text("vanilla barrier").count() >= 1
+            assert page.evaluate(STILL_PROGRESS_BAR) == "none", "progress bars slide again: the browser draws frames while curves compute"
         shoot(page, url_path)
     # Screenshots of the bundled pair illustrate the README; they are copied there only on
     # request, so that a test run leaves tracked files as they were.

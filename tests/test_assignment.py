@@ -1,5 +1,7 @@
 """The sparse-first assignment finds the same optimum as the dense solver, and says when it can't."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,31 @@ def test_large_assignments_are_solved_in_worker_processes_and_here_without_them(
     monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
     assert np.array_equal(assign(score), expected)  # solved here instead
     assert assignment._pool_state == {"usable": False, "solved": 0}
+
+
+def test_large_assignments_reach_workers_through_a_shared_file_removed_after(monkeypatch, tmp_path):
+    """The matrix goes to the worker as a file it maps, not through the pool's pipe; with no
+    room for the file it is pickled instead. Same answer either way, and no file is left."""
+    score = np.tanh(0.05 * np.random.default_rng(6).standard_normal((1100, 1100)))
+    expected = assign_dense(score)
+    monkeypatch.setattr(assignment, "SHARED_DIR", str(tmp_path))
+    shared_copy, seen = assignment._shared_copy, []
+
+    @contextmanager
+    def spy(matrix):
+        with shared_copy(matrix) as shared:
+            seen.append(shared)
+            if shared:
+                path, shape, dtype = shared
+                assert np.array_equal(np.fromfile(path, dtype=dtype).reshape(shape), score)
+            yield shared
+
+    monkeypatch.setattr(assignment, "_shared_copy", spy)
+    solved = assignment._pool_state["solved"]
+    assert np.array_equal(assign(score), expected)
+    assert len(seen) == 1 and seen[0] is not None and assignment._pool_state["solved"] == solved + 1
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setattr(assignment, "SHARED_DIR", str(tmp_path / "missing"))
+    assert np.array_equal(assign(score), expected)
+    assert seen[1] is None and assignment._pool_state["solved"] == solved + 2  # pickled, still by a worker

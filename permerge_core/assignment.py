@@ -32,8 +32,8 @@ import os
 import sys
 import tempfile
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+from contextlib import contextmanager, suppress
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -62,18 +62,34 @@ def assign(score: np.ndarray) -> np.ndarray:
     """perm maximising Σ_i score[i, perm[i]], exact; sparse-first for large square matrices."""
     n = score.shape[0]
     if score.ndim == 2 and score.shape == (n, n) and n >= SPARSE_FROM:
-        pool = _worker_pool()
-        if pool is not None:
-            try:
-                with _shared_copy(score) as shared:
-                    future = pool.submit(_assign_large_mapped, *shared) if shared else pool.submit(assign_large, score)
-                    perm = future.result()
-                _pool_state["solved"] += 1
-                return perm
-            except Exception:  # a broken or refused pool (daemonic parent, no semaphores, …)
-                _give_up_workers()
-        return assign_large(score)
+        perm = _assign_in_worker(score)
+        return perm if perm is not None else assign_large(score)
     return assign_dense(score)
+
+
+def _assign_in_worker(score: np.ndarray) -> np.ndarray | None:
+    """assign_large(score) in a worker process, or None to solve it here: without workers, or
+    when the job failed there (non-finite scores, say: here the same error is raised again)."""
+    pool = _worker_pool()
+    if pool is None:
+        return None
+    with _shared_copy(score) as shared:
+        try:
+            future = pool.submit(_assign_large_mapped, *shared) if shared else pool.submit(assign_large, score)
+        except Exception:  # a refused pool (daemonic parent, no semaphores, …)
+            _give_up_workers()
+            return None
+        try:
+            perm = future.result()
+        except BrokenExecutor:  # a worker died
+            _give_up_workers()
+            return None
+        except Exception:  # the job failed, not the pool: the workers stay
+            return None
+        finally:
+            future.cancel()  # an interrupted wait: the job need not run any more
+    _pool_state["solved"] += 1
+    return perm
 
 
 def assign_large(score: np.ndarray) -> np.ndarray:
@@ -87,21 +103,27 @@ SHARED_DIR = "/dev/shm"
 @contextmanager
 def _shared_copy(score: np.ndarray):
     """(path, shape, dtype) of a copy of `score` in a shared-memory file, removed on exit; None
-    where there is no room or no such folder (the matrix is then pickled to the worker)."""
-    path = None
+    where there is no such folder or no room (the matrix is then pickled to the worker)."""
     try:
         fd, path = tempfile.mkstemp(prefix="permerge-score-", suffix=".bin", dir=SHARED_DIR)
-        with os.fdopen(fd, "wb") as f:
-            np.ascontiguousarray(score).tofile(f)
-    except OSError:  # no /dev/shm, or full (a container's is often 64 MB)
-        if path is not None:
-            os.unlink(path)
-        path = None
+    except OSError:
+        yield None
+        return
     try:
-        yield (path, score.shape, score.dtype.str) if path else None
+        try:
+            _write_matrix(fd, score)
+            written = True
+        except OSError:  # full: a container's /dev/shm is often 64 MB
+            written = False
+        yield (path, score.shape, score.dtype.str) if written else None
     finally:
-        if path is not None:
-            os.unlink(path)  # a worker still mapping it keeps its pages until it lets go
+        with suppress(FileNotFoundError):  # a worker still mapping it keeps its pages until it lets go
+            os.unlink(path)
+
+
+def _write_matrix(fd: int, score: np.ndarray) -> None:
+    with os.fdopen(fd, "wb") as f:
+        np.ascontiguousarray(score).tofile(f)
 
 
 def _assign_large_mapped(path: str, shape: tuple, dtype: str) -> np.ndarray:

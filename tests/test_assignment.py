@@ -1,6 +1,8 @@
 """The sparse-first assignment finds the same optimum as the dense solver, and says when it can't."""
 
-from contextlib import contextmanager
+import os
+from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,27 +97,52 @@ def test_large_assignments_are_solved_in_worker_processes_and_here_without_them(
 
 def test_large_assignments_reach_workers_through_a_shared_file_removed_after(monkeypatch, tmp_path):
     """The matrix goes to the worker as a file it maps, not through the pool's pipe; with no
-    room for the file it is pickled instead. Same answer either way, and no file is left."""
+    folder or no room for the file it is pickled instead. Same answer each way, no file left."""
     score = np.tanh(0.05 * np.random.default_rng(6).standard_normal((1100, 1100)))
     expected = assign_dense(score)
+    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    pool, submitted = assignment._worker_pool(), []
+
+    class Recording:  # the real pool, remembering what each job was handed
+        def submit(self, fn, *args):
+            files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+            submitted.append({"fn": fn, "args": args, "files": files})
+            return pool.submit(fn, *args)
+
+    monkeypatch.setattr(assignment, "_worker_pool", lambda: Recording())
     monkeypatch.setattr(assignment, "SHARED_DIR", str(tmp_path))
-    shared_copy, seen = assignment._shared_copy, []
-
-    @contextmanager
-    def spy(matrix):
-        with shared_copy(matrix) as shared:
-            seen.append(shared)
-            if shared:
-                path, shape, dtype = shared
-                assert np.array_equal(np.fromfile(path, dtype=dtype).reshape(shape), score)
-            yield shared
-
-    monkeypatch.setattr(assignment, "_shared_copy", spy)
-    solved = assignment._pool_state["solved"]
     assert np.array_equal(assign(score), expected)
-    assert len(seen) == 1 and seen[0] is not None and assignment._pool_state["solved"] == solved + 1
-    assert list(tmp_path.iterdir()) == []
+    job = submitted[-1]
+    assert job["fn"] is assignment._assign_large_mapped and not any(isinstance(a, np.ndarray) for a in job["args"])
+    assert job["files"] == {Path(job["args"][0]).name: score.tobytes()}  # the whole matrix, when the job was sent
+    assert list(tmp_path.iterdir()) == [] and assignment._pool_state == {"usable": True, "solved": 1}
 
-    monkeypatch.setattr(assignment, "SHARED_DIR", str(tmp_path / "missing"))
-    assert np.array_equal(assign(score), expected)
-    assert seen[1] is None and assignment._pool_state["solved"] == solved + 2  # pickled, still by a worker
+    def full(fd, matrix):  # room for half of it
+        with os.fdopen(fd, "wb") as f:
+            f.write(matrix.tobytes()[: matrix.nbytes // 2])
+        raise OSError(28, "No space left on device")
+
+    for where, write in ((tmp_path, full), (tmp_path / "missing", assignment._write_matrix)):
+        monkeypatch.setattr(assignment, "SHARED_DIR", str(where))
+        monkeypatch.setattr(assignment, "_write_matrix", write)
+        assert np.array_equal(assign(score), expected)
+        assert submitted[-1]["fn"] is assignment.assign_large and submitted[-1]["args"][0] is score  # pickled to a worker
+        assert list(tmp_path.iterdir()) == []
+    assert assignment._pool_state == {"usable": True, "solved": 3}
+
+
+def test_a_job_that_fails_in_a_worker_is_solved_here_and_the_workers_stay(monkeypatch):
+    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    score = np.tanh(0.05 * np.random.default_rng(7).standard_normal((1100, 1100)))
+    gone = []
+
+    class FileGone:  # as if something deleted the shared file before the worker mapped it
+        def submit(self, fn, *args):
+            future = Future()
+            future.set_exception(FileNotFoundError(args[0]))
+            gone.append(fn)
+            return future
+
+    monkeypatch.setattr(assignment, "_worker_pool", lambda: FileGone())
+    assert np.array_equal(assign(score), assign_dense(score))
+    assert gone and assignment._pool_state == {"usable": True, "solved": 0}

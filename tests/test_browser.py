@@ -41,7 +41,8 @@ PAGES = [
     ("about", "About the method", 0),
 ]
 README_PAGES = ("models", "correlations", "heads", "loss_path", "seeds")
-# A progress bar's fill as Streamlit builds it, in the live page: the app's style must stop it sliding.
+# A progress bar as Streamlit 1.67 builds it (the track's one child div is the fill, which its class
+# slides with `transition: transform 0.5s`), in the live page: the app's style must stop it sliding.
 STILL_PROGRESS_BAR = """() => {
   const track = document.createElement('div');
   track.setAttribute('data-testid', 'stProgressBarTrack');

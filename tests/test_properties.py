@@ -17,6 +17,15 @@ shapes = st.builds(
 PROFILE = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def rounding_tolerance(model, ids, mask) -> float:
+    """How far two float32 computations of the same logits may drift apart: 1e-4, or 2e-5 of
+    the largest logit where logits are large (a drawn hidden-4 model with logits up to 11 once
+    drifted 1.00017e-4). A wrong permutation moves logits by about their spread, ~1."""
+    with torch.no_grad():
+        scale = float(model(input_ids=ids, attention_mask=mask).logits.abs().max())
+    return max(1e-4, 2e-5 * scale)
+
+
 @PROFILE
 @given(family=st.sampled_from(["bert", "roberta"]), shape=shapes, seed=st.integers(0, 10_000),
        modes=st.sampled_from([("ignore-heads", "sep"), ("heads", "first"), ("monotonic", "all")]))
@@ -42,7 +51,7 @@ def test_function_preserving_modes_preserve_the_function(family, kind, shape, se
     fam, head = head_for(model)
     b_prime = permuted_model(model, fam, head, shape["layers"], random_matching(model.config, *modes, seed=seed))
     ids, mask = random_ids(vocab=model.config.vocab_size, seed=seed)
-    assert max_abs_logit_diff(b_prime, model, ids, mask) < 1e-4
+    assert max_abs_logit_diff(b_prime, model, ids, mask) < rounding_tolerance(model, ids, mask)
 
 
 @PROFILE
@@ -64,4 +73,4 @@ def test_a_planted_permutation_is_recovered(family, shape, seed):
     ids, mask = random_ids(vocab=a.config.vocab_size, seed=seed)
     from permerge_core.evaluation import max_abs_logit_diff
 
-    assert max_abs_logit_diff(b_prime, a, ids, mask) < 1e-4
+    assert max_abs_logit_diff(b_prime, a, ids, mask) < rounding_tolerance(a, ids, mask)

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         settings = {"match_tokens": 4096, "eval_tokens": 2048, "lambdas": 5} if q else {}
         say(f"default pair, settings {settings or 'default'}")
         w["default"] = run_worker({**base, "kind": "pipeline", "a": pair[0], "b": pair[1], "settings": settings,
-                                       "interactive": [["attention", "monotonic"], ["residual", "all"]]})
+                                       "interactive": [["attention", "monotonic"], ["residual", "all"]], "statistics_floor": True})
 
     if "bert" in only:
         with tempfile.TemporaryDirectory(prefix="permerge-bench-bert-") as tmp:

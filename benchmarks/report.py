@@ -97,6 +97,23 @@ def render_floor(workload: dict) -> list[str]:
     ]
 
 
+def render_statistics_floor(workload: dict) -> list[str]:
+    """The statistics' A×B products timed alone, as a floor under the statistics ratio
+    (worker.cross_products_alone)."""
+    c = workload.get("yardstick", {}).get("cross_products")
+    if not c:
+        return []
+    plain = workload["yardstick"]["encoder_passes"]
+    return [
+        f"Statistics floor: the pass's {c['products']:,} A×B products ({c['multiply_adds'] / 1e9:,.1f} G multiply-adds over "
+        f"{c['tokens']:,} tokens) take {_f(c['seconds'])} s alone in float32 on random data of the same shapes (best of "
+        f"{len(c['runs'])}: {', '.join(_f(r) for r in c['runs'])} s), {_f(c['seconds'] / plain)} of the plain encoder passes "
+        f"({_f(plain)} s). The statistics ratio cannot go below {_f(1 + c['seconds'] / plain)} without fewer or faster products; "
+        f"measured: {_f(workload['ratios']['statistics'])}.",
+        "",
+    ]
+
+
 def render(results: dict) -> str:
     w = results["workloads"]
     m = results["machine"]
@@ -142,6 +159,8 @@ def render(results: dict) -> str:
             y = r["yardstick"]
             lines.append(f"| {name} | {_f(y['encoder_passes'])} | {_f(r['tokens_per_second']['yardstick_encoders'], 0)} | {_f(y['mlm_pass_mean'], 3)} | {y['mlm_passes_needed']} | {_f(y['mlm_passes_total'])} |")
         lines.append("")
+        for _, r in rows:
+            lines += render_statistics_floor(r)
 
     if "scaling" in w:
         lines.append("| statistics, default pair | tokens | statistics s | tok/s | stats ratio | RSS after load MiB | peak RSS MiB (process) | peak RSS MiB (pipeline) |")
@@ -186,6 +205,7 @@ def render(results: dict) -> str:
 COMPARE = [
     ("default: statistics s", "default.stages.statistics"),
     ("default: statistics ratio", "default.ratios.statistics"),
+    ("default: statistics ratio floor (products alone)", "default.ratios.statistics_floor"),
     ("default: matching s", "default.stages.matching"),
     ("default: permuting s", "default.stages.permuting"),
     ("default: loss-path ratio", "default.ratios.loss_path"),

@@ -216,6 +216,35 @@ def arithmetic_floor(p, masked, points: int) -> dict:
             "seconds_per_point": per_point, "points": points, "curve_seconds": points * per_point}
 
 
+def cross_products_alone(p, s, batches, repeats: int = 3) -> dict:
+    """The statistics pass's A×B products alone: for every slice it runs and every space, the
+    same d×d product over the same number of tokens, on random data, nothing else; the best
+    of `repeats` runs.
+
+    No statistics pass can take less than the plain encoder passes plus these products in
+    float32 (method.md §2; everything else it does, the gathers, shifts and sums, comes on
+    top), so 1 + this time / the plain passes is the floor of the statistics ratio."""
+    import torch
+
+    from permerge_core.statistics import slice_token_counts, space_dims
+
+    counts = slice_token_counts(p.a.config, batches, sorted(set(p.a.tokenizer.all_special_ids)), s.drop_special)
+    dims = list(space_dims(p.a.config).values())
+    most = max(counts, default=0)
+    inputs = {d: (torch.randn(most, d), torch.randn(most, d)) for d in set(dims)}
+    sums = [torch.zeros(d, d) for d in dims]  # one accumulator per space, as in the pass
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for n in counts:
+            for d, total in zip(dims, sums):
+                xa, xb = inputs[d]
+                total.addmm_(xa[:n].t(), xb[:n])
+        runs.append(time.perf_counter() - start)
+    return {"seconds": min(runs), "runs": runs, "products": len(counts) * len(dims),
+            "multiply_adds": sum(counts) * sum(d * d for d in dims), "tokens": sum(counts)}
+
+
 def _bracketed_statistics(p, s, batches, out) -> object:
     """Statistics with the encoder yardstick run just before and just after it; the ratio uses
     their mean, so a change of background load during the run biases neither side."""
@@ -265,6 +294,9 @@ def run_pipeline(spec) -> dict:
     ys["tokenize_match"], ys["tokenize_eval"] = tok_match, tok_eval
     st = out["stages"]
     stats = _bracketed_statistics(p, s, batches, out)
+    if spec.get("statistics_floor"):
+        log("yardstick: the statistics' cross products alone")
+        ys["cross_products"] = out["_peak"].yardstick(cross_products_alone, p, s, batches)
     log("pipeline: matching")
     matching, st["matching"] = _timed(p.matching, s)
     passes = []
@@ -319,6 +351,8 @@ def run_pipeline(spec) -> dict:
         "statistics": st["statistics"] / ys["encoder_passes"],
         "loss_path": st["loss_path"] / ys["mlm_passes_total"],
     }
+    if "cross_products" in ys:
+        out["ratios"]["statistics_floor"] = 1 + ys["cross_products"]["seconds"] / ys["encoder_passes"]
 
     changes = spec.get("interactive") or []
     out["interactive"] = [interactive(p, replace(s, **{field: value})) for field, value in changes]

@@ -277,7 +277,7 @@ def collect_statistics(
     enc_a = getattr(model_a, "base_model", model_a)
     enc_b = getattr(model_b, "base_model", model_b)
     held_a: dict[str, torch.Tensor] = {}
-    held_per_token = 4 * sum(stats[name].dim for name in stats)  # bytes of A's float32 activations
+    held_per_token = _held_per_token(config)
     rows: torch.Tensor | None = None  # flat indices of the kept tokens of the current slice
     # Gather targets, reused from slice to slice: one per space for A (held until B runs), one
     # per width for B (consumed at once). Fresh ones per slice cost as much as the arithmetic.
@@ -309,18 +309,9 @@ def collect_statistics(
         for step, (ids, mask) in enumerate(batches):
             if should_stop is not None and should_stop():
                 raise InterruptedError("statistics collection stopped")
-            ids, mask = ids.to(device), mask.to(device)
-            keep = mask.bool()
-            if drop_special and special_ids:
-                keep &= ~torch.isin(ids, torch.tensor(special_ids, device=device))
-            # A's activations of every space wait for B's: run the batch in slices of rows
-            # small enough that they stay under HELD_BYTES (the sums do not depend on it).
-            step_rows = _slice_rows(held_per_token, ids.shape[1])
-            for start in range(0, ids.shape[0], step_rows):
-                part = slice(start, start + step_rows)
-                rows = keep[part].reshape(-1).nonzero().squeeze(1)
-                enc_a(input_ids=ids[part], attention_mask=mask[part])
-                enc_b(input_ids=ids[part], attention_mask=mask[part])
+            for ids_part, mask_part, rows in _slices(ids, mask, held_per_token, special_ids if drop_special else None, device):
+                enc_a(input_ids=ids_part, attention_mask=mask_part)
+                enc_b(input_ids=ids_part, attention_mask=mask_part)
                 held_a.clear()
                 tokens += int(rows.numel())
             if progress:
@@ -339,6 +330,34 @@ def collect_statistics(
 
 def _slice_rows(held_per_token: int, width: int) -> int:
     return max(1, HELD_BYTES // (held_per_token * width), MIN_SLICE_TOKENS // width)
+
+
+def _held_per_token(config) -> int:
+    """Bytes of A's float32 activations per token, over every space."""
+    return 4 * sum(space_dims(config).values())
+
+
+def _slices(ids, mask, held_per_token: int, drop_ids: list[int] | None, device: str = "cpu"):
+    """(ids, mask, kept flat token indices) for each slice of rows of one batch.
+
+    A's activations of every space wait for B's: the batch runs in slices of rows small
+    enough that they stay under HELD_BYTES (the sums do not depend on it)."""
+    ids, mask = ids.to(device), mask.to(device)
+    keep = mask.bool()
+    if drop_ids:
+        keep &= ~torch.isin(ids, torch.tensor(drop_ids, device=device))
+    step_rows = _slice_rows(held_per_token, ids.shape[1])
+    for start in range(0, ids.shape[0], step_rows):
+        part = slice(start, start + step_rows)
+        yield ids[part], mask[part], keep[part].reshape(-1).nonzero().squeeze(1)
+
+
+def slice_token_counts(config, batches: TokenBatches, special_ids: list[int] | None = None, drop_special: bool = False) -> list[int]:
+    """How many tokens each slice of `collect_statistics` folds in, in its order: every space
+    gets one d×d cross product per slice (the benchmark times those products alone)."""
+    held = _held_per_token(config)
+    drop = special_ids if drop_special else None
+    return [int(rows.numel()) for ids, mask in batches for _, _, rows in _slices(ids, mask, held, drop)]
 
 
 def residual_touches(family: Family, head, num_layers: int):

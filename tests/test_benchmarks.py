@@ -70,3 +70,56 @@ def test_the_arithmetic_floor_counts_every_chunks_products_and_restores_the_thre
     assert floor["matmul_flops_per_point"] >= 2 * 16 * model.config.vocab_size * predictions
     assert floor["gemm_flops_per_s"] > 0 and floor["threads"] == 2
     assert floor["curve_seconds"] == 20 * floor["seconds_per_point"]
+
+
+def test_the_statistics_floor_is_the_products_alone_over_the_plain_passes():
+    from benchmarks.report import render_statistics_floor
+
+    workload = {
+        "yardstick": {"encoder_passes": 4.0, "cross_products": {
+            "seconds": 1.5, "runs": [1.7, 1.5, 1.6], "products": 130, "multiply_adds": 140e9, "tokens": 65_536}},
+        "ratios": {"statistics": 1.62},
+    }
+    text = "\n".join(render_statistics_floor(workload))
+    assert "130 A×B products (140.0 G multiply-adds over 65,536 tokens) take 1.50 s alone" in text
+    assert "best of 3: 1.70, 1.50, 1.60 s" in text and "0.38 of the plain encoder passes (4.00 s)" in text
+    assert "cannot go below 1.38" in text and "measured: 1.62" in text
+    assert render_statistics_floor({"yardstick": {}}) == []
+
+
+def test_the_timed_products_are_the_statistics_passs_own_slices(monkeypatch):
+    # The floor is only a floor if it times the products the pass really computes: one per
+    # space per slice, over the tokens that slice folds in.
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.worker import cross_products_alone
+    from fixtures import random_model
+    from permerge_core.architectures import family_for_model_type
+    from permerge_core.data import TokenBatches
+    from permerge_core import statistics
+    from permerge_core.statistics import collect_statistics, slice_token_counts, space_dims
+
+    monkeypatch.setattr(statistics, "HELD_BYTES", 1)  # slices of the fewest rows allowed
+
+    a = random_model("bert", "mlm", seed=1, layers=2, hidden=16, heads=4, ffn=32).eval()
+    b = random_model("bert", "mlm", seed=2, layers=2, hidden=16, heads=4, ffn=32).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, a.config.vocab_size, (70, 40), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[3:, 30:] = 0  # rows of two lengths: padding is left out
+    ids[:, 0] = 2  # a special id at every row's start, dropped below
+    batches = TokenBatches([ids[:40], ids[40:]], [mask[:40], mask[40:]], int(mask.sum()), 70)
+    counts = slice_token_counts(a.config, batches, [2], drop_special=True)
+    stats = collect_statistics(a, b, family_for_model_type("bert"), a.config, batches, special_ids=[2], drop_special=True)
+    assert sum(counts) == stats.num_tokens == int(mask.sum()) - 70
+    assert len(counts) > 2  # the batches were cut into several slices
+
+    tokenizer = SimpleNamespace(all_special_ids=[2])
+    p = SimpleNamespace(a=SimpleNamespace(config=a.config, tokenizer=tokenizer))
+    alone = cross_products_alone(p, SimpleNamespace(drop_special=True), batches, repeats=2)
+    dims = space_dims(a.config).values()
+    assert alone["products"] == len(counts) * len(dims)
+    assert alone["multiply_adds"] == sum(counts) * sum(d * d for d in dims)
+    assert len(alone["runs"]) == 2 and alone["seconds"] == min(alone["runs"])

@@ -123,3 +123,30 @@ def test_the_timed_products_are_the_statistics_passs_own_slices(monkeypatch):
     assert alone["products"] == len(counts) * len(dims)
     assert alone["multiply_adds"] == sum(counts) * sum(d * d for d in dims)
     assert len(alone["runs"]) == 2 and alone["seconds"] == min(alone["runs"])
+
+
+def test_a_yardstick_pass_can_hand_its_freed_heap_back_before_the_pipelines_peak():
+    # What a yardstick pass allocated and freed must not count as the pipeline's memory:
+    # with release_heap the resident set the pipeline's peak restarts from is lower.
+    import ctypes
+
+    from benchmarks.worker import PipelinePeak, release_free_heap, rss_now_mb
+
+    if not release_free_heap():
+        pytest.skip("no malloc_trim in this C library")
+    pins = []
+
+    def churn():
+        # ~190 MiB of heap blocks, freed under a block that stays: the allocator cannot
+        # shrink its heap past it by itself
+        blocks = [ctypes.create_string_buffer(64 * 1024) for _ in range(3000)]
+        pins.append(ctypes.create_string_buffer(64 * 1024))
+        del blocks
+
+    peak = PipelinePeak()
+    if peak.peak is None:
+        pytest.skip("the kernel does not allow resetting the high-water mark")
+    peak.yardstick(churn)
+    kept = rss_now_mb()
+    peak.yardstick(churn, release_heap=True)
+    assert rss_now_mb() < kept - 100

@@ -243,9 +243,10 @@ def cross_products_alone(p, s, batches, repeats: int = 3) -> dict:
     same d×d product over the same number of tokens, on random data, nothing else; the best
     of `repeats` runs.
 
-    No statistics pass can take less than the plain encoder passes plus these products in
-    float32 (method.md §2; everything else it does, the gathers, shifts and sums, comes on
-    top), so 1 + this time / the plain passes is the floor of the statistics ratio."""
+    A statistics pass whose forward passes cost what the plain ones do cannot take less than
+    those passes plus these products in float32 (method.md §2; everything else it does, the
+    gathers, shifts and sums, comes on top), so 1 + this time / the plain passes is the floor
+    of the statistics ratio, short of forward passes or products faster than here."""
     import torch
 
     from permerge_core.statistics import slice_token_counts, space_dims

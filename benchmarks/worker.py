@@ -91,7 +91,7 @@ class PipelinePeak:
         the pipeline's peak is measured again. A pass over whole batches leaves memory that
         the C allocator keeps, and the high-water mark restarts from the resident set that
         includes it: after the passes over 16× the default pair's matching tokens that was
-        up to 160 MiB more than after 1× (measured), and it set the statistics' "peak".
+        86 to 125 MiB more than after 1× (measured), and it set the statistics' "peak".
         Not used between λ points: a pipeline without the yardstick keeps its evaluation
         heap warm from point to point, and so must the benchmark."""
         if self.peak is not None:

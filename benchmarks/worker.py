@@ -43,15 +43,15 @@ def rss_peak_mb() -> float:
 
 
 def release_free_heap() -> bool:
-    """Return the C heap's free memory to the system (glibc's malloc_trim); False where the C
-    library has no such call."""
+    """Return the C heap's free memory to the system (glibc's malloc_trim). True if the call
+    was made (not whether anything was freed); False where the C library has no such call."""
     import ctypes
-    import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0) >= 0
-    except (OSError, AttributeError, TypeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
         return False
+    return True
 
 
 class PipelinePeak:
@@ -252,6 +252,7 @@ def cross_products_alone(p, s, batches, repeats: int = 3) -> dict:
     from permerge_core.statistics import slice_token_counts, space_dims
 
     counts = slice_token_counts(p.a.config, batches, sorted(set(p.a.tokenizer.all_special_ids)), s.drop_special)
+    counts = [n for n in counts if n]  # (the pass skips a slice without kept tokens)
     dims = list(space_dims(p.a.config).values())
     most = max(counts, default=0)
     inputs = {d: (torch.randn(most, d), torch.randn(most, d)) for d in set(dims)}

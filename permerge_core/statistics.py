@@ -25,10 +25,10 @@ from .data import TokenBatches
 # At most about this much of A's activations is held while B runs. Small slices keep every
 # transient tensor small enough that the allocator reuses its memory: with whole 32×128
 # batches the default pair spent a quarter of the statistics time in page faults (measured).
-# At 32 MiB the default pair's peak still depended on how long the pass ran (the C heap
-# fragments as slice shapes change: 65,536 tokens peaked 30 to 130 MiB above 4,096); at
-# 16 MiB, 20 MiB apart in isolated runs (up to 80 in some benchmark runs), at the same
-# speed (docs/performance.md).
+# At 32 MiB the default pair's peak grew with the length of the pass (65,536 tokens peaked
+# 30 to 130 MiB above 4,096; the C heap was measured to fragment as slice shapes change). At
+# 16 MiB, 65,536 tokens peaked 20 MiB above 4,096 in isolated runs (up to 80 in some
+# benchmark runs), at the same speed (docs/performance.md).
 HELD_BYTES = 16 * 2**20
 # ...but a slice has at least this many tokens (of padded width): a d×d product over a
 # 128-token row runs well below the matrix unit's speed for BERT-base's 3072-wide spaces.

@@ -101,10 +101,17 @@ def test_the_timed_products_are_the_statistics_passs_own_slices(monkeypatch):
     from permerge_core import statistics
     from permerge_core.statistics import collect_statistics, slice_token_counts, space_dims
 
-    monkeypatch.setattr(statistics, "HELD_BYTES", 1)  # slices of the fewest rows allowed
-
     a = random_model("bert", "mlm", seed=1, layers=2, hidden=16, heads=4, ffn=32).eval()
     b = random_model("bert", "mlm", seed=2, layers=2, hidden=16, heads=4, ffn=32).eval()
+    # a few rows' worth, so that the held bytes per token, not MIN_SLICE_TOKENS, set the slices
+    monkeypatch.setattr(statistics, "HELD_BYTES", 20 * 40 * statistics._held_per_token(a.config))
+    folded: dict[int, list[int]] = {}  # tokens each space's sums took in, per slice, in order
+    add = statistics.SpaceStats.add_
+
+    def recording_add(self, xa, xb, scratch=None):
+        folded.setdefault(id(self), []).append(int(xa.shape[0]))
+        return add(self, xa, xb, scratch)
+    monkeypatch.setattr(statistics.SpaceStats, "add_", recording_add)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, a.config.vocab_size, (70, 40), generator=generator)
     mask = torch.ones_like(ids)
@@ -115,6 +122,7 @@ def test_the_timed_products_are_the_statistics_passs_own_slices(monkeypatch):
     stats = collect_statistics(a, b, family_for_model_type("bert"), a.config, batches, special_ids=[2], drop_special=True)
     assert sum(counts) == stats.num_tokens == int(mask.sum()) - 70
     assert len(counts) > 2  # the batches were cut into several slices
+    assert all(per_slice == counts for per_slice in folded.values()) and len(folded) == len(space_dims(a.config))
 
     tokenizer = SimpleNamespace(all_special_ids=[2])
     p = SimpleNamespace(a=SimpleNamespace(config=a.config, tokenizer=tokenizer))

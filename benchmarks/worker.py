@@ -249,9 +249,10 @@ def cross_products_alone(p, s, batches, repeats: int = 3) -> dict:
     of the statistics ratio, short of forward passes or products faster than here."""
     import torch
 
+    from permerge_core.data import special_token_ids
     from permerge_core.statistics import slice_token_counts, space_dims
 
-    counts = slice_token_counts(p.a.config, batches, sorted(set(p.a.tokenizer.all_special_ids)), s.drop_special)
+    counts = slice_token_counts(p.a.config, batches, special_token_ids(p.a.tokenizer), s.drop_special)
     counts = [n for n in counts if n]  # (the pass skips a slice without kept tokens)
     dims = list(space_dims(p.a.config).values())
     most = max(counts, default=0)

@@ -169,12 +169,18 @@ def draw_mlm_masks(
     return MaskedBatch(corrupted, attention_mask, chosen, input_ids[chosen])
 
 
+def special_token_ids(tokenizer) -> list[int]:
+    """The tokenizer's special ids ([CLS], [SEP], [PAD], [MASK], ...), sorted, each once: the
+    tokens that masks never pick and that statistics can leave out."""
+    return sorted(set(tokenizer.all_special_ids))
+
+
 def masked_batches(batches: TokenBatches, tokenizer, vocab_size: int, seed: int = 0, probability: float = 0.15) -> list[MaskedBatch]:
     """Masks for a whole evaluation set, drawn once so every λ and method sees the same ones."""
     if tokenizer.mask_token_id is None:
         raise DataError("The tokenizer has no mask token, so masked-LM loss is undefined.", "Use the tokenizer the model was trained with.")
     generator = torch.Generator().manual_seed(seed)
-    special_ids = sorted(set(tokenizer.all_special_ids))
+    special_ids = special_token_ids(tokenizer)
     out = [
         draw_mlm_masks(ids, mask, special_ids, tokenizer.mask_token_id, vocab_size, generator, probability)
         for ids, mask in batches

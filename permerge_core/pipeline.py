@@ -26,7 +26,7 @@ import torch
 
 from . import cache as cache_mod
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
-from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, text_fingerprint, tokenize
+from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
 from .evaluation import barrier, max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
@@ -233,7 +233,7 @@ class Pipeline:
                 self.b.model.to(s.device)
                 stats = collect_statistics(
                     self.a.model, self.b.model, self.a.family, self.a.config, batches,
-                    special_ids=sorted(set(self.a.tokenizer.all_special_ids)), drop_special=s.drop_special,
+                    special_ids=special_token_ids(self.a.tokenizer), drop_special=s.drop_special,
                     device=s.device, progress=self.progress, should_stop=should_stop,
                 )
                 stats.spaces = {k: v.to("cpu") for k, v in stats.spaces.items()}

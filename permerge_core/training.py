@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import CORPUS, draw_mlm_masks, masked_batches, read_passages, tokenize
+from .data import CORPUS, draw_mlm_masks, masked_batches, read_passages, special_token_ids, tokenize
 from .evaluation import mlm_logits_at, mlm_loss
 from .errors import SettingsError
 
@@ -109,7 +109,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         vocab_size,
         seed=1234,
     )
-    special_ids = sorted(set(tokenizer.all_special_ids))
+    special_ids = special_token_ids(tokenizer)
     batches_per_epoch = len(sequences) // cfg.batch_size
     log(f"{len(sequences):,} training sequences, {train_batches.num_tokens:,} tokens; {batches_per_epoch} batches/epoch")
 

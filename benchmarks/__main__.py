@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from .app_interactive import CHROMIUM
-from .report import check_targets, compare, render
+from .report import check_targets, compare, median_by_peak, render
 from .worker import MARK
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,6 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the workers (default: torch's own)")
     parser.add_argument("--scale-base", type=int, default=4096, help="matching tokens of the 1× scaling run")
     parser.add_argument("--scales", default="1,4,16")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="statistics runs per measurement: in-process for default and bert, fresh processes per scaling budget (default 3; 1 with --quick)")
     parser.add_argument("--render", metavar="JSON", help="print the tables of an earlier results file and exit")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="print two results files side by side and exit")
     args = parser.parse_args(argv)
@@ -163,6 +165,9 @@ def main(argv=None) -> int:
         pair_label = "bundled default pair"
 
     q = args.quick
+    repeats = args.repeats or (1 if q else 3)
+    if repeats < 1:
+        parser.error("--repeats must be at least 1")
     base = {"threads": args.threads, "tokenizer": args.tokenizer}
     results: dict = {
         "format": "permerge-benchmark/1",
@@ -183,7 +188,8 @@ def main(argv=None) -> int:
         settings = {"match_tokens": 4096, "eval_tokens": 2048, "lambdas": 5} if q else {}
         say(f"default pair, settings {settings or 'default'}")
         w["default"] = run_worker({**base, "kind": "pipeline", "a": pair[0], "b": pair[1], "settings": settings,
-                                       "interactive": [["attention", "monotonic"], ["residual", "all"]], "statistics_floor": True})
+                                       "interactive": [["attention", "monotonic"], ["residual", "all"]], "statistics_floor": True,
+                                       "repeats": repeats})
 
     if "bert" in only:
         with tempfile.TemporaryDirectory(prefix="permerge-bench-bert-") as tmp:
@@ -193,7 +199,8 @@ def main(argv=None) -> int:
             made = run_worker({"kind": "make_pair", "config": config, "out": folders})
             settings = {"match_tokens": 2048, "eval_tokens": 1024, "lambdas": 3} if q else {"match_tokens": 8192, "eval_tokens": 4096, "lambdas": 11}
             say(f"BERT-base-size pair, settings {settings}")
-            w["bert"] = run_worker({**base, "kind": "pipeline", "a": folders[0], "b": folders[1], "settings": settings, "tokenizer": None})
+            w["bert"] = run_worker({**base, "kind": "pipeline", "a": folders[0], "b": folders[1], "settings": settings, "tokenizer": None,
+                                    "repeats": repeats})
             w["bert"]["pair_config"] = made["config"]
             w["bert"]["pair_note"] = (
                 "randomly initialised BertForMaskedLM (torch seeds 0 and 1), saved as float32; text tokenised with the "
@@ -205,8 +212,11 @@ def main(argv=None) -> int:
         scales = [1, 4] if q else [int(x) for x in args.scales.split(",")]
         w["scaling"] = {}
         for k in scales:
-            say(f"statistics at {k}× {base_tokens:,} matching tokens")
-            w["scaling"][f"x{k}"] = run_worker({**base, "kind": "statistics", "a": pair[0], "b": pair[1], "settings": {"match_tokens": k * base_tokens}})
+            runs = []
+            for run in range(repeats):  # fresh processes: a heap's history is part of what is measured
+                say(f"statistics at {k}× {base_tokens:,} matching tokens (process {run + 1} of {repeats})")
+                runs.append(run_worker({**base, "kind": "statistics", "a": pair[0], "b": pair[1], "settings": {"match_tokens": k * base_tokens}}))
+            w["scaling"][f"x{k}"] = median_by_peak(runs)
 
     if "whole" in only:
         lambdas = 5 if q else 11

@@ -243,6 +243,13 @@ class Pipeline:
             self._memo[memo_key] = stats
             return stats
 
+    def forget_statistics(self) -> None:
+        """Drop the statistics held in memory (not the disk cache), so that the next
+        `statistics` call computes or loads them again; the benchmark times repeated passes."""
+        with self._lock:
+            for key in [k for k in self._memo if k[0] == "stats"]:
+                del self._memo[key]
+
     def _save_stats(self, fields: dict, stats: Statistics) -> None:
         tensors = {}
         for name, sp in stats.spaces.items():

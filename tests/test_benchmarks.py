@@ -158,3 +158,59 @@ def test_a_yardstick_pass_can_hand_its_freed_heap_back_before_the_pipelines_peak
     kept = rss_now_mb()
     peak.yardstick(churn, release_heap=True)
     assert rss_now_mb() < kept - 100
+
+
+def test_repeated_statistics_report_the_run_with_the_median_ratio(monkeypatch):
+    # Y S Y S Y S Y: each run is divided by the mean of the yardstick passes on either side,
+    # and the run with the median ratio is the one reported, with its own bracket.
+    from types import SimpleNamespace
+
+    from benchmarks import worker
+
+    seconds = iter([6.4, 6.0, 12.4])  # the three statistics runs
+    monkeypatch.setattr(worker, "_timed", lambda fn, *a: (fn(*a), next(seconds)))
+    passes = iter([4.0, 4.0, 8.0, 8.0])
+    released = []
+
+    class Peak:
+        def yardstick(self, fn, *args, release_heap=False):
+            released.append(release_heap)
+            return next(passes)
+
+    forgotten = []
+    p = SimpleNamespace(a=SimpleNamespace(model=None), b=SimpleNamespace(model=None),
+                        statistics=lambda s: SimpleNamespace(num_tokens=123), forget_statistics=lambda: forgotten.append(1))
+    out = {"yardstick": {}, "stages": {}, "rss_mb": {}, "_peak": Peak()}
+    worker._bracketed_statistics(p, SimpleNamespace(match_tokens=100), [], out, repeats=3)
+    assert [r["ratio"] for r in out["statistics_runs"]] == [6.4 / 4.0, 6.0 / 6.0, 12.4 / 8.0]
+    assert out["stages"]["statistics"] == 12.4 and out["yardstick"]["encoder_passes"] == 8.0  # median 1.55, not 1.0 or 1.6
+    assert out["yardstick"]["encoder_passes_each"] == [4.0, 4.0, 8.0, 8.0]
+    assert len(forgotten) == 3 and out["num_tokens"] == 123
+    assert released == [True, True, True, False]  # the heap is handed back before each statistics run only
+
+
+def test_a_scaling_budget_reports_its_median_process_and_lists_them_all():
+    from benchmarks.report import _get, median_by_peak, render
+
+    def run(peak, seconds):
+        return {"num_tokens": 4096, "stages": {"statistics": seconds}, "ratios": {"statistics": seconds / 2},
+                "rss_mb": {"pipeline_peak": peak, "peak_child": peak + 10, "after_load": 400}}
+
+    small = median_by_peak([run(500, 1.0), run(560, 1.1), run(490, 1.2)])
+    assert small["rss_mb"]["pipeline_peak"] == 500 and small["stages"]["statistics"] == 1.0
+    assert [x["pipeline_peak"] for x in small["processes"]] == [500, 560, 490]  # in the order they ran
+    large = median_by_peak([run(540, 4.0), run(530, 4.1)])  # an even count: the lower middle
+    assert large["rss_mb"]["pipeline_peak"] == 530
+    results = {"machine": {"cpu": "x", "cores": 2}, "workloads": {"scaling": {"x1": small, "x16": large}}}
+    assert _get(results, "scaling_growth") == 530 / 500
+    text = render(results)
+    assert "| 500, 560, 490 |" in text and "| 540, 530 |" in text and "median pipeline peak" in text
+
+
+def test_statistics_runs_are_listed_only_when_there_were_several():
+    from benchmarks.report import render_statistics_runs
+
+    runs = [{"seconds": 6.4, "encoder_passes": 4.0, "ratio": 1.6}, {"seconds": 6.0, "encoder_passes": 6.0, "ratio": 1.0}]
+    text = "\n".join(render_statistics_runs("default", {"statistics_runs": runs}))
+    assert "1.60 (6.40 s / 4.00 s), 1.00 (6.00 s / 6.00 s)" in text
+    assert render_statistics_runs("default", {"statistics_runs": runs[:1]}) == []

@@ -331,3 +331,14 @@ def test_killed_during_statistics_then_rerun_gives_the_uninterrupted_result(tmp_
     settings = AlignSettings(match_tokens=8000, eval_tokens=1000, batch_size=4, lambdas=3)
     r2 = Pipeline(a, b, match_data=text, eval_data=text, cache_dir=None).run(settings)  # never interrupted
     assert r1["permutations"] == r2["permutations"] and r1["curves"] == json.loads(json.dumps(r2["curves"]))
+
+
+def test_forgotten_statistics_are_computed_again_and_come_out_the_same(tiny_pair):
+    p = _pipeline(tiny_pair, None)
+    first = p.statistics(SMALL)
+    assert p.statistics(SMALL) is first  # remembered
+    p.forget_statistics()
+    again = p.statistics(SMALL)
+    assert again is not first and again.num_tokens == first.num_tokens
+    for name, space in first.spaces.items():
+        assert torch.equal(space.correlation(), again.spaces[name].correlation()), name

@@ -282,9 +282,11 @@ def _bracketed_statistics(p, s, batches, out, repeats: int = 1) -> object:
     passes.append(out["_peak"].yardstick(encoder_passes, p.a.model, p.b.model, batches, release_heap=True))
     out["rss_mb"]["peak_before_statistics"] = rss_peak_mb()
     out["rss_mb"]["before_statistics"] = rss_now_mb()
+    stats = None
     for run in range(repeats):
         log(f"pipeline: statistics over {s.match_tokens:,} tokens (run {run + 1} of {repeats})")
         p.forget_statistics()
+        stats = None  # a pipeline holds one set of sums: the last run's must not add to this one's peak
         stats, seconds = _timed(p.statistics, s)
         runs.append(seconds)
         if run == 0:

@@ -12,7 +12,11 @@ Workloads (each in a fresh process, so every peak RSS is its own):
             yardstick, then the interactive case (statistics cached, attention mode changed)
   bert      a randomly initialised BERT-base-size pair (12×768, 12 heads, FFN 3072, vocab
             30522): 8,192 matching tokens, 4,096 evaluation tokens, 11 λ points
-  scaling   statistics of the default pair at 1×, 4× and 16× a 4,096-token matching budget
+  scaling   statistics of the default pair at 1×, 4× and 16× a 4,096-token matching budget,
+            each budget in --repeats fresh processes (the one with the median peak is reported)
+
+In default and bert the statistics pass runs --repeats times (3), each run between two plain
+encoder passes after an untimed one; the run with the median ratio is reported.
   whole     `python -m permerge_core align --lambdas 11 --no-cache` as one process against
             `python -m benchmarks.plain_forward` (only the forward passes) as one process
   app       the interactive case in the app itself, in Chromium: merge settings changed in the

@@ -14,14 +14,14 @@ Workloads (each in a fresh process, so every peak RSS is its own):
             30522): 8,192 matching tokens, 4,096 evaluation tokens, 11 λ points
   scaling   statistics of the default pair at 1×, 4× and 16× a 4,096-token matching budget,
             each budget in --repeats fresh processes (the one with the median peak is reported)
-
-In default and bert the statistics pass runs --repeats times (3), each run between two plain
-encoder passes after an untimed one; the run with the median ratio is reported.
   whole     `python -m permerge_core align --lambdas 11 --no-cache` as one process against
             `python -m benchmarks.plain_forward` (only the forward passes) as one process
   app       the interactive case in the app itself, in Chromium: merge settings changed in the
             sidebar, time until the new permuted curve's first point and whole curve are on
             screen (`python -m benchmarks.app_interactive`; skipped without /usr/bin/chromium)
+
+In default and bert the statistics pass runs --repeats times (3), each run between two plain
+encoder passes after an untimed one; the run with the median ratio is reported.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         pair_label = "bundled default pair"
 
     q = args.quick
-    repeats = args.repeats or (1 if q else 3)
+    repeats = args.repeats if args.repeats is not None else (1 if q else 3)
     if repeats < 1:
         parser.error("--repeats must be at least 1")
     base = {"threads": args.threads, "tokenizer": args.tokenizer}

@@ -160,47 +160,58 @@ def test_a_yardstick_pass_can_hand_its_freed_heap_back_before_the_pipelines_peak
     assert rss_now_mb() < kept - 100
 
 
-def test_repeated_statistics_report_the_run_with_the_median_ratio(monkeypatch):
-    # Y S Y S Y S Y: each run is divided by the mean of the yardstick passes on either side,
-    # and the run with the median ratio is the one reported, with its own bracket.
+def _bracket(monkeypatch, seconds, passes):
+    """Run the bracketed statistics with scripted timings (one statistics run per entry of
+    `seconds`); returns (out, the passes' heap releases, how many times the sums were computed)."""
     import gc
     import weakref
     from types import SimpleNamespace
 
     from benchmarks import worker
 
-    seconds = iter([6.4, 6.0, 12.4])  # the three statistics runs
+    repeats = len(seconds)
+    seconds, passes = iter(seconds), iter(passes)
     monkeypatch.setattr(worker, "_timed", lambda fn, *a: (fn(*a), next(seconds)))
-    passes = iter([5.0, 4.0, 4.0, 8.0, 8.0])  # the first is the untimed warm-up pass
-    released = []
+    released, earlier, memo = [], [], {}
 
     class Peak:
         def yardstick(self, fn, *args, release_heap=False):
             released.append(release_heap)
             return next(passes)
 
-    forgotten, earlier = [], []
-
-    def statistics(s):
-        # the earlier runs' sums are gone: for BERT-base a second set alive at once is 0.45 GB
-        gc.collect()
-        assert all(ref() is None for ref in earlier)
-        result = Sums()
-        earlier.append(weakref.ref(result))
-        return result
-
     class Sums:
         num_tokens = 123
 
+    def statistics(s):  # remembered, as the pipeline's are, until forgotten
+        if "sums" not in memo:
+            # the earlier runs' sums are gone: for BERT-base a second set alive at once is 0.45 GB
+            gc.collect()
+            assert all(ref() is None for ref in earlier)
+            memo["sums"] = Sums()
+            earlier.append(weakref.ref(memo["sums"]))
+        return memo["sums"]
+
     p = SimpleNamespace(a=SimpleNamespace(model=None), b=SimpleNamespace(model=None),
-                        statistics=statistics, forget_statistics=lambda: forgotten.append(1))
+                        statistics=statistics, forget_statistics=memo.clear)
     out = {"yardstick": {}, "stages": {}, "rss_mb": {}, "_peak": Peak()}
-    worker._bracketed_statistics(p, SimpleNamespace(match_tokens=100), [], out, repeats=3)
+    worker._bracketed_statistics(p, SimpleNamespace(match_tokens=100), [], out, repeats)
+    return out, released, len(earlier)
+
+
+def test_repeated_statistics_report_the_run_with_the_median_ratio(monkeypatch):
+    # warm-up, then Y S Y S Y S Y: each run is divided by the mean of the yardstick passes on
+    # either side, and the run with the median ratio is reported, with its own bracket.
+    out, released, computed = _bracket(monkeypatch, [6.4, 6.0, 12.4], [5.0, 4.0, 4.0, 8.0, 8.0])
     assert [r["ratio"] for r in out["statistics_runs"]] == [6.4 / 4.0, 6.0 / 6.0, 12.4 / 8.0]
     assert out["stages"]["statistics"] == 12.4 and out["yardstick"]["encoder_passes"] == 8.0  # median 1.55, not 1.0 or 1.6
-    assert out["yardstick"]["encoder_passes_each"] == [4.0, 4.0, 8.0, 8.0]
-    assert len(forgotten) == 3 and out["num_tokens"] == 123
-    assert released == [False, True, True, True, False]  # the heap is handed back before each statistics run only
+    assert out["yardstick"]["encoder_passes_each"] == [4.0, 4.0, 8.0, 8.0]  # the untimed warm-up left out
+    assert computed == 3 and out["num_tokens"] == 123  # forgotten before every run, not served from memory
+    assert released == [True] * 5  # no yardstick pass leaves its heap in the pipeline's peak
+
+
+def test_an_even_number_of_statistics_runs_reports_the_lower_middle(monkeypatch):
+    out, _, computed = _bracket(monkeypatch, [6.0, 8.0], [9.0, 4.0, 4.0, 4.0])
+    assert computed == 2 and out["stages"]["statistics"] == 6.0  # ratios 1.5 and 2.0
 
 
 def test_a_scaling_budget_reports_its_median_process_and_lists_them_all():

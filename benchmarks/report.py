@@ -29,13 +29,17 @@ def pipeline_peak(workload: dict) -> float:
     return workload["rss_mb"].get("pipeline_peak") or workload["rss_mb"]["peak_child"]
 
 
+def lower_median(items: list, key):
+    """The item with the median key, the lower middle of an even count (so that it is one
+    of the measured items, not an average of two)."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
+
+
 def median_by_peak(runs: list[dict]) -> dict:
     """Of several fresh-process statistics runs of one budget, the one with the median
-    pipeline peak (the lower middle of an even count), with every run's numbers attached:
-    the C heap's state varies from process to process, and one process's peak alone is a
-    sample of that, not the budget's cost."""
-    ordered = sorted(runs, key=pipeline_peak)
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    pipeline peak, with every run's numbers attached: the C heap's state varies from
+    process to process, and one process's peak alone is a sample of that, not the budget's cost."""
+    chosen = dict(lower_median(runs, pipeline_peak))
     chosen["processes"] = [
         {"pipeline_peak": pipeline_peak(r), "process_peak": r["rss_mb"].get("peak_child"),
          "statistics": r["stages"]["statistics"], "ratio": r["ratios"]["statistics"]}

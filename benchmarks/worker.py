@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from .report import lower_median
+
 MARK = "BENCHMARK-RESULT "
 REPO = Path(__file__).resolve().parent.parent
 
@@ -273,9 +275,10 @@ def cross_products_alone(p, s, batches, repeats: int = 3) -> dict:
 def _bracketed_statistics(p, s, batches, out, repeats: int = 1) -> object:
     """The statistics pass `repeats` times, each between two encoder yardstick passes
     (Y S Y S … Y): a run's ratio is its time over the mean of the two passes around it, so a
-    change of background load biases neither side. The run with the median ratio (the lower
-    middle of an even count) is the one reported; every run is kept. On a shared virtual machine the same encoder passes took
-    3.10 to 4.51 s within a few minutes (measured), enough to pass or fail a target alone."""
+    change of background load biases neither side. The run with the median ratio
+    (`report.lower_median`) is the one reported; every run is kept. On a shared virtual
+    machine the same encoder passes took 3.10 to 4.51 s within a few minutes (measured),
+    enough to pass or fail a target alone."""
     ys = out["yardstick"]
     passes, runs = [], []
     # Untimed: the first pass over every batch shape was 20-35% slower than the pass after it
@@ -288,7 +291,6 @@ def _bracketed_statistics(p, s, batches, out, repeats: int = 1) -> object:
     passes.append(out["_peak"].yardstick(encoder_passes, p.a.model, p.b.model, batches, release_heap=True))
     out["rss_mb"]["peak_before_statistics"] = rss_peak_mb()
     out["rss_mb"]["before_statistics"] = rss_now_mb()
-    stats = None
     for run in range(repeats):
         log(f"pipeline: statistics over {s.match_tokens:,} tokens (run {run + 1} of {repeats})")
         p.forget_statistics()
@@ -300,12 +302,11 @@ def _bracketed_statistics(p, s, batches, out, repeats: int = 1) -> object:
             out["rss_mb"]["peak_after_statistics"] = rss_peak_mb()
         log("yardstick: encoder passes (after statistics)")
         passes.append(out["_peak"].yardstick(encoder_passes, p.a.model, p.b.model, batches, release_heap=True))
-    each = [{"seconds": t, "encoder_passes": (passes[i] + passes[i + 1]) / 2} for i, t in enumerate(runs)]
-    for e in each:
-        e["ratio"] = e["seconds"] / e["encoder_passes"]
-    median = sorted(range(repeats), key=lambda i: each[i]["ratio"])[(repeats - 1) // 2]
-    out["stages"]["statistics"] = each[median]["seconds"]
-    ys["encoder_passes"] = each[median]["encoder_passes"]
+    brackets = [(before + after) / 2 for before, after in zip(passes, passes[1:])]
+    each = [{"seconds": t, "encoder_passes": y, "ratio": t / y} for t, y in zip(runs, brackets)]
+    median = lower_median(each, lambda run: run["ratio"])
+    out["stages"]["statistics"] = median["seconds"]
+    ys["encoder_passes"] = median["encoder_passes"]
     ys["encoder_passes_each"] = passes
     out["statistics_runs"] = each
     out["num_tokens"] = stats.num_tokens

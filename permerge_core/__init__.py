@@ -1,7 +1,7 @@
 """permerge_core: align two transformers by permutation and measure the loss barrier.
 
 The method is Verma & Elbayad (2024), "Merging Text Transformer Models from Different
-Initializations", with the two fixes described in shared method.md (tied MLM decoder
+Initializations", with the two fixes described in docs/method.md (tied MLM decoder
 handled correctly; no scaling of the endpoints). Pure Python: no UI code lives here.
 
 The public names are imported on first use (PEP 562), so that importing a light module such

@@ -159,7 +159,7 @@ class Pipeline:
             task = task or TaskSpec()
         self.notes: list[str] = []
         if classifier and match_data is None and eval_data is not None:
-            match_data = eval_data  # the task's input texts, as method.md §6 asks
+            match_data = eval_data  # the task's input texts, as docs/method.md §6 asks
             self.notes.append("matching on the evaluation file's input texts (no separate matching file was given)")
         self.match_path = str(match_data or DEFAULT_MATCH_DATA)
         self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)

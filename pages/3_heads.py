@@ -6,6 +6,7 @@ import streamlit as st
 
 from permerge_app import charts, ui
 from permerge_core import views
+from permerge_core.modes import ATTENTION, HEADS_KEEP
 
 ui.page_start()
 st.title("Heads")
@@ -17,13 +18,9 @@ p, s = ui.current()
 stats, matching = ui.statistics_and_matching(p, s)
 L, H = stats.num_layers, p.a.num_heads
 
-if s.attention in ("none", "ignore-heads"):
-    st.info(
-        f"Attention mode '{s.attention}' does not match heads. The figures show what Head-Perm would choose "
-        "(computed for display, not applied to B′).", icon=":material/info:",
-    )
-elif s.attention == "monotonic":
-    st.info("Attention mode 'monotonic' keeps head j ↔ head j; crosses mark what Head-Perm would have chosen instead.", icon=":material/info:")
+mode = ATTENTION[s.attention]
+if mode.heads_note:
+    st.info(mode.heads_note, icon=":material/info:")
 
 layer = st.selectbox("Layer", list(range(L)), key="heads_layer", format_func=lambda i: f"layer {i}")
 heads, applied = views.display_heads(stats, matching, H, layer)
@@ -37,7 +34,7 @@ with c1:
 with c2:
     st.plotly_chart(charts.head_graph(edges, H, f"Layer {layer}: head permutation"), key="heads_graph")
 
-if s.attention == "monotonic":
+if mode.heads == HEADS_KEEP:
     rows = views.monotonic_comparison(heads)
     st.markdown(
         f"**Monotonic vs Head-Perm, layer {layer}:** summed cost {sum(r['applied cost'] for r in rows):.2f} (monotonic) vs "

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from .assignment import assign
+from .modes import (
+    ATTENTION, ATTENTION_MODES, HEADS_IGNORE, HEADS_KEEP, HEADS_MATCH, RESIDUAL, RESIDUAL_AVERAGE, RESIDUAL_EACH,
+    RESIDUAL_FIRST, RESIDUAL_LAST, RESIDUAL_MODES, RESIDUAL_NONE, is_function_preserving,
+)
 
-ATTENTION_MODES = ("none", "monotonic", "heads", "ignore-heads")
-RESIDUAL_MODES = ("none", "first", "last", "all", "sep")
-# Modes under which B′ is *not* the same function as B: they are ablations.
-NON_PRESERVING = {"attention": {"ignore-heads"}, "residual": {"sep"}}
+__all__ = ["ATTENTION_MODES", "RESIDUAL_MODES", "HeadMatching", "Matching", "compute_matching", "is_function_preserving"]
 
 
 def identity(dim: int) -> np.ndarray:
@@ -57,7 +58,7 @@ def heads_for_mode(solved: tuple[np.ndarray, np.ndarray, np.ndarray], mode: str)
     """The HeadMatching `mode` applies: Head-Perm's outer assignment, or head j ↔ head j (monotonic)."""
     cost, inner, head_perm = solved
     num_heads, dk = inner.shape[0], inner.shape[2]
-    chosen = head_perm if mode == "heads" else identity(num_heads)
+    chosen = head_perm if ATTENTION[mode].matches_heads else identity(num_heads)
     perm = np.concatenate([chosen[j] * dk + inner[j, chosen[j]] for j in range(num_heads)])
     return HeadMatching(cost, chosen, inner, perm, head_perm)
 
@@ -84,10 +85,6 @@ class Matching:
         return self.permutations.get(f"residual.{node}", self.permutations.get("residual"))
 
 
-def is_function_preserving(attention: str, residual: str) -> bool:
-    return attention not in NON_PRESERVING["attention"] and residual not in NON_PRESERVING["residual"]
-
-
 def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
     c = corr.abs() if absolute else corr
     return c.cpu().numpy()
@@ -96,11 +93,12 @@ def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
 def residual_score(stats, mode: str) -> torch.Tensor:
     """The correlation matrix the residual assignment uses for `mode` (not sep/none)."""
     nodes = stats.residual_nodes()
-    if mode == "first":
+    source = RESIDUAL[mode].residual_source
+    if source == RESIDUAL_FIRST:
         return stats.spaces[nodes[0]].correlation()
-    if mode == "last":
+    if source == RESIDUAL_LAST:
         return stats.spaces[nodes[-1]].correlation()
-    if mode == "all":
+    if source == RESIDUAL_AVERAGE:
         # Average the cross-covariances (and variances) of every node, then normalise.
         from .statistics import correlation_from_moments
 
@@ -125,6 +123,7 @@ def compute_matching(
         raise ValueError(f"unknown attention mode {attention!r}")
     if residual not in RESIDUAL_MODES:
         raise ValueError(f"unknown residual mode {residual!r}")
+    heads_rule, residual_source = ATTENTION[attention].heads, RESIDUAL[residual].residual_source
     # Every assignment is a pure function of the statistics, so it is solved once per
     # Statistics object (a change of merge settings re-solves only what it changes), and the
     # independent ones run in parallel: scipy's solver releases the GIL.
@@ -137,10 +136,10 @@ def compute_matching(
     for i in range(stats.num_layers):
         if ffn:
             jobs[("assign", f"layer.{i}.ffn", absolute)] = space(f"layer.{i}.ffn")
-    if residual == "sep":
+    if residual_source == RESIDUAL_EACH:
         for node in stats.residual_nodes():
             jobs[("assign", node, absolute)] = space(node)
-    elif residual != "none":
+    elif residual_source != RESIDUAL_NONE:
         def solve_residual():
             score = _score(residual_score(stats, residual), absolute)
             return score, assign(score)
@@ -148,9 +147,9 @@ def compute_matching(
         jobs[("residual", residual, absolute)] = solve_residual
     for i in range(stats.num_layers):
         name = f"layer.{i}.attention"
-        if attention in ("heads", "monotonic"):
+        if heads_rule in (HEADS_MATCH, HEADS_KEEP):
             jobs[("heads", name, absolute)] = lambda name=name: solve_heads(_score(stats.spaces[name].correlation(), absolute), num_heads)
-        elif attention == "ignore-heads":
+        elif heads_rule == HEADS_IGNORE:
             jobs[("assign", name, absolute)] = space(name)
     _solve(memo, jobs)
 
@@ -160,18 +159,18 @@ def compute_matching(
         name = f"layer.{i}.ffn"
         perms[name] = memo[("assign", name, absolute)].copy() if ffn else identity(stats.spaces[name].dim)
         name = f"layer.{i}.attention"
-        if attention in ("heads", "monotonic"):
+        if heads_rule in (HEADS_MATCH, HEADS_KEEP):
             heads[i] = heads_for_mode(memo[("heads", name, absolute)], attention)
             perms[name] = heads[i].perm
-        elif attention == "ignore-heads":
+        elif heads_rule == HEADS_IGNORE:
             perms[name] = memo[("assign", name, absolute)].copy()
         else:
             perms[name] = identity(stats.spaces[name].dim)
     score = None
     dim = stats.spaces["residual.0"].dim
-    if residual == "none":
+    if residual_source == RESIDUAL_NONE:
         perms["residual"] = identity(dim)
-    elif residual == "sep":
+    elif residual_source == RESIDUAL_EACH:
         for node in stats.residual_nodes():
             perms[node] = memo[("assign", node, absolute)].copy()
     else:

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():
         raise SystemExit("app_interactive: /usr/bin/chromium is missing (Debian's chromium package)")
-    from permerge_core.pipeline import AlignSettings
+    from permerge_core.settings import AlignSettings
 
     lambdas = args.lambdas or int(os.environ.get("PERMERGE_LAMBDAS") or AlignSettings().lambdas)
     if args.lambdas:

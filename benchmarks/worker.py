@@ -167,7 +167,8 @@ def _setup(spec):
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    from permerge_core.pipeline import AlignSettings, Pipeline
+    from permerge_core.pipeline import Pipeline
+    from permerge_core.settings import AlignSettings
 
     s = AlignSettings(**spec["settings"])
     log(f"loading {spec['a']} and {spec['b']}")
@@ -331,7 +332,7 @@ def run_pipeline(spec) -> dict:
     from dataclasses import replace
 
     from permerge_core.interpolation import lambda_grid
-    from permerge_core.pipeline import build_report
+    from permerge_core.report import build_report
 
     torch, s, p, load = _setup(spec)
     out = _base_result(torch, s, p, load)

@@ -20,12 +20,12 @@ L = stats.num_layers
 KINDS = {"ffn": "FFN units", "attention": "attention features", "residual": "residual stream"}
 c1, c2 = st.columns([1, 2])
 kind = c1.radio("Space", list(KINDS), format_func=KINDS.get, key="corr_kind", horizontal=True)
-space = c2.selectbox("Layer / node", views.space_options(L, kind), format_func=lambda n: views.space_label(n, L), key=f"corr_space_{kind}")
+space = c2.selectbox("Layer / node", views.space_options(stats, kind), format_func=lambda n: views.space_label(n, p.a.family, L), key=f"corr_space_{kind}")
 
 corr = stats.spaces[space].correlation()
 perm = views.space_permutation(matching, space)
 d = int(corr.shape[0])
-label = views.space_label(space, L)
+label = views.space_label(space, p.a.family, L)
 unit = "feature" if kind != "ffn" else "unit"
 if np.array_equal(perm, np.arange(d)):
     component = {"ffn": "FFN alignment", "attention": "Attention alignment", "residual": "Residual alignment"}[kind]
@@ -75,7 +75,7 @@ h1, h2 = st.columns(2)
 with h1:
     st.plotly_chart(charts.matched_histogram(diagonal, matched, f"{label}: partners' correlation"), key="corr_hist")
 with h2:
-    rows = views.per_layer_matched(stats, matching, kind)
+    rows = views.per_layer_matched(stats, matching, kind, p.a.family)
     x_title = "residual node (0 = embeddings, 2i+1 after layer i attention, 2i+2 after its FFN)" if kind == "residual" else "layer"
     st.plotly_chart(charts.per_layer_line(rows, f"Mean matched correlation per {'node' if kind == 'residual' else 'layer'}: {KINDS[kind]}", x_title),
                     key="corr_layers")

@@ -39,8 +39,8 @@ from permerge_core.checkpoints import (
     BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, is_bundled_classifier, load_checkpoint,
 )
 from permerge_core.errors import DataError
-from permerge_core.matching import ATTENTION_MODES, NON_PRESERVING, RESIDUAL_MODES
-from permerge_core.pipeline import TaskSpec
+from permerge_core.modes import non_preserving
+from permerge_core.settings import ADVANCED, BUDGET, MERGE, SETTINGS, TaskSpec
 
 log = logging.getLogger("permerge.app")
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,19 +119,6 @@ def page_start() -> None:
         st.stop()
 
 
-ATTENTION_LABELS = {
-    "none": "none (vanilla attention)",
-    "monotonic": "monotonic (head j ↔ head j)",
-    "heads": "heads: Head-Perm (the paper's)",
-    "ignore-heads": "ignore-heads ⚠ not function-preserving",
-}
-RESIDUAL_LABELS = {
-    "none": "none (identity)",
-    "first": "first (embedding LayerNorm)",
-    "last": "last (final LayerNorm)",
-    "all": "all (averaged over nodes)",
-    "sep": "sep ⚠ not function-preserving",
-}
 DATA_LABELS = {"bundled": "bundled corpus", "upload": "upload", "path": "file path"}
 TASK_LABELS = {"bundled": "bundled task", "upload": "upload", "path": "file paths"}
 NO_COLUMN = "(none)"
@@ -155,8 +142,8 @@ def _env_int(name: str, default: int) -> int:
 def defaults() -> dict:
     """Initial value of every control. Environment variables preset them (tests, demos):
     PERMERGE_MODEL_A/B, PERMERGE_MODELS_DIR, PERMERGE_TOKENIZER, PERMERGE_MATCH_DATA,
-    PERMERGE_EVAL_DATA, PERMERGE_MATCH_TOKENS, PERMERGE_EVAL_TOKENS, PERMERGE_LAMBDAS."""
-    d = AlignSettings()
+    PERMERGE_EVAL_DATA, and PERMERGE_<SETTING> for every whole-number setting of the table
+    (PERMERGE_MATCH_TOKENS, PERMERGE_EVAL_TOKENS, PERMERGE_LAMBDAS, …)."""
     seeds = bundled_seeds()
     env = os.environ.get
     return {
@@ -168,17 +155,7 @@ def defaults() -> dict:
         "match_path": env("PERMERGE_MATCH_DATA", ""),
         "eval_source": "path" if env("PERMERGE_EVAL_DATA") else "bundled",
         "eval_path": env("PERMERGE_EVAL_DATA", ""),
-        "match_tokens": _env_int("PERMERGE_MATCH_TOKENS", d.match_tokens),
-        "eval_tokens": _env_int("PERMERGE_EVAL_TOKENS", d.eval_tokens),
-        "ffn": d.ffn,
-        "attention": d.attention,
-        "residual": d.residual,
-        "absolute": d.absolute,
-        "lambdas": _env_int("PERMERGE_LAMBDAS", d.lambdas),
-        "batch_size": d.batch_size,
-        "mask_seed": d.mask_seed,
-        "drop_special": d.drop_special,
-        "device": "cpu",
+        **{spec.name: _env_int(f"PERMERGE_{spec.name.upper()}", spec.default) if spec.type is int else spec.default for spec in SETTINGS},
         # classifiers: labelled data and its columns
         "task_source": "bundled",
         "task_eval_path": "",
@@ -267,10 +244,8 @@ def sidebar() -> None:
         labelled_data_controls(sb)
     else:
         text_data_controls(sb)
-    c1, c2 = sb.columns(2)
-    c1.number_input("Matching tokens", min_value=1, step=4096, key="match_tokens", help="Tokens for the activation statistics.")
-    c2.number_input("Eval tokens", min_value=1, step=4096, key="eval_tokens",
-                    help="Tokens for the loss along λ (masked LMs; classifiers are evaluated on every labelled example).")
+    for column, spec in zip(sb.columns(2), settings_in(BUDGET)):
+        setting_control(column, spec)
     merge_controls(sb)
 
 
@@ -332,21 +307,35 @@ def labelled_data_controls(sb) -> None:
 def merge_controls(sb) -> None:
     ss = st.session_state
     sb.header("Merge settings")
-    sb.toggle("Align FFN units", key="ffn")
-    sb.selectbox("Attention", ATTENTION_MODES, key="attention", format_func=ATTENTION_LABELS.get)
-    sb.selectbox("Residual stream", RESIDUAL_MODES, key="residual", format_func=RESIDUAL_LABELS.get)
-    bad = [f"{part} {ss.get(part)}" for part in ("attention", "residual") if ss.get(part) in NON_PRESERVING[part]]
+    for spec in settings_in(MERGE):
+        setting_control(sb, spec)
+    bad = non_preserving(ss.get("attention"), ss.get("residual"))
     if bad:
         sb.warning(f"{' and '.join(bad)}: not function-preserving. B′ is not the same function as B; the result is an ablation.", icon=":material/warning:")
-    sb.radio("Correlation", [False, True], key="absolute", horizontal=True, format_func=lambda a: "|absolute|" if a else "signed")
-    sb.slider("λ points", min_value=2, max_value=41, key="lambdas", help="Points on the path from B (λ=0) to A (λ=1); the paper uses 21.")
     with sb.expander("Advanced"):
-        st.number_input("Batch size", min_value=1, key="batch_size")
-        st.number_input("Mask seed", min_value=0, key="mask_seed", help="The masked-LM masks are drawn once from this seed.")
-        st.checkbox("Drop [CLS]/[SEP] from statistics", key="drop_special")
-        import torch
+        for spec in settings_in(ADVANCED):
+            setting_control(st, spec)
 
-        st.selectbox("Device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), key="device")
+
+def settings_in(group: str) -> list:
+    return [spec for spec in SETTINGS if spec.group == group]
+
+
+def setting_control(where, spec) -> None:
+    """The control of one row of the settings table, keyed by the setting's name."""
+    common = dict(key=spec.name, help=spec.help)
+    if spec.choices:
+        where.selectbox(spec.label, spec.available_choices(), format_func=spec.label_of, **common)
+    elif spec.widget == "toggle":
+        where.toggle(spec.label, **common)
+    elif spec.widget == "radio":
+        where.radio(spec.label, [False, True], horizontal=True, format_func=spec.label_of, **common)
+    elif spec.type is bool:
+        where.checkbox(spec.label, **common)
+    elif spec.widget == "slider":
+        where.slider(spec.label, min_value=spec.minimum, max_value=spec.maximum, **common)
+    else:
+        where.number_input(spec.label, min_value=spec.minimum, step=spec.step or 1, **common)
 
 
 def save_upload(data: bytes, suffix: str = ".txt") -> str:
@@ -366,11 +355,7 @@ def save_upload(data: bytes, suffix: str = ".txt") -> str:
 def settings() -> AlignSettings:
     """The current AlignSettings from the sidebar (SettingsError if out of range)."""
     ss = st.session_state
-    s = AlignSettings(
-        match_tokens=int(ss.match_tokens), eval_tokens=int(ss.eval_tokens), batch_size=int(ss.batch_size),
-        ffn=bool(ss.ffn), attention=ss.attention, residual=ss.residual, absolute=bool(ss.absolute),
-        drop_special=bool(ss.drop_special), lambdas=int(ss.lambdas), mask_seed=int(ss.mask_seed), device=ss.device,
-    )
+    s = AlignSettings(**{spec.name: spec.type(ss[spec.name]) for spec in SETTINGS})
     s.validate()
     return s
 

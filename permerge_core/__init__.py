@@ -16,9 +16,9 @@ _EXPORTS = {
     "Checkpoint": "checkpoints", "load_checkpoint": "checkpoints", "validate_pair": "checkpoints",
     "CheckpointError": "errors", "DataError": "errors", "IncompatiblePairError": "errors",
     "PermergeError": "errors", "SettingsError": "errors",
-    "ATTENTION_MODES": "matching", "RESIDUAL_MODES": "matching", "Matching": "matching",
-    "compute_matching": "matching", "is_function_preserving": "matching",
-    "AlignSettings": "pipeline", "Pipeline": "pipeline", "default_pair": "pipeline",
+    "ATTENTION_MODES": "modes", "RESIDUAL_MODES": "modes", "Matching": "matching",
+    "compute_matching": "matching", "is_function_preserving": "modes",
+    "AlignSettings": "settings", "TaskSpec": "settings", "Pipeline": "pipeline", "default_pair": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

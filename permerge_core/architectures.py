@@ -11,36 +11,81 @@ Names are templates: `{i}` is the layer index. Names in `encoder` are relative t
 model (`bert.`, `roberta.` or nothing for a bare encoder); names in a `Head` are absolute.
 
 Residual tensors also say which *residual node* they sit at, so that the non-function-
-preserving `sep` mode (a different permutation per node) is described by the same data:
-node 0 is the embedding LayerNorm, node 2i+1 the LayerNorm after layer i's attention,
-node 2i+2 the LayerNorm after layer i's FFN.
+preserving `sep` mode (a different permutation per node) is described by the same data. The
+family's `ResidualLayout` numbers the nodes; for BERT, node 0 is the embedding LayerNorm,
+node 2i+1 the LayerNorm after layer i's attention, node 2i+2 the LayerNorm after layer i's FFN.
+
+What a family reads from its config (`ConfigKeys`), which tensors a checkpoint may lack, how
+a head is recognised from tensor names and old tensor names are all data here too: to add a
+BERT-like family, add one `Family` value to `FAMILIES`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Where a residual tensor sits, as a function of its layer index i and the layer count L.
-EMBED = "embed"  # node 0
-LAYER_INPUT = "layer_input"  # node 2i: what layer i's attention reads
-AFTER_ATTENTION = "after_attention"  # node 2i+1
-AFTER_FFN = "after_ffn"  # node 2i+2
-FINAL = "final"  # node 2L: what the head reads
+# Where a residual tensor sits, as a rule the family's ResidualLayout turns into a node index.
+EMBED = "embed"  # the first node: what the embeddings write
+LAYER_INPUT = "layer_input"  # the node layer i reads (the last node before layer i)
+AFTER_ATTENTION = "after_attention"  # layer i's first node
+AFTER_FFN = "after_ffn"  # layer i's second node
+FINAL = "final"  # the last node: what the head reads
 
 
-def residual_node(rule: str, layer: int | None, num_layers: int) -> int:
-    """Index of the residual node a tensor touches."""
-    if rule == EMBED:
-        return 0
-    if rule == FINAL:
-        return 2 * num_layers
-    if rule == LAYER_INPUT:
-        return 2 * layer
-    if rule == AFTER_ATTENTION:
-        return 2 * layer + 1
-    if rule == AFTER_FFN:
-        return 2 * layer + 2
-    raise ValueError(f"unknown residual rule {rule!r}")
+@dataclass(frozen=True)
+class ResidualLayout:
+    """The residual stream's nodes, in depth order: `before` the layers, `per_layer` in each
+    layer, and `after` them, each as (name, reader's label), `{i}` being the layer. A node is a
+    place where the stream is read for statistics; `sep` gives each node its own permutation."""
+
+    before: tuple[tuple[str, str], ...] = (("embeddings", "after the embeddings"),)
+    per_layer: tuple[tuple[str, str], ...] = (
+        ("layer.{i}.attention_out", "after layer {i} attention"),
+        ("layer.{i}.ffn_out", "after layer {i} FFN"),
+    )
+    after: tuple[tuple[str, str], ...] = ()
+
+    def count(self, num_layers: int) -> int:
+        return len(self.before) + len(self.per_layer) * num_layers + len(self.after)
+
+    def nodes(self, num_layers: int) -> list[tuple[str, str]]:
+        """(name, label) of every node, in depth order."""
+        inner = [(n.format(i=i), lab.format(i=i)) for i in range(num_layers) for n, lab in self.per_layer]
+        return [*self.before, *inner, *self.after]
+
+    def index(self, rule: str, layer: int | None, num_layers: int) -> int:
+        """Index of the node a tensor at `rule` (in layer `layer`) touches."""
+        first_of = lambda i: len(self.before) + len(self.per_layer) * i  # noqa: E731
+        if rule == EMBED:
+            return 0
+        if rule == FINAL:
+            return self.count(num_layers) - 1
+        if rule == LAYER_INPUT:
+            return first_of(layer) - 1
+        if rule == AFTER_ATTENTION:
+            return first_of(layer)
+        if rule == AFTER_FFN:
+            return first_of(layer) + 1
+        raise ValueError(f"unknown residual rule {rule!r}")
+
+
+@dataclass(frozen=True)
+class ConfigKeys:
+    """Where a family's config keeps the model's shape (transformers' attribute names)."""
+
+    layers: str = "num_hidden_layers"
+    hidden: str = "hidden_size"
+    heads: str = "num_attention_heads"
+    ffn: str = "intermediate_size"
+    ffn_multiple: int | None = None  # an unset FFN size means hidden × this (GPT-2's n_inner)
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
 
 
 @dataclass(frozen=True)
@@ -92,6 +137,9 @@ class Head:
     model_class: str  # transformers class name that loads it
     residual: tuple[Touch, ...] = ()
     mlm_module: str | None = None  # module mapping hidden states to vocabulary logits
+    # Tensor-name prefixes that show a checkpoint has this head, for folders whose
+    # config.json names no architecture (the bare encoder is the fallback).
+    detect: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +149,32 @@ class Family:
     base_prefix: str  # attribute of the base model inside a head model, with a dot
     encoder: Encoder
     heads: dict[str, Head] = field(default_factory=dict)  # by architecture class name
+    config_keys: ConfigKeys = ConfigKeys()
+    residual_layout: ResidualLayout = ResidualLayout()
+    # Tensors a checkpoint may lack (name suffixes or parts): tied decoders and buffers that
+    # transformers rebuilds itself, poolers that some checkpoints leave out.
+    may_lack: tuple[str, ...] = ()
+    # Old checkpoints' tensor names and today's.
+    renamed: tuple[tuple[str, str], ...] = ()
+
+    def shape(self, config) -> Shape:
+        keys = self.config_keys
+        hidden = getattr(config, keys.hidden)
+        ffn = getattr(config, keys.ffn, None) or hidden * (keys.ffn_multiple or 0)
+        return Shape(getattr(config, keys.layers), hidden, getattr(config, keys.heads), ffn)
+
+    def residual_node(self, rule: str, layer: int | None, num_layers: int) -> int:
+        return self.residual_layout.index(rule, layer, num_layers)
+
+    def lacks_ok(self, key: str) -> bool:
+        return any(part in key for part in self.may_lack)
+
+    def head_for_keys(self, keys) -> Head:
+        """The head a checkpoint without an `architectures` field has, from its tensor names."""
+        for head in self.heads.values():
+            if head.detect and any(k.startswith(head.detect) for k in keys):
+                return head
+        return next(h for h in self.heads.values() if h.kind == "base")
 
 
 def _linear(prefix: str, axis: int, node: str | None = None, bias: bool = True) -> tuple[Touch, ...]:
@@ -173,6 +247,12 @@ def _mlm_transform(prefix: str, norm: str) -> tuple[Touch, ...]:
     )
 
 
+# What every BERT-style family shares besides its encoder.
+BERT_STYLE = dict(
+    may_lack=("position_ids", "decoder.weight", "decoder.bias", "token_type_ids", "pooler"),
+    renamed=(("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")),
+)
+
 BERT = Family(
     name="bert",
     model_types=("bert",),
@@ -187,6 +267,7 @@ BERT = Family(
                 Touch("cls.predictions.decoder.weight", 1, FINAL),
             ),
             mlm_module="cls",
+            detect=("cls.predictions",),
         ),
         "BertModel": Head(
             kind="base",
@@ -197,8 +278,10 @@ BERT = Family(
             kind="classification",
             model_class="BertForSequenceClassification",
             residual=(Touch("bert.pooler.dense.weight", 1, FINAL),),
+            detect=("classifier",),
         ),
     },
+    **BERT_STYLE,
 )
 
 ROBERTA = Family(
@@ -215,6 +298,7 @@ ROBERTA = Family(
                 Touch("lm_head.decoder.weight", 1, FINAL),
             ),
             mlm_module="lm_head",
+            detect=("lm_head",),
         ),
         "RobertaModel": Head(
             kind="base",
@@ -226,8 +310,10 @@ ROBERTA = Family(
             model_class="RobertaForSequenceClassification",
             # RoBERTa's classifier reads the <s> hidden state directly (no pooler).
             residual=(Touch("classifier.dense.weight", 1, FINAL),),
+            detect=("classifier",),
         ),
     },
+    **BERT_STYLE,
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, ROBERTA)}
@@ -257,18 +343,3 @@ def expand(touches: tuple[Touch, ...], layer: int | None) -> list[Touch]:
     if layer is None:
         return list(touches)
     return [Touch(t.name.format(i=layer), t.axis, t.node, t.optional) for t in touches]
-
-
-def space_names(num_layers: int) -> list[str]:
-    """Every permutable space, in the names used by the API, files and UI."""
-    names = []
-    for i in range(num_layers):
-        names += [f"layer.{i}.ffn", f"layer.{i}.attention"]
-    return names + ["residual"]
-
-
-def residual_node_names(num_layers: int) -> list[str]:
-    names = ["embeddings"]
-    for i in range(num_layers):
-        names += [f"layer.{i}.attention_out", f"layer.{i}.ffn_out"]
-    return names

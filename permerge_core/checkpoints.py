@@ -45,20 +45,24 @@ class Checkpoint:
     stored_dtype: str
 
     @property
+    def shape(self):
+        return self.family.shape(self.config)
+
+    @property
     def num_layers(self) -> int:
-        return self.config.num_hidden_layers
+        return self.shape.layers
 
     @property
     def hidden(self) -> int:
-        return self.config.hidden_size
+        return self.shape.hidden
 
     @property
     def num_heads(self) -> int:
-        return self.config.num_attention_heads
+        return self.shape.heads
 
     @property
     def ffn(self) -> int:
-        return self.config.intermediate_size
+        return self.shape.ffn
 
     @property
     def num_parameters(self) -> int:
@@ -120,7 +124,7 @@ def _hub_snapshot(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_ALLOW, local_files_only=True))
     except Exception:
         pass
-    if not _hub_reachable():
+    if not hub_reachable():
         raise CheckpointError(
             f"Cannot reach the Hugging Face hub to fetch {repo_id!r} (offline, or no such local folder).",
             "Give a local folder that holds config.json and the weights.",
@@ -131,7 +135,7 @@ def _hub_snapshot(repo_id: str) -> Path:
         raise CheckpointError(f"Could not download {repo_id!r} from the hub: {type(err).__name__}: {err}".split("\n")[0], "Check the id, or give a local folder.") from None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
     try:
@@ -187,19 +191,15 @@ def _choose_head(family: Family, architectures: list[str] | None, keys: set[str]
             f"Architecture {architectures[0]} is not supported.",
             f"Use one of: {', '.join(supported_architectures())}.",
         )
-    by_kind = {h.kind: h for h in family.heads.values()}
-    if any(k.startswith(("cls.predictions", "lm_head")) for k in keys):
-        return by_kind["mlm"]
-    if any(k.startswith("classifier") for k in keys):
-        return by_kind["classification"]
-    return by_kind["base"]
+    return family.head_for_keys(keys)
 
 
 def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
-    """Old checkpoints name LayerNorm parameters gamma/beta; bare encoders lack the prefix."""
+    """Old checkpoints' tensor names (e.g. LayerNorm gamma/beta) become today's; bare encoders lack the prefix."""
     out = {}
     for key, value in state.items():
-        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        for old, new in family.renamed:
+            key = key.replace(old, new)
         if head.kind == "base" and key.startswith(family.base_prefix):
             key = key[len(family.base_prefix):]
         out[key] = value
@@ -250,7 +250,7 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
     if shape_errors:
         raise CheckpointError(f"{source}: weights do not match config.json ({shape_errors[0]}).", "Use the config.json that came with these weights.")
     incompatible = model.load_state_dict({k: v.float() for k, v in state.items() if k in expected}, strict=False)
-    missing = [k for k in incompatible.missing_keys if not _may_be_missing(k)]
+    missing = [k for k in incompatible.missing_keys if not family.lacks_ok(k)]
     if missing:
         raise CheckpointError(
             f"{source} lacks {len(missing)} tensor(s) its {head.model_class} needs, e.g. {missing[0]}.",
@@ -271,11 +271,6 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
     digest = hashlib.sha256(config_file.read_bytes())
     digest.update(_file_digest(weights_file).encode())
     return Checkpoint(source, folder, family, head, head.model_class, config, model, tok, digest.hexdigest(), stored_dtype)
-
-
-def _may_be_missing(key: str) -> bool:
-    # Tied decoders and buffers that transformers rebuilds itself.
-    return key.endswith(("position_ids", "decoder.weight", "decoder.bias", "token_type_ids")) or "pooler" in key
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:

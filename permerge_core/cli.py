@@ -7,7 +7,6 @@ with one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,11 +31,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _lambda_count(text: str) -> int:
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"need at least 2 λ points (the two endpoints), got {value}")
-    return value
+def _bounded_int(spec):
+    """An argparse type for an int setting: a whole number within the setting's bounds."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        try:
+            spec.check(value)
+        except PermergeError as err:
+            raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
+        return value
+
+    return parse
+
+
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per row of the settings table (settings.SETTINGS)."""
+    from .settings import SETTINGS
+
+    for spec in SETTINGS:
+        if spec.type is bool:
+            parser.add_argument(spec.flag, action=argparse.BooleanOptionalAction, default=spec.default, help=spec.help)
+        elif spec.choices:
+            parser.add_argument(spec.flag, choices=spec.choices, default=spec.default, help=spec.help)
+        elif spec.type is int:
+            parser.add_argument(spec.flag, type=_bounded_int(spec), default=spec.default, help=spec.help)
+        else:
+            parser.add_argument(spec.flag, type=spec.type, default=spec.default, help=spec.help)
 
 
 def _unit_float(text: str) -> float:
@@ -50,9 +74,6 @@ def _unit_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import ATTENTION_MODES, RESIDUAL_MODES, AlignSettings
-
-    defaults = AlignSettings()
     parser = _Parser(prog="python -m permerge_core", description="Align two transformer checkpoints by permutation and measure the loss barrier.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -62,17 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
     align.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
     align.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
-    align.add_argument("--match-tokens", type=_positive_int, default=defaults.match_tokens)
-    align.add_argument("--eval-tokens", type=_positive_int, default=defaults.eval_tokens)
-    align.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
-    align.add_argument("--ffn", action=argparse.BooleanOptionalAction, default=defaults.ffn)
-    align.add_argument("--attention", choices=ATTENTION_MODES, default=defaults.attention)
-    align.add_argument("--residual", choices=RESIDUAL_MODES, default=defaults.residual)
-    align.add_argument("--absolute", action="store_true", help="match on |correlation| instead of signed")
-    align.add_argument("--drop-special", action="store_true", help="exclude [CLS]/[SEP] from statistics")
-    align.add_argument("--lambdas", type=_lambda_count, default=defaults.lambdas)
-    align.add_argument("--mask-seed", type=int, default=defaults.mask_seed)
-    align.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_settings(align)
     align.add_argument("--out", default="runs/latest", help="folder for report.json and curve.csv")
     align.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     align.add_argument("--cache-dir", default=None)
@@ -169,7 +180,9 @@ def _train(args) -> int:
 
 
 def _align(args) -> int:
-    from .pipeline import AlignSettings, Pipeline, TaskSpec, default_pair, write_outputs
+    from .pipeline import Pipeline, default_pair
+    from .report import write_outputs
+    from .settings import SETTINGS, AlignSettings, TaskSpec
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     model_a, model_b = args.model_a, args.model_b
@@ -177,19 +190,7 @@ def _align(args) -> int:
         default_a, default_b = default_pair()
         model_a = model_a or default_a
         model_b = model_b or default_b
-    settings = AlignSettings(
-        match_tokens=args.match_tokens,
-        eval_tokens=args.eval_tokens,
-        batch_size=args.batch_size,
-        ffn=args.ffn,
-        attention=args.attention,
-        residual=args.residual,
-        absolute=args.absolute,
-        drop_special=args.drop_special,
-        lambdas=args.lambdas,
-        mask_seed=args.mask_seed,
-        device=args.device,
-    )
+    settings = AlignSettings(**{spec.name: getattr(args, spec.name) for spec in SETTINGS})
     started = time.time()
     pipeline = Pipeline(
         model_a,
@@ -246,7 +247,3 @@ def _summary(report: dict, seconds: float) -> str:
         f"done in {seconds:.1f} s",
     ]
     return "\n".join(lines)
-
-
-def print_json(obj) -> None:  # used by scripts that want machine-readable output
-    print(json.dumps(obj, indent=1))

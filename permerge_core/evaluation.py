@@ -102,7 +102,7 @@ def _position_wise_tail(model) -> _Tail | None:
     if family is None or family.encoder.position_wise_tail is None or getattr(config, "add_cross_attention", False):
         return None  # (cross-attention would sit between the self-attention and the tail)
     modules = dict(encoder_of(model).named_modules())
-    last = config.num_hidden_layers - 1
+    last = family.shape(config).layers - 1
     names = [name.format(i=last) for name in family.encoder.position_wise_tail]
     if not all(n in modules for n in names):
         return None

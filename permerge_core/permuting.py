@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import torch
 
-from .architectures import Family, Head, Touch, expand, residual_node
+from .architectures import Family, Head, Touch, expand
 
 
 def _prefix(family: Family, head: Head) -> str:
@@ -34,12 +34,12 @@ def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[st
         add(expand(enc.ffn, i), perms[f"layer.{i}.ffn"])
         add(expand(enc.attention, i), perms[f"layer.{i}.attention"])
     for t in expand(enc.embeddings, None):
-        add([t], residual_for_node(residual_node(t.node, None, num_layers)))
+        add([t], residual_for_node(family.residual_node(t.node, None, num_layers)))
     for i in range(num_layers):
         for t in expand(enc.residual_per_layer, i):
-            add([t], residual_for_node(residual_node(t.node, i, num_layers)))
+            add([t], residual_for_node(family.residual_node(t.node, i, num_layers)))
     for t in head.residual:
-        add([t], residual_for_node(residual_node(t.node, None, num_layers)), relative=False)
+        add([t], residual_for_node(family.residual_node(t.node, None, num_layers)), relative=False)
     seen = set()
     for t, _ in plan:
         if (t.name, t.axis) in seen:

@@ -17,105 +17,35 @@ import json
 import shutil
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
 
 from . import cache as cache_mod
+from . import codec
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
 from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
-from .evaluation import barrier, max_abs_logit_diff, mlm_loss
+from .evaluation import max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
-from .matching import ATTENTION_MODES, RESIDUAL_MODES, Matching, compute_matching, is_function_preserving, matched_statistics, HeadMatching
+from .matching import Matching, compute_matching
 from .permuting import plan_for_matching
-from .statistics import SpaceStats, Statistics, collect_statistics
-from .tasks import FORMATS, encode, is_glue, load_labelled, task_eval
+from .statistics import Statistics, collect_statistics, space_dims
+from .report import build_report
+from .settings import AlignSettings, TaskSpec
+from .tasks import FORMATS, encode, input_texts, is_glue, label_names, load_labelled, task_eval
 
-__all__ = ["ATTENTION_MODES", "RESIDUAL_MODES", "AlignSettings", "Pipeline", "default_pair", "write_outputs"]
+__all__ = ["AlignSettings", "Pipeline", "TaskSpec", "default_pair"]
 
 ProgressFn = Callable[[str, float, str], None]
-
-
-@dataclass(frozen=True)
-class AlignSettings:
-    """Every setting of one analysis. Frozen, so it can key caches."""
-
-    match_tokens: int = 65536
-    eval_tokens: int = 16384
-    batch_size: int = 32
-    max_length: int = 128
-    ffn: bool = True
-    attention: str = "heads"
-    residual: str = "first"
-    absolute: bool = False
-    drop_special: bool = False
-    lambdas: int = 21
-    mask_seed: int = 0
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        if self.attention not in ATTENTION_MODES:
-            raise SettingsError(f"Unknown attention mode {self.attention!r}.", f"Use one of: {', '.join(ATTENTION_MODES)}.")
-        if self.residual not in RESIDUAL_MODES:
-            raise SettingsError(f"Unknown residual mode {self.residual!r}.", f"Use one of: {', '.join(RESIDUAL_MODES)}.")
-        if self.lambdas < 2:
-            raise SettingsError(f"{self.lambdas} λ point(s) cannot make a path.", "Use at least 2 (the endpoints); 21 is the paper's grid.")
-        for name in ("match_tokens", "eval_tokens", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}.", "Use a positive number.")
-        if self.max_length < 8:
-            raise SettingsError(f"Maximum length {self.max_length} is too short.", "Use at least 8 tokens.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SettingsError("CUDA was requested but no GPU is available here.", "Use device cpu.")
-        if self.device not in ("cpu",) and not self.device.startswith("cuda"):
-            raise SettingsError(f"Unknown device {self.device!r}.", "Use cpu or cuda.")
-
-    @property
-    def function_preserving(self) -> bool:
-        return is_function_preserving(self.attention, self.residual)
-
-    def merge_fields(self) -> dict:
-        return {"ffn": self.ffn, "attention": self.attention, "residual": self.residual, "absolute": self.absolute}
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Which columns of a labelled file hold the text(s) and the label."""
-
-    text_column: str = "text"
-    label_column: str = "label"
-    pair_column: str | None = None
-    regression: bool = False
-
-
-def _label_names(config) -> list[str] | None:
-    names = [config.id2label[i] for i in range(config.num_labels)] if getattr(config, "id2label", None) else None
-    return None if not names or all(n.startswith("LABEL_") for n in names) else names
 
 
 def _match_passages(path: str, task: TaskSpec | None) -> list[str]:
     """Matching text: plain lines, or the input texts of a labelled file (labels unused)."""
     if task is not None and (Path(path).suffix.lower() in FORMATS or is_glue(path)):
-        return [t for t in _texts_only(path, task) if t.strip()]
+        return [t for t in input_texts(path, task.text_column, task.pair_column) if t.strip()]
     return read_passages(path)
-
-
-def _texts_only(path: str, task: TaskSpec) -> list[str]:
-    from .tasks import _read_table
-
-    table = _read_table(Path(path))
-    if task.text_column not in table.column_names:
-        from .errors import DataError
-
-        raise DataError(f"{Path(path).name} has no column {task.text_column!r}.", f"Choose one of: {', '.join(table.column_names)}.")
-    texts = [str(t or "") for t in table[task.text_column]]
-    if task.pair_column and task.pair_column in table.column_names:
-        texts = [f"{t} {str(u or '')}" for t, u in zip(texts, table[task.pair_column])]
-    return texts
 
 
 def default_pair() -> tuple[str, str]:
@@ -172,7 +102,7 @@ class Pipeline:
                 )
             if eval_data is None:
                 raise SettingsError("Classifiers need labelled evaluation data; the bundled corpus has none.", "Give a labelled evaluation file.")
-            self.labelled = load_labelled(eval_data, task.text_column, task.label_column, task.pair_column, _label_names(self.a.config), task.regression or self.a.config.num_labels == 1)
+            self.labelled = load_labelled(eval_data, task.text_column, task.label_column, task.pair_column, label_names(self.a.config), task.regression or self.a.config.num_labels == 1)
             pairs = self.labelled.pairs or [""] * len(self.labelled.texts)
             # The labels are part of the evaluation data's identity (and so of cache keys).
             self.eval_passages = [f"{t}\t{p}\t{y}" for t, p, y in zip(self.labelled.texts, pairs, self.labelled.labels)]
@@ -251,30 +181,17 @@ class Pipeline:
                 del self._memo[key]
 
     def _save_stats(self, fields: dict, stats: Statistics) -> None:
-        tensors = {}
-        for name, sp in stats.spaces.items():
-            for part in SpaceStats.PARTS:
-                tensors[f"{name}/{part}"] = getattr(sp, part)
-        counts = {name: sp.n for name, sp in stats.spaces.items()}
-        self.cache.save_tensors("stats", fields, tensors, {"counts": counts, "num_tokens": stats.num_tokens, "notes": stats.notes})
+        self.cache.save_tensors("stats", fields, *codec.encode_statistics(stats))
 
     def _load_stats(self, fields: dict) -> Statistics | None:
         entry = self.cache.load_tensors("stats", fields)
         if entry is None:
             return None
-        tensors, meta = entry
         try:
-            spaces = {
-                name: SpaceStats(n, *(tensors[f"{name}/{p}"] for p in SpaceStats.PARTS))
-                for name, n in meta["counts"].items()
-            }
-            expected = 2 * (2 * self.a.num_layers) + 1
-            if len(spaces) != expected or spaces["residual.0"].dim != self.a.hidden:
-                raise ValueError("wrong set of spaces")
+            return codec.decode_statistics(*entry, self.a.num_layers, space_dims(self.a.config, self.a.family))
         except Exception:
             self.cache.events.append("ignored a cached statistics entry with missing parts; recomputing")
             return None
-        return Statistics(spaces, self.a.num_layers, meta["num_tokens"], meta.get("notes", []))
 
     def matching(self, s: AlignSettings) -> Matching:
         s.validate()
@@ -294,32 +211,17 @@ class Pipeline:
             return matching
 
     def _save_matching(self, fields: dict, m: Matching) -> None:
-        tensors = {f"perm/{k}": torch.as_tensor(v) for k, v in m.permutations.items()}
-        for layer, h in m.heads.items():
-            for part in ("cost", "assignment", "inner", "perm", "head_perm_assignment"):
-                tensors[f"heads/{layer}/{part}"] = torch.as_tensor(np.ascontiguousarray(getattr(h, part)))
-        if m.residual_score is not None:
-            tensors["residual_score"] = torch.as_tensor(m.residual_score)
-        self.cache.save_tensors("matching", fields, tensors, {"settings": m.settings})
+        self.cache.save_tensors("matching", fields, *codec.encode_matching(m))
 
     def _load_matching(self, fields: dict, s: AlignSettings) -> Matching | None:
         entry = self.cache.load_tensors("matching", fields)
         if entry is None:
             return None
-        tensors, meta = entry
         try:
-            perms = {k[5:]: v.numpy() for k, v in tensors.items() if k.startswith("perm/")}
-            heads = {}
-            for layer in {int(k.split("/")[1]) for k in tensors if k.startswith("heads/")}:
-                heads[layer] = HeadMatching(*(tensors[f"heads/{layer}/{p}"].numpy() for p in ("cost", "assignment", "inner", "perm", "head_perm_assignment")))
-            for name, perm in perms.items():  # a permutation must be one
-                if not np.array_equal(np.sort(perm), np.arange(len(perm))):
-                    raise ValueError(f"{name} is not a permutation")
-            score = tensors["residual_score"].numpy() if "residual_score" in tensors else None
+            return codec.decode_matching(*entry)
         except Exception:
             self.cache.events.append("ignored a damaged cached matching; recomputing")
             return None
-        return Matching(perms, heads, meta["settings"], score)
 
     def permutation_plan(self, s: AlignSettings) -> list:
         """Every (tensor, axis, permutation) that turns B into B′. B′ itself is never stored:
@@ -491,64 +393,3 @@ class Pipeline:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         return out
-
-
-def build_report(p: Pipeline, s: AlignSettings, stats, matching, vanilla, permuted, batches, masked) -> dict:
-    loss = lambda curve: [pt["loss"] for pt in curve]  # noqa: E731
-    report = {
-        "format": "permerge-report/1",
-        "models": {"a": p.a.describe(), "b": p.b.describe()},
-        "settings": asdict(s),
-        "data": {
-            "match": {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)},
-            "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
-        },
-        "eval": (
-            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed}
-            if masked is not None
-            else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
-        ),
-        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
-        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
-        "head_cost": {f"layer.{i}": h.cost.tolist() for i, h in matching.heads.items()},
-        "curves": {
-            "vanilla": [[pt["lambda"], pt["loss"]] for pt in vanilla],
-            "permuted": [[pt["lambda"], pt["loss"]] for pt in permuted],
-        },
-        "accuracy_curves": {
-            "vanilla": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in vanilla],
-            "permuted": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in permuted],
-        },
-        "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
-        "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
-        "function_preserving": matching.function_preserving,
-        "max_abs_logit_diff": p.equivalence(s),
-        "matched_correlation": matched_statistics(stats, matching),
-        "notes": list(p.notes) + list(stats.notes) + list(batches.notes) + list(p.cache.events),
-    }
-    if masked is None:  # a classifier: every task metric along λ
-        names = [k for k in vanilla[0] if k not in ("lambda", "loss")]
-        report["metric_curves"] = {
-            which: {m: [[pt["lambda"], pt[m]] for pt in curve] for m in names} for which, curve in (("vanilla", vanilla), ("permuted", permuted))
-        }
-        report["endpoint_loss"].update({"b_prime": permuted[0]["loss"]})
-    return report
-
-
-def write_outputs(report: dict, out: str | Path) -> None:
-    """report.json and curve.csv, each written atomically."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = ["lambda,vanilla_loss,permuted_loss,vanilla_accuracy,permuted_accuracy"]
-    for (lam, lv), (_, lp), (_, av), (_, ap) in zip(
-        report["curves"]["vanilla"], report["curves"]["permuted"], report["accuracy_curves"]["vanilla"], report["accuracy_curves"]["permuted"]
-    ):
-        rows.append(f"{lam:.6g},{lv:.6f},{lp:.6f},{av:.6f},{ap:.6f}")
-    for name, text in (("report.json", json.dumps(report, indent=1)), ("curve.csv", "\n".join(rows) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
-
-
-def with_settings(s: AlignSettings, **changes) -> AlignSettings:
-    return replace(s, **changes)

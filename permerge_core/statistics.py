@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .architectures import Family, expand, residual_node
+from .architectures import EMBED, FINAL, Family, family_for_model_type
 from .data import TokenBatches
 
 # At most about this much of A's activations is held while B runs. Small slices keep every
@@ -221,16 +221,21 @@ class Statistics:
     notes: list[str] = field(default_factory=list)
 
     def residual_nodes(self) -> list[str]:
-        return [f"residual.{n}" for n in range(2 * self.num_layers + 1)]
+        """The residual nodes' space names, in depth order."""
+        nodes = [name for name in self.spaces if name.startswith("residual.")]
+        return sorted(nodes, key=lambda name: int(name.split(".")[1]))
 
 
-def space_dims(config) -> dict[str, int]:
+def space_dims(config, family: Family | None = None) -> dict[str, int]:
+    """Every space of a model with this config, with its width."""
+    family = family or family_for_model_type(getattr(config, "model_type", ""))
+    shape = family.shape(config)
     dims = {}
-    for i in range(config.num_hidden_layers):
-        dims[f"layer.{i}.ffn"] = config.intermediate_size
-        dims[f"layer.{i}.attention"] = config.hidden_size
-    for n in range(2 * config.num_hidden_layers + 1):
-        dims[f"residual.{n}"] = config.hidden_size
+    for i in range(shape.layers):
+        dims[f"layer.{i}.ffn"] = shape.ffn
+        dims[f"layer.{i}.attention"] = shape.hidden
+    for n in range(family.residual_layout.count(shape.layers)):
+        dims[f"residual.{n}"] = shape.hidden
     return dims
 
 
@@ -241,11 +246,11 @@ def _captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
     for i in range(num_layers):
         out.append((f"layer.{i}.ffn", enc.capture_ffn.module.format(i=i), enc.capture_ffn.io))
         out.append((f"layer.{i}.attention", enc.capture_attention.module.format(i=i), enc.capture_attention.io))
-        for rule, cap in enc.capture_residual:
-            if rule != "embed":
-                out.append((f"residual.{residual_node(rule, i, num_layers)}", cap.module.format(i=i), cap.io))
-    embed = [cap for rule, cap in enc.capture_residual if rule == "embed"][0]
-    out.append(("residual.0", embed.module, embed.io))
+    for rule, cap in enc.capture_residual:
+        layers = [None] if rule in (EMBED, FINAL) else range(num_layers)  # once, or in every layer
+        for i in layers:
+            node = family.residual_node(rule, i, num_layers)
+            out.append((f"residual.{node}", cap.module if i is None else cap.module.format(i=i), cap.io))
     return out
 
 
@@ -275,13 +280,13 @@ def collect_statistics(
     should_stop: Callable[[], bool] | None = None,
 ) -> Statistics:
     """Run A and B over the same batches and accumulate the statistics of every space."""
-    num_layers = config.num_hidden_layers
-    stats = {name: SpaceStats.zeros(dim, device) for name, dim in space_dims(config).items()}
+    num_layers = family.shape(config).layers
+    stats = {name: SpaceStats.zeros(dim, device) for name, dim in space_dims(config, family).items()}
     captures = _captures(family, num_layers)
     enc_a = getattr(model_a, "base_model", model_a)
     enc_b = getattr(model_b, "base_model", model_b)
     held_a: dict[str, torch.Tensor] = {}
-    held_per_token = _held_per_token(config)
+    held_per_token = _held_per_token(config, family)
     rows: torch.Tensor | None = None  # flat indices of the kept tokens of the current slice
     # Gather targets, reused from slice to slice: one per space for A (held until B runs), one
     # per width for B (consumed at once). Fresh ones per slice cost as much as the arithmetic.
@@ -336,9 +341,9 @@ def _slice_rows(held_per_token: int, width: int) -> int:
     return max(1, HELD_BYTES // (held_per_token * width), MIN_SLICE_TOKENS // width)
 
 
-def _held_per_token(config) -> int:
+def _held_per_token(config, family: Family | None = None) -> int:
     """Bytes of A's float32 activations per token, over every space."""
-    return 4 * sum(space_dims(config).values())
+    return 4 * sum(space_dims(config, family).values())
 
 
 def _slices(ids, mask, held_per_token: int, drop_ids: list[int] | None, device: str = "cpu"):
@@ -362,13 +367,3 @@ def slice_token_counts(config, batches: TokenBatches, special_ids: list[int] | N
     held = _held_per_token(config)
     drop = special_ids if drop_special else None
     return [int(rows.numel()) for ids, mask in batches for _, _, rows in _slices(ids, mask, held, drop)]
-
-
-def residual_touches(family: Family, head, num_layers: int):
-    """Every residual tensor with its node index, from the family's data."""
-    enc = family.encoder
-    out = [(t, residual_node(t.node, None, num_layers)) for t in expand(enc.embeddings, None)]
-    for i in range(num_layers):
-        out += [(t, residual_node(t.node, i, num_layers)) for t in expand(enc.residual_per_layer, i)]
-    out += [(t, residual_node(t.node, None, num_layers)) for t in head.residual]
-    return out

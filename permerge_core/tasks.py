@@ -46,13 +46,13 @@ def is_glue(spec: str | Path) -> bool:
 def _read_glue(spec: str):
     from datasets import load_dataset
 
-    from .checkpoints import _hub_reachable
+    from .checkpoints import hub_reachable
 
     match = GLUE_SPEC.match(spec)
     task, split = match["task"], match["split"] or ("validation_matched" if match["task"] == "mnli" else "validation")
     if task not in GLUE_TASKS:
         raise DataError(f"{task!r} is not a GLUE task.", f"Use one of: {', '.join(GLUE_TASKS)} (e.g. glue:sst2 or glue:mrpc:train).")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise DataError(
             f"Cannot reach the Hugging Face hub to fetch GLUE task {task!r} (offline).",
             "Download the task's files once where you are online and give their path (CSV, TSV or JSON Lines).",
@@ -64,7 +64,7 @@ def _read_glue(spec: str):
                         "Check the task and split names (e.g. glue:sst2, glue:mrpc:train).") from None
 
 
-def _read_table(path: Path):
+def read_table(path: Path):
     from datasets import load_dataset
 
     if is_glue(path):
@@ -82,9 +82,28 @@ def _read_table(path: Path):
         raise DataError(f"{path.name} cannot be read as {path.suffix[1:].upper()} ({type(err).__name__}: {str(err).splitlines()[0][:200]}).", "Check the file's format and encoding (UTF-8).") from None
 
 
+def input_texts(path: str | Path, text_column: str, pair_column: str | None = None) -> list[str]:
+    """The input texts of a labelled file (labels unused): what matching reads for a classifier.
+    A sentence pair is joined with a space."""
+    path = Path(path)
+    table = read_table(path)
+    if text_column not in table.column_names:
+        raise DataError(f"{path.name} has no column {text_column!r}.", f"Choose one of: {', '.join(table.column_names)}.")
+    texts = [str(t or "") for t in table[text_column]]
+    if pair_column and pair_column in table.column_names:
+        texts = [f"{t} {str(u or '')}" for t, u in zip(texts, table[pair_column])]
+    return texts
+
+
+def label_names(config) -> list[str] | None:
+    """A classifier config's label names, or None when they are transformers' LABEL_i placeholders."""
+    names = [config.id2label[i] for i in range(config.num_labels)] if getattr(config, "id2label", None) else None
+    return None if not names or all(n.startswith("LABEL_") for n in names) else names
+
+
 def preview(path: str | Path, rows: int = 5) -> tuple[list[str], list[dict]]:
     """Column names and the first rows, for choosing columns in the app."""
-    table = _read_table(Path(path))
+    table = read_table(Path(path))
     return list(table.column_names), [table[i] for i in range(min(rows, len(table)))]
 
 
@@ -98,7 +117,7 @@ def load_labelled(
 ) -> LabelledData:
     """Texts and numeric labels. String labels are mapped through `label_names` (or sorted)."""
     path = Path(path)
-    table = _read_table(path)
+    table = read_table(path)
     for column in [text_column, label_column] + ([pair_column] if pair_column else []):
         if column not in table.column_names:
             raise DataError(f"{path.name} has no column {column!r} (it has {', '.join(table.column_names)}).", "Choose the text and label columns from those.")

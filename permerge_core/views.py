@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .evaluation import barrier
-from .matching import HeadMatching, Matching, is_function_preserving, match_heads, matched_statistics
+from .matching import HeadMatching, Matching, match_heads, matched_statistics
+from .modes import is_function_preserving, non_preserving
 
 __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
@@ -111,24 +112,22 @@ def _as_numpy(matrix) -> np.ndarray:
 
 # ---- spaces ---------------------------------------------------------------------------------
 
-def space_label(name: str, num_layers: int) -> str:
-    """A reader's name for a space: 'layer 2 FFN', 'residual after layer 0 attention'."""
+def space_label(name: str, family, num_layers: int) -> str:
+    """A reader's name for a space: 'layer 2 FFN', 'residual 1: after layer 0 attention'."""
     parts = name.split(".")
     if parts[0] == "layer":
         return f"layer {parts[1]} {'FFN' if parts[2] == 'ffn' else 'attention'}"
     node = int(parts[1])
-    if node == 0:
-        return "residual 0: after the embeddings"
-    layer, after = (node - 1) // 2, "attention" if node % 2 else "FFN"
-    last = " (last)" if node == 2 * num_layers else ""
-    return f"residual {node}: after layer {layer} {after}{last}"
+    nodes = family.residual_layout.nodes(num_layers)
+    last = " (last)" if node == len(nodes) - 1 else ""
+    return f"residual {node}: {nodes[node][1]}{last}"
 
 
-def space_options(num_layers: int, kind: str) -> list[str]:
+def space_options(stats, kind: str) -> list[str]:
     """The space names of one kind ('ffn', 'attention' or 'residual'), in depth order."""
     if kind == "residual":
-        return [f"residual.{n}" for n in range(2 * num_layers + 1)]
-    return [f"layer.{i}.{kind}" for i in range(num_layers)]
+        return stats.residual_nodes()
+    return [f"layer.{i}.{kind}" for i in range(stats.num_layers)]
 
 
 def space_permutation(matching: Matching, space: str) -> np.ndarray:
@@ -138,7 +137,7 @@ def space_permutation(matching: Matching, space: str) -> np.ndarray:
     return np.asarray(matching.permutations[space])
 
 
-def per_layer_matched(stats, matching: Matching, kind: str) -> list[dict]:
+def per_layer_matched(stats, matching: Matching, kind: str, family) -> list[dict]:
     """Mean correlation of matched units, before (diagonal) and after alignment, per space.
 
     One row per space of `kind`, in depth order: {space, label, index, before, after,
@@ -152,10 +151,10 @@ def per_layer_matched(stats, matching: Matching, kind: str) -> list[dict]:
         memo["matched_statistics"] = matched_statistics(stats, matching)
     summary = memo["matched_statistics"]
     rows = []
-    for k, name in enumerate(space_options(stats.num_layers, kind)):
+    for k, name in enumerate(space_options(stats, kind)):
         s = summary[name]
         rows.append({
-            "space": name, "label": space_label(name, stats.num_layers), "index": k,
+            "space": name, "label": space_label(name, family, stats.num_layers), "index": k,
             "before": s["before"]["mean"], "after": s["after"]["mean"],
             "before_median": s["before"]["median"], "after_median": s["after"]["median"],
         })
@@ -323,12 +322,11 @@ def cli_command(
 ) -> str:
     """The `python -m permerge_core align` command that computes exactly this view.
 
-    Merge settings and the λ grid are always spelled out; data, token budgets and the other
-    settings only where they differ from the CLI's defaults (which are AlignSettings').
+    Settings marked `always_in_command` (merge settings, the λ grid) are always spelled out;
+    data, token budgets and the other settings only where they differ from the defaults.
     """
-    from .pipeline import AlignSettings
+    from .settings import SETTINGS
 
-    d = AlignSettings()
     args = [python, "-m", "permerge_core", "align", "--model-a", str(model_a), "--model-b", str(model_b)]
     if tokenizer:
         args += ["--tokenizer", str(tokenizer)]
@@ -342,19 +340,14 @@ def cli_command(
             args += ["--pair-column", task.pair_column]
         if task.regression:
             args.append("--regression")
-    for name in ("match_tokens", "eval_tokens", "batch_size"):
-        if getattr(settings, name) != getattr(d, name):
-            args += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
-    args += ["--ffn" if settings.ffn else "--no-ffn", "--attention", settings.attention, "--residual", settings.residual]
-    if settings.absolute:
-        args.append("--absolute")
-    if settings.drop_special:
-        args.append("--drop-special")
-    args += ["--lambdas", str(settings.lambdas)]
-    if settings.mask_seed != d.mask_seed:
-        args += ["--mask-seed", str(settings.mask_seed)]
-    if settings.device != d.device:
-        args += ["--device", settings.device]
+    for spec in SETTINGS:
+        value = getattr(settings, spec.name)
+        if value == spec.default and not spec.always_in_command:
+            continue
+        if spec.type is bool:
+            args.append(spec.flag if value else f"--no-{spec.flag[2:]}")
+        else:
+            args += [spec.flag, str(value)]
     if cache_dir:
         args += ["--cache-dir", str(cache_dir)]
     if out:
@@ -382,7 +375,7 @@ def report_files(report: dict) -> dict[str, str]:
     """report.json and curve.csv exactly as `permerge_core align` writes them (via write_outputs)."""
     import tempfile
 
-    from .pipeline import write_outputs
+    from .report import write_outputs
 
     with tempfile.TemporaryDirectory() as tmp:
         write_outputs(report, tmp)
@@ -551,7 +544,7 @@ def equivalence_text(max_diff: float, attention: str, residual: str) -> tuple[bo
         ok = max_diff < 1e-3
         verdict = "B′ computes the same function as B" if ok else "B′ does NOT compute the same function as B (a bug: please report it)"
         return ok, f"{verdict}: max |Δlogit| = {max_diff:.1e}"
-    modes = [m for m, bad in ((f"attention {attention}", attention == "ignore-heads"), (f"residual {residual}", residual == "sep")) if bad]
+    modes = non_preserving(attention, residual)
     return False, (
         f"{' and '.join(modes)} is not function-preserving: B′ is a different model from B "
         f"(max |Δlogit| = {max_diff:.2g}). Its loss path is an ablation, not a merge of B."

@@ -8,7 +8,7 @@ import torch
 
 from permerge_core import AlignSettings, Pipeline, views
 from permerge_core.errors import DataError, SettingsError
-from permerge_core.pipeline import TaskSpec
+from permerge_core.settings import TaskSpec
 from permerge_core.tasks import f1_binary, load_labelled, matthews, pearson, accuracy
 from fixtures import WORDS, random_model, save_model
 
@@ -157,7 +157,7 @@ def test_glue_by_name_needs_the_hub_and_says_so_offline(monkeypatch):
     from permerge_core.tasks import is_glue
 
     assert is_glue("glue:sst2") and is_glue("glue:mrpc:train") and not is_glue("dev.tsv")
-    monkeypatch.setattr(checkpoints, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(checkpoints, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(DataError, match="Cannot reach the Hugging Face hub to fetch GLUE task 'sst2'") as err:
         load_labelled("glue:sst2", "sentence", "label")
     assert "give their path" in err.value.fix

@@ -1,0 +1,70 @@
+"""What a finished analysis reports: `report.json` (every number of a run, with the settings
+and data that produced it) and `curve.csv`. The keys are the same for every family."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .data import text_fingerprint
+from .evaluation import barrier
+from .matching import matched_statistics
+
+
+def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> dict:
+    """The report of pipeline `p` under settings `s`, from its computed stages."""
+    loss = lambda curve: [pt["loss"] for pt in curve]  # noqa: E731
+    report = {
+        "format": "permerge-report/1",
+        "models": {"a": p.a.describe(), "b": p.b.describe()},
+        "settings": asdict(s),
+        "data": {
+            "match": {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)},
+            "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
+        },
+        "eval": (
+            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed}
+            if masked is not None
+            else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
+        ),
+        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
+        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
+        "head_cost": {f"layer.{i}": h.cost.tolist() for i, h in matching.heads.items()},
+        "curves": {
+            "vanilla": [[pt["lambda"], pt["loss"]] for pt in vanilla],
+            "permuted": [[pt["lambda"], pt["loss"]] for pt in permuted],
+        },
+        "accuracy_curves": {
+            "vanilla": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in vanilla],
+            "permuted": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in permuted],
+        },
+        "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
+        "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
+        "function_preserving": matching.function_preserving,
+        "max_abs_logit_diff": p.equivalence(s),
+        "matched_correlation": matched_statistics(stats, matching),
+        "notes": list(p.notes) + list(stats.notes) + list(batches.notes) + list(p.cache.events),
+    }
+    if masked is None:  # a classifier: every task metric along λ
+        names = [k for k in vanilla[0] if k not in ("lambda", "loss")]
+        report["metric_curves"] = {
+            which: {m: [[pt["lambda"], pt[m]] for pt in curve] for m in names} for which, curve in (("vanilla", vanilla), ("permuted", permuted))
+        }
+        report["endpoint_loss"].update({"b_prime": permuted[0]["loss"]})
+    return report
+
+
+def write_outputs(report: dict, out: str | Path) -> None:
+    """report.json and curve.csv, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["lambda,vanilla_loss,permuted_loss,vanilla_accuracy,permuted_accuracy"]
+    for (lam, lv), (_, lp), (_, av), (_, ap) in zip(
+        report["curves"]["vanilla"], report["curves"]["permuted"], report["accuracy_curves"]["vanilla"], report["accuracy_curves"]["permuted"]
+    ):
+        rows.append(f"{lam:.6g},{lv:.6f},{lp:.6f},{av:.6f},{ap:.6f}")
+    for name, text in (("report.json", json.dumps(report, indent=1)), ("curve.csv", "\n".join(rows) + "\n")):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)

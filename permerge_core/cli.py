@@ -227,6 +227,30 @@ def _progress_printer(log):
     return progress
 
 
+def _matching_lines(report: dict) -> list[str]:
+    """What the matcher did (weights: sweeps, objective, time) and, for `both`, how the two agree."""
+    lines = []
+    info = report.get("matching", {})
+    if info.get("matcher") == "weights":
+        lines.append(_weights_line(info))
+    comparison = report.get("comparison")
+    if comparison:
+        lines.append(_weights_line(comparison["weights"]["matching"]))
+        b = comparison["barrier"]
+        agree = ", ".join(f"{kind} {value:.0%}" for kind, value in comparison["agreement_by_kind"].items())
+        heads = [h["agreement"] for h in comparison["head_assignment"].values()]
+        lines.append(f"matchers compared: barrier activations {b['activations']:.4f}  weights {b['weights']:.4f}; "
+                     f"units paired alike: {agree or 'nothing permuted'}"
+                     + (f"; head assignments alike: {sum(heads) / len(heads):.0%}" if heads else ""))
+    return lines
+
+
+def _weights_line(info: dict) -> str:
+    objective = info["objective"]
+    return (f"weight matching: {info['sweeps']} sweep(s){'' if info['converged'] else ' (stopped at the cap, not converged)'}, "
+            f"objective {objective[0]:.6g} → {objective[-1]:.6g}, {info['seconds']:.2f} s, no data read")
+
+
 def _summary(report: dict, seconds: float) -> str:
     b = report["barrier"]
     e = report["endpoint_loss"]
@@ -242,6 +266,7 @@ def _summary(report: dict, seconds: float) -> str:
             + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())
         ),
         f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}  (lower is better)",
+        *_matching_lines(report),
         f"B' computes the same function as B: {'yes' if report['function_preserving'] else 'NO (non-preserving mode)'}; "
         f"max |Δlogit| = {report['max_abs_logit_diff']:.2e}",
         f"done in {seconds:.1f} s",

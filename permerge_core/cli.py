@@ -1,4 +1,4 @@
-"""Command line: `python -m permerge_core align|train|finetune ...`.
+"""Command line: `python -m permerge_core align|ablate|train|finetune ...`.
 
 The CLI is the scriptable contract the app and the tests share. Bad input exits non-zero
 with one clear line on stderr, never a traceback.
@@ -63,6 +63,22 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(spec.flag, type=spec.type, default=spec.default, help=spec.help)
 
 
+def _add_pair(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the pair, its data and the cache (align and ablate)."""
+    parser.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
+    parser.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
+    parser.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
+    parser.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
+    parser.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
+    parser.add_argument("--label-column", default="label", help="classifiers: column with the label")
+    parser.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
+    parser.add_argument("--quiet", action="store_true")
+
+
 def _unit_float(text: str) -> float:
     try:
         value = float(text)
@@ -78,23 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     align = sub.add_parser("align", help="align B to A and compute the loss path")
-    align.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
-    align.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
-    align.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
-    align.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
-    align.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
+    _add_pair(align)
     add_settings(align)
     align.add_argument("--out", default="runs/latest", help="folder for report.json and curve.csv")
-    align.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    align.add_argument("--cache-dir", default=None)
     align.add_argument("--save-merged", default=None, help="write the merged model at --merge-lambda here")
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
-    align.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
-    align.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
-    align.add_argument("--label-column", default="label", help="classifiers: column with the label")
-    align.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
-    align.add_argument("--quiet", action="store_true")
+
+    from .ablation import DEFAULT_BUDGETS, DEFAULT_RESAMPLES
+
+    ablate = sub.add_parser("ablate", help="how much matching text is enough: barriers and agreement over doubling token budgets",
+                            description="Activation matching at token budgets that double from --start-tokens to --stop-tokens, "
+                                        "--resamples disjoint slices of the matching text per budget (where it is long enough); "
+                                        "writes ablation.json and ablation.csv. Model, data and merge flags are align's.")
+    _add_pair(ablate)
+    add_settings(ablate)
+    ablate.add_argument("--start-tokens", type=_positive_int, default=DEFAULT_BUDGETS[0], help="smallest matching budget")
+    ablate.add_argument("--stop-tokens", type=_positive_int, default=DEFAULT_BUDGETS[-1], help="largest matching budget (budgets double up to it)")
+    ablate.add_argument("--budgets", type=_positive_int, nargs="+", default=None, metavar="N", help="explicit budgets instead of the doubling")
+    ablate.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES, help="resamples (slices of the text) per budget")
+    ablate.add_argument("--out", default="runs/ablation", help="folder for ablation.json and ablation.csv")
 
     train = sub.add_parser("train", help="pre-train a small BERT masked LM from scratch")
     from .training import TrainConfig
@@ -139,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "align":
             return _align(args)
+        if args.command == "ablate":
+            return _ablate(args)
         if args.command == "train":
             return _train(args)
         if args.command == "finetune":
@@ -179,19 +200,17 @@ def _train(args) -> int:
     return 0
 
 
-def _align(args) -> int:
+def _pipeline(args, log):
+    """The pipeline and settings the pair, data and settings flags ask for."""
     from .pipeline import Pipeline, default_pair
-    from .report import write_outputs
     from .settings import SETTINGS, AlignSettings, TaskSpec
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     model_a, model_b = args.model_a, args.model_b
     if model_a is None or model_b is None:
         default_a, default_b = default_pair()
         model_a = model_a or default_a
         model_b = model_b or default_b
     settings = AlignSettings(**{spec.name: getattr(args, spec.name) for spec in SETTINGS})
-    started = time.time()
     pipeline = Pipeline(
         model_a,
         model_b,
@@ -202,6 +221,15 @@ def _align(args) -> int:
         progress=_progress_printer(log),
         task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
     )
+    return pipeline, settings
+
+
+def _align(args) -> int:
+    from .report import write_outputs
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.time()
+    pipeline, settings = _pipeline(args, log)
     report = pipeline.run(settings)
     out = Path(args.out)
     write_outputs(report, out)
@@ -212,6 +240,30 @@ def _align(args) -> int:
         log(f"note: {note}")
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
+    return 0
+
+
+def _ablate(args) -> int:
+    from .ablation import doubling, run_ablation, write_ablation
+
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.time()
+    budgets = args.budgets or doubling(args.start_tokens, args.stop_tokens)
+    pipeline, settings = _pipeline(args, log)
+    result = run_ablation(pipeline, settings, budgets, args.resamples)
+    out = Path(args.out)
+    write_ablation(result, out)
+    for note in result["notes"]:
+        log(f"note: {note}")
+    print(f"vanilla barrier {result['vanilla_barrier']:.4f}; permuted barrier and agreement with the largest budget "
+          f"({result['resamples']} resample(s) per budget):")
+    for row in result["rows"]:
+        b, kinds = row["barrier"], row["agreement_by_kind"]
+        heads = "" if row["head_agreement_mean"] is None else f"  heads {row['head_agreement_mean']:.0%}"
+        print(f"  {row['budget']:>8,} tokens{'' if row['disjoint'] else ' (overlapping)'}: barrier {b['mean']:.4f} ± {b['std']:.4f}  "
+              + "  ".join(f"{k} {v:.0%}" for k, v in kinds.items()) + heads + f"  {row['seconds']:.1f} s")
+    print(f"done in {time.time() - started:.1f} s")
+    print(f"wrote {out / 'ablation.json'} and {out / 'ablation.csv'}")
     return 0
 
 

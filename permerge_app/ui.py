@@ -61,6 +61,7 @@ PAGES = {
     "export": "pages/5_export.py",
     "seeds": "pages/6_seeds.py",
     "about": "pages/7_about.py",
+    "stability": "pages/8_stability.py",
 }
 
 PAGE_META = [  # key, title, icon
@@ -70,6 +71,7 @@ PAGE_META = [  # key, title, icon
     ("loss_path", "Loss path", ":material/show_chart:"),
     ("export", "Export", ":material/download:"),
     ("seeds", "Seeds", ":material/apps:"),
+    ("stability", "Stability", ":material/stacked_line_chart:"),
     ("about", "About the method", ":material/school:"),
 ]
 

@@ -254,6 +254,30 @@ def test_seeds_fills_the_matrix_and_opens_a_pair(world):
     assert at.title[0].value == "Loss path"
 
 
+def test_stability_page_draws_the_ablation_and_compares_the_matchers(world):
+    study = dict(stability_budgets=(64, 256), stability_resamples=2, stability_lambdas=3, stability_eval_tokens=500)
+    at = goto(app(world, matcher="both", **study), "8_stability")
+    no_crash(at)
+    figs = charts(at)
+    barrier = figs["stability_barrier"]["data"]
+    mean = next(t for t in barrier if t["name"].startswith("permuted"))
+    assert arr(mean["x"]).tolist() == [64, 128, 256] and len(arr(barrier[0]["y"])) == 6  # 3 budgets × 2 resamples
+    references = [t["name"] for t in barrier if t["name"].startswith(("vanilla", "weight matching"))]
+    assert len(references) == 2
+    lines = {t["name"]: arr(t["y"]).tolist() for t in figs["stability_agreement"]["data"]}
+    for kind in ("FFN", "attention", "residual stream"):
+        assert lines[f"{kind}: vs the largest budget"][-1] == 1.0  # the largest budget agrees with itself
+    heads = arr(figs["stability_heads"]["data"][0]["z"])
+    assert heads.shape == (2, 3) and np.all(heads[:, -1] == 1.0)  # layer × budget
+    table = at.dataframe[0].value
+    assert list(table["tokens"]) == [64, 128, 256]
+    metrics = {m.label: m.value for m in at.metric}
+    assert {"vanilla barrier", "activations barrier", "weights barrier"} <= set(metrics)
+    heads_table = at.dataframe[2].value
+    assert len(heads_table) == 8 and set(heads_table["alike"]) <= {"✓", "✗"}  # 2 layers × 4 heads
+    assert {b.proto.label for b in at.get("download_button")} >= {"Download ablation.json", "Download ablation.csv"}
+
+
 def test_about_page_explains_with_formulas_and_links(world):
     at = goto(app(world), "7_about")
     no_crash(at)

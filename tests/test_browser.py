@@ -38,6 +38,7 @@ PAGES = [
     ("loss_path", "Loss path", 1),
     ("export", "Export", 0),
     ("seeds", "Seeds", 1),
+    ("stability", "Stability", 3),
     ("about", "About the method", 0),
 ]
 README_PAGES = ("models", "correlations", "heads", "loss_path", "seeds")

@@ -199,6 +199,13 @@ def test_loss_path_shows_two_curves_barriers_and_variants(world):
     assert arr(curves["vanilla"]["y"])[-1] == losses[-1]  # λ = 1 is A on both paths
     csv = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
     assert csv is not None
+    # Matcher `both`: the weight matching's path beside the activation matching's.
+    at.session_state["matcher"] = "both"
+    at.run()
+    no_crash(at)
+    names = {t.get("name") for t in charts(at)["loss_final"]["data"]}
+    assert {"vanilla", "permuted", "permuted (weights)"} <= names
+    assert "permuted (weights)" in {r["curve"] for r in at.dataframe[0].value.to_dict("records")}
 
 
 def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):

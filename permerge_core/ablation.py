@@ -34,7 +34,7 @@ from .comparison import KINDS, by_kind, space_agreement, unit_agreement
 from .data import TokenBatches, batch_sequences, special_token_ids, special_wrapping, text_fingerprint, token_sequences
 from .errors import DataError, SettingsError
 from .evaluation import barrier
-from .matching import compute_matching
+from .matching import Matching, compute_matching
 from .permuting import plan_for_matching
 from .settings import ACTIVATIONS, WEIGHTS
 from .statistics import collect_statistics
@@ -226,9 +226,7 @@ def _matchings(p, s, segments, budgets, r, resamples, fields, progress) -> dict[
     return found
 
 
-def _as_matching(point: dict, s):
-    from .matching import Matching
-
+def _as_matching(point: dict, s) -> Matching:
     perms = {k: np.asarray(v, dtype=np.int64) for k, v in point["permutations"].items()}
     return Matching(perms, {}, {"ffn": s.ffn, "attention": s.attention, "residual": s.residual, "absolute": s.absolute})
 

@@ -34,7 +34,7 @@ from .matching import Matching, compute_matching
 from .permuting import plan_for_matching
 from .statistics import Statistics, collect_statistics, space_dims
 from .report import build_report
-from .settings import ACTIVATIONS, BOTH, WEIGHTS, AlignSettings, TaskSpec
+from .settings import BOTH, WEIGHTS, AlignSettings, TaskSpec
 from .tasks import FORMATS, encode, input_texts, is_glue, label_names, load_labelled, task_eval
 from .weight_matching import match_weights
 
@@ -132,11 +132,14 @@ class Pipeline:
         }
 
     def matching_fields(self, s: AlignSettings) -> dict:
-        """What a matching depends on. Weight matching reads no text, so no statistics fields;
-        `both` applies the activation matching, so it shares that matching's key."""
+        """What a matching depends on. Weight matching reads no text, so no statistics fields.
+        An activation matching (applied by `activations` and `both` alike) keeps the key it had
+        before there was a choice of matcher, so earlier cache entries stay valid."""
+        merge = s.merge_fields()
         if s.matcher == WEIGHTS:
-            return {**self._pair_fields(), **s.merge_fields()}
-        return {**self.stats_fields(s), **s.merge_fields(), "matcher": ACTIVATIONS}
+            return {**self._pair_fields(), **merge}
+        merge.pop("matcher")
+        return {**self.stats_fields(s), **merge}
 
     def curve_fields(self, s: AlignSettings, which: str) -> dict:
         """A curve depends on the evaluation data and λ grid, and a permuted one on B′ too."""

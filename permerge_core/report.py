@@ -10,6 +10,7 @@ from pathlib import Path
 from .data import text_fingerprint
 from .evaluation import barrier
 from .matching import matched_statistics
+from .settings import ACTIVATIONS, WEIGHTS
 
 
 def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> dict:
@@ -32,7 +33,8 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
             if masked is not None
             else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
         ),
-        "matching": {"matcher": s.matcher, **matching.info},
+        # The matcher applied (`both` applies the activation matching; its comparison is added by the pipeline).
+        "matching": {"matcher": WEIGHTS if s.matcher == WEIGHTS else ACTIVATIONS, **matching.info},
         "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
         "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
         "head_cost": {f"layer.{i}": h.cost.tolist() for i, h in matching.heads.items()},

@@ -110,6 +110,10 @@ def test_the_weights_matcher_reads_no_text_and_reports_its_sweeps(planted_pair, 
     assert report["data"]["match"]["tokens"] == 0 and report["matched_correlation"] is None
     assert report["max_abs_logit_diff"] < 1e-4
     assert "statistics" not in p.stage_status(AlignSettings(matcher="weights"))
+    # Its cache key holds no text setting; `both` applies, and so shares, the activation matching.
+    weights = lambda **k: p.matching_fields(AlignSettings(matcher="weights", **k))  # noqa: E731
+    assert weights(match_tokens=1000) == weights(match_tokens=2000) != weights(attention="monotonic")
+    assert p.matching_fields(AlignSettings(matcher="both")) == p.matching_fields(AlignSettings()) != weights()
     json.dumps(report)  # the report stays plain JSON
 
 

@@ -106,3 +106,16 @@ def test_cuda_requested_without_gpu_is_refused(tiny_pair, tmp_path, capsys):
     code = main(["align", *map(str, tiny_args(tiny_pair, tmp_path / "o", tmp_path / "c")), "--device", "cuda"])
     assert code == 2
     assert "CUDA was requested but no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_path_that_cannot_be_a_folder_is_refused_before_any_work(tiny_pair, tmp_path, capsys, where):
+    taken = tmp_path / "report.txt"
+    taken.write_text("someone's file\n")
+    out = taken if where == "file" else taken / "run"
+    code = main(["align", *map(str, tiny_args(tiny_pair, out, tmp_path / "cache"))])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{taken} is a file" in err and "--out" in err and "internal error" not in err
+    assert "[load]" not in err  # refused before the models were loaded
+    assert taken.read_text() == "someone's file\n"

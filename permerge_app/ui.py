@@ -603,6 +603,8 @@ def render_status(container) -> None:
         "**Status** ({} ↔ {}): {}".format(*views.short_names([held[0], held[1]]), views.status_line(status)),
         help="✓ computed in this server · ⛁ cached on disk (instant) · ↻ stale: computed only for other settings · ○ not computed yet",
     )
+    if held[2].cache.warning:  # the disk cache turned itself off: say why, and how to fix it
+        container.caption(f"⚠ {_md(held[2].cache.warning)}")
 
 
 def describe(source: str, tokenizer: str = "") -> dict:

@@ -209,7 +209,10 @@ def _align(args) -> int:
         pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
         log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
     for note in report.get("notes", []):
-        log(f"note: {note}")
+        if note == pipeline.cache.warning:  # shown even with --quiet: something the user should fix
+            print(f"permerge: warning: {note}", file=sys.stderr, flush=True)
+        else:
+            log(f"note: {note}")
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
     return 0

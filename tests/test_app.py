@@ -115,6 +115,17 @@ def test_bad_input_and_missing_models_give_clear_messages(world, tmp_path):
     assert any("does not exist" in e.value for e in at.error)
 
 
+def test_unusable_cache_folder_is_shown_under_the_status_and_the_page_still_works(world, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PERMERGE_CACHE", str(blocker / "cache"))
+    at = app(world).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")  # computed without the disk cache
+    warnings = [c.value for c in at.sidebar.get("caption") if "disk cache off" in c.value]
+    assert len(warnings) == 1 and "Fix:" in warnings[0]
+
+
 def test_non_preserving_mode_is_labelled(world):
     at = app(world, attention="ignore-heads").run()
     no_crash(at)

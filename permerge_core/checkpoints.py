@@ -26,6 +26,9 @@ BUNDLED_MODELS = ASSETS / "models"
 BUNDLED_CLASSIFIERS = ASSETS / "classifiers"  # the seed models fine-tuned on the bundled task
 BUNDLED_TASK = ASSETS / "tasks" / "source"  # train.tsv (matching) and eval.tsv (evaluation)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Files that hold a tokenizer's vocabulary; a folder with none has no tokenizer (transformers
+# would still build one from config.json: an empty vocabulary of five special tokens).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 HUB_ALLOW = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer*", "vocab*", "special_tokens_map.json", "merges.txt"]
 
 
@@ -40,7 +43,7 @@ class Checkpoint:
     architecture: str  # the class it is loaded as
     config: object  # transformers PretrainedConfig
     model: torch.nn.Module  # float32, eval mode
-    tokenizer: object
+    tokenizer: object  # None when the folder has none: validate_pair says which and how to fix it
     fingerprint: str  # sha256 over config and weights: identifies the content, not the path
     stored_dtype: str
 
@@ -260,17 +263,47 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
         model.tie_weights()
     model.eval().to(device)
 
-    tok_source = Path(tokenizer) if tokenizer else folder
-    try:
-        tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
-    except Exception as err:
+    tok_source = Path(tokenizer).expanduser() if tokenizer else folder
+    tok = None
+    if has_tokenizer_files(tok_source):
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
+        except Exception as err:
+            raise CheckpointError(
+                f"No usable tokenizer in {tok_source} ({type(err).__name__}).",
+                "Give the tokenizer folder explicitly (--tokenizer PATH in the CLI, 'Tokenizer folder' in the app).",
+            ) from None
+    elif tokenizer:
         raise CheckpointError(
-            f"No usable tokenizer in {tok_source} ({type(err).__name__}).",
-            "Give the tokenizer folder explicitly (--tokenizer PATH in the CLI, 'Tokenizer folder' in the app).",
-        ) from None
+            f"The tokenizer folder {tok_source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).",
+            "Give the folder the models' tokenizer was saved in (e.g. one of the model folders that has tokenizer.json).",
+        )
     digest = hashlib.sha256(config_file.read_bytes())
     digest.update(_file_digest(weights_file).encode())
     return Checkpoint(source, folder, family, head, head.model_class, config, model, tok, digest.hexdigest(), stored_dtype)
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _check_tokenizers(a: Checkpoint, b: Checkpoint) -> None:
+    """A folder without a tokenizer is named, with the fix, before vocabularies are compared."""
+    lacking = [(name, c, other) for name, c, other in (("A", a, b), ("B", b, a)) if c.tokenizer is None]
+    if len(lacking) == 2:
+        raise CheckpointError(
+            f"Neither model's folder has a tokenizer (none of {', '.join(TOKENIZER_FILES)} in {a.path} or {b.path}).",
+            "Give the folder of the tokenizer both models were trained with: --tokenizer PATH in the CLI, 'Tokenizer folder' in the app.",
+        )
+    if lacking:
+        name, c, other = lacking[0]
+        present = ", ".join(f.name for f in sorted(other.path.glob("tokenizer*")) + sorted(other.path.glob("vocab*")) + sorted(other.path.glob("*.model"))) or "its tokenizer files"
+        raise CheckpointError(
+            f"Model {name}'s folder {c.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, …).",
+            f"Copy the tokenizer files of model {'B' if name == 'A' else 'A'}'s folder ({present}) into {c.path}, "
+            f"or use that tokenizer for both models (--tokenizer {other.path} in the CLI, 'Tokenizer folder' in the app's sidebar), "
+            "if both were trained with it.",
+        )
 
 
 def _may_be_missing(key: str) -> bool:
@@ -309,6 +342,7 @@ def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
         generic = all(n.startswith("LABEL_") for n in names_a + names_b)
         if not generic:
             differ("label names", names_a, names_b, "Both classifiers must be fine-tuned on the same task with the same label order.")
+    _check_tokenizers(a, b)
     vocab_a, vocab_b = a.tokenizer.get_vocab(), b.tokenizer.get_vocab()
     if vocab_a != vocab_b:
         only_a = sorted(set(vocab_a) - set(vocab_b))[:3]

@@ -147,6 +147,21 @@ def test_different_tokenizer_vocabularies(tiny_pair, tmp_path):
         validate_pair(load_checkpoint(tiny_pair["a"]), load_checkpoint(other))
 
 
+def test_folder_without_tokenizer_is_named_with_the_fix(tiny_pair, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_pair["b"]) / name, bare / name)
+    for a, b, which, other in ((tiny_pair["a"], bare, "B", tiny_pair["a"]), (bare, tiny_pair["b"], "A", tiny_pair["b"])):
+        with pytest.raises(CheckpointError) as info:
+            validate_pair(load_checkpoint(a), load_checkpoint(b))
+        message = str(info.value)
+        assert f"Model {which}'s folder {bare} has no tokenizer" in message, message
+        assert f"--tokenizer {other}" in message and "tokenizer.json" in message
+    # The fix the message gives works: the tokenizer folder given explicitly.
+    validate_pair(load_checkpoint(tiny_pair["a"], tiny_pair["a"]), load_checkpoint(bare, tiny_pair["a"]))
+
+
 def test_mlm_against_classifier_and_label_counts(tiny_pair, tmp_path):
     clf2 = save_model(random_model("bert", "classification", seed=3, num_labels=2), tmp_path / "clf2")
     clf3 = save_model(random_model("bert", "classification", seed=4, num_labels=3), tmp_path / "clf3")

@@ -265,6 +265,32 @@ def test_seeds_fills_the_matrix_and_opens_a_pair(world):
     assert at.title[0].value == "Loss path"
 
 
+def test_seeds_shows_at_once_a_pair_the_loss_path_page_computed(world):
+    seeds = [str(s) for s in world["seeds"]]
+    at = goto(app(world, lambdas=4), "4_loss_path")  # seed-0 ↔ seed-1, λ grid used by no other test
+    no_crash(at)
+    at.session_state["seeds_selected"] = seeds
+    at.switch_page("pages/6_seeds.py").run()
+    no_crash(at)
+    fig = next(f for k, f in charts(at).items() if k.startswith("seeds_matrix"))
+    assert "1 of 3 pairs" in fig["layout"]["title"]["text"]
+    vanilla, permuted = (arr(t["z"]).astype(float) for t in fig["data"])
+    barriers = {r["curve"]: r["barrier (nats)"] for r in views.barrier_rows(views_curves(world, lambdas=4))}
+    assert vanilla[0, 1] == pytest.approx(barriers["vanilla"]) and permuted[0, 1] == pytest.approx(barriers["permuted"])
+    assert np.isnan(vanilla[0, 2]) and np.isnan(vanilla[1, 2])
+    assert [b.label for b in at.button if b.label.startswith("Compute")] == ["Compute 2 missing pair(s)"]
+
+
+def views_curves(world, lambdas: int) -> dict:
+    """The seed-0 ↔ seed-1 curves the app computes with the test's sidebar (from the disk cache)."""
+    from permerge_core import Pipeline
+
+    p = Pipeline(str(world["seeds"][0]), str(world["seeds"][1]), match_data=str(world["text"]), eval_data=str(world["text"]))
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=lambdas)
+    assert p.stage_status(s)["permuted path"] == "cached"
+    return {which: p.curve(s, which) for which in ("vanilla", "permuted")}
+
+
 def test_about_page_explains_with_formulas_and_links(world):
     at = goto(app(world), "7_about")
     no_crash(at)

@@ -38,6 +38,7 @@ from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
 from permerge_core.cache import default_cache_dir
 from permerge_core.checkpoints import (
     BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, is_bundled_classifier, load_checkpoint,
+    read_head,
 )
 from permerge_core.errors import DataError
 from permerge_core.matching import ATTENTION_MODES, NON_PRESERVING, RESIDUAL_MODES
@@ -395,11 +396,17 @@ def data_path(which: str) -> str | None:
 
 
 def head_kind(source: str | None) -> str | None:
-    """'mlm', 'classification' or 'base' for a checkpoint, None if it cannot be read."""
+    """'mlm', 'classification' or 'base' for a checkpoint, None if it cannot be read. From its
+    config.json: the pipeline loads the model once, and this never loads it a second time."""
     if not source:
         return None
+    return _head_kind(source, views.source_signature(source))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _head_kind(source: str, signature: str) -> str | None:
     try:
-        return describe(source, st.session_state.get("tokenizer") or "").get("head")
+        return read_head(source).kind
     except PermergeError:
         return None
 

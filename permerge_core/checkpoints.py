@@ -198,6 +198,48 @@ def _choose_head(family: Family, architectures: list[str] | None, keys: set[str]
     return by_kind["base"]
 
 
+def _read_config(folder: Path) -> tuple[dict, Family]:
+    """config.json of a checkpoint folder as a dict, and the supported family it belongs to."""
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{folder} has no config.json, so it is not a Hugging Face checkpoint folder.", "Give the folder that save_pretrained() wrote.")
+    try:
+        raw_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file} is not valid JSON ({err}).", "Restore config.json from the original checkpoint.") from None
+    model_type = raw_config.get("model_type")
+    family = family_for_model_type(model_type or "")
+    if family is None:
+        raise CheckpointError(
+            f"Model type {model_type!r} ({', '.join(raw_config.get('architectures') or ['no architecture'])}) is not supported.",
+            f"Supported families: {', '.join(FAMILIES)} ({', '.join(supported_architectures())}).",
+        )
+    return raw_config, family
+
+
+def read_head(source: str | Path) -> Head:
+    """The head a checkpoint is loaded with, chosen as `load_checkpoint` chooses it but without
+    loading the model: from config.json's architectures, or, where it names none, from the
+    tensor names (a safetensors file's header; only a pytorch_model.bin is read whole)."""
+    folder = resolve_source(str(source))
+    raw_config, family = _read_config(folder)
+    architectures = raw_config.get("architectures")
+    return _choose_head(family, architectures, set() if architectures else _tensor_names(folder))
+
+
+def _tensor_names(folder: Path) -> set[str]:
+    file = folder / WEIGHT_FILES[0]
+    if file.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return set(handle.keys())
+        except Exception:  # damaged: read_state_dict says how
+            pass
+    return set(read_state_dict(folder)[0])
+
+
 def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
     """Old checkpoints name LayerNorm parameters gamma/beta; bare encoders lack the prefix."""
     out = {}
@@ -217,19 +259,8 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
     source = str(source)
     folder = resolve_source(source)
     config_file = folder / "config.json"
-    if not config_file.exists():
-        raise CheckpointError(f"{folder} has no config.json, so it is not a Hugging Face checkpoint folder.", "Give the folder that save_pretrained() wrote.")
-    try:
-        raw_config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is not valid JSON ({err}).", "Restore config.json from the original checkpoint.") from None
+    raw_config, family = _read_config(folder)
     model_type = raw_config.get("model_type")
-    family = family_for_model_type(model_type or "")
-    if family is None:
-        raise CheckpointError(
-            f"Model type {model_type!r} ({', '.join(raw_config.get('architectures') or ['no architecture'])}) is not supported.",
-            f"Supported families: {', '.join(FAMILIES)} ({', '.join(supported_architectures())}).",
-        )
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as err:

@@ -126,6 +126,30 @@ def test_unusable_cache_folder_is_shown_under_the_status_and_the_page_still_work
     assert len(warnings) == 1 and "Fix:" in warnings[0]
 
 
+def test_each_checkpoint_is_loaded_once_per_pair(world, tmp_path, monkeypatch):
+    """The sidebar learns model A's head kind from its config.json, not by loading it: a pair
+    costs two model loads (the pipeline's), not three."""
+    from collections import Counter
+
+    import permerge_core.pipeline
+    from permerge_app import ui
+
+    pair = [save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), tmp_path / f"m{s}") for s in (0, 1)]
+    loads = Counter()
+    for module in (permerge_core.pipeline, ui):
+        original = module.load_checkpoint
+
+        def counting(source, *args, original=original, **kwargs):
+            loads[str(source)] += 1
+            return original(source, *args, **kwargs)
+
+        monkeypatch.setattr(module, "load_checkpoint", counting)
+    at = app(world, model_a=str(pair[0]), model_b=str(pair[1])).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")
+    assert loads == {str(pair[0]): 1, str(pair[1]): 1}
+
+
 def test_non_preserving_mode_is_labelled(world):
     at = app(world, attention="ignore-heads").run()
     no_crash(at)

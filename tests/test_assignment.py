@@ -78,7 +78,22 @@ def test_large_matrices_take_the_sparse_path(monkeypatch):
     assert calls == [(150, 150)]
 
 
+def test_mid_size_matrices_are_solved_dense_here_without_workers(monkeypatch):
+    """A 4-layer 256-wide pair's 1,024-wide FFN: the dense solver in this thread (it releases
+    the GIL); workers would cost more to start and feed than they save."""
+    def no_pool():
+        raise AssertionError("a worker pool was asked for")
+
+    monkeypatch.setattr(assignment, "_worker_pool", no_pool)
+    monkeypatch.setattr(assignment, "assign_sparse", lambda *a, **k: pytest.fail("the sparse path was taken"))
+    score = np.tanh(0.05 * np.random.default_rng(4).standard_normal((1024, 1024)))
+    perm = assign(score)
+    assert np.array_equal(np.sort(perm), np.arange(1024))
+    assert score[np.arange(1024), perm].sum() == pytest.approx(score[np.arange(1024), assign_dense(score)].sum())
+
+
 def test_large_assignments_are_solved_in_worker_processes_and_here_without_them(monkeypatch):
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)  # the worker path on a matrix quicker to solve than BERT-base's
     score = np.tanh(0.05 * np.random.default_rng(5).standard_normal((1100, 1100)))
     expected = assign_dense(score)
     solved = assignment._pool_state["solved"]
@@ -98,6 +113,7 @@ def test_large_assignments_are_solved_in_worker_processes_and_here_without_them(
 def test_large_assignments_reach_workers_through_a_shared_file_removed_after(monkeypatch, tmp_path):
     """The matrix goes to the worker as a file it maps, not through the pool's pipe; with no
     folder or no room for the file it is pickled instead. Same answer each way, no file left."""
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)
     score = np.tanh(0.05 * np.random.default_rng(6).standard_normal((1100, 1100)))
     expected = assign_dense(score)
     monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
@@ -132,6 +148,7 @@ def test_large_assignments_reach_workers_through_a_shared_file_removed_after(mon
 
 
 def test_a_job_that_fails_in_a_worker_is_solved_here_and_the_workers_stay(monkeypatch):
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)
     monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
     score = np.tanh(0.05 * np.random.default_rng(7).standard_normal((1100, 1100)))
     gone = []

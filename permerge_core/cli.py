@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PermergeError
+from .errors import PermergeError, SettingsError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,6 +186,8 @@ def _align(args) -> int:
     from .settings import SETTINGS, AlignSettings, TaskSpec
 
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    _check_out_folder(out)  # before loading anything: a bad --out would only fail at the very end
     model_a, model_b = args.model_a, args.model_b
     if model_a is None or model_b is None:
         default_a, default_b = default_pair()
@@ -204,16 +206,32 @@ def _align(args) -> int:
         task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
     )
     report = pipeline.run(settings)
-    out = Path(args.out)
     write_outputs(report, out)
     if args.save_merged:
         pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
         log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
     for note in report.get("notes", []):
-        log(f"note: {note}")
+        if note == pipeline.cache.warning:  # shown even with --quiet: something the user should fix
+            print(f"permerge: warning: {note}", file=sys.stderr, flush=True)
+        else:
+            log(f"note: {note}")
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
     return 0
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot become a folder: the path, or a folder above it, is a file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SettingsError(
+                    f"--out {out}: {path} is a file, but report.json and curve.csv are written into a folder.",
+                    "Give --out a new or existing folder path (or move that file away).",
+                )
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise SettingsError(f"--out {out}: {path} is not writable here.", "Give --out a folder you can write to.")
+            return
 
 
 def _progress_printer(log):

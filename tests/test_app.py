@@ -117,6 +117,41 @@ def test_bad_input_and_missing_models_give_clear_messages(world, tmp_path):
     assert any("does not exist" in e.value for e in at.error)
 
 
+def test_unusable_cache_folder_is_shown_under_the_status_and_the_page_still_works(world, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PERMERGE_CACHE", str(blocker / "cache"))
+    at = app(world).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")  # computed without the disk cache
+    warnings = [c.value for c in at.sidebar.get("caption") if "disk cache off" in c.value]
+    assert len(warnings) == 1 and "Fix:" in warnings[0]
+
+
+def test_each_checkpoint_is_loaded_once_per_pair(world, tmp_path, monkeypatch):
+    """The sidebar learns model A's head kind from its config.json, not by loading it: a pair
+    costs two model loads (the pipeline's), not three."""
+    from collections import Counter
+
+    import permerge_core.pipeline
+    from permerge_app import ui
+
+    pair = [save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), tmp_path / f"m{s}") for s in (0, 1)]
+    loads = Counter()
+    for module in (permerge_core.pipeline, ui):
+        original = module.load_checkpoint
+
+        def counting(source, *args, original=original, **kwargs):
+            loads[str(source)] += 1
+            return original(source, *args, **kwargs)
+
+        monkeypatch.setattr(module, "load_checkpoint", counting)
+    at = app(world, model_a=str(pair[0]), model_b=str(pair[1])).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")
+    assert loads == {str(pair[0]): 1, str(pair[1]): 1}
+
+
 def test_non_preserving_mode_is_labelled(world):
     at = app(world, attention="ignore-heads").run()
     no_crash(at)
@@ -282,6 +317,32 @@ def test_seeds_fills_the_matrix_and_opens_a_pair(world):
     no_crash(at)
     assert (at.session_state["model_a"], at.session_state["model_b"]) == (seeds[1], seeds[2])
     assert at.title[0].value == "Loss path"
+
+
+def test_seeds_shows_at_once_a_pair_the_loss_path_page_computed(world):
+    seeds = [str(s) for s in world["seeds"]]
+    at = goto(app(world, lambdas=4), "4_loss_path")  # seed-0 ↔ seed-1, λ grid used by no other test
+    no_crash(at)
+    at.session_state["seeds_selected"] = seeds
+    at.switch_page("pages/6_seeds.py").run()
+    no_crash(at)
+    fig = next(f for k, f in charts(at).items() if k.startswith("seeds_matrix"))
+    assert "1 of 3 pairs" in fig["layout"]["title"]["text"]
+    vanilla, permuted = (arr(t["z"]).astype(float) for t in fig["data"])
+    barriers = {r["curve"]: r["barrier (nats)"] for r in views.barrier_rows(views_curves(world, lambdas=4))}
+    assert vanilla[0, 1] == pytest.approx(barriers["vanilla"]) and permuted[0, 1] == pytest.approx(barriers["permuted"])
+    assert np.isnan(vanilla[0, 2]) and np.isnan(vanilla[1, 2])
+    assert [b.label for b in at.button if b.label.startswith("Compute")] == ["Compute 2 missing pair(s)"]
+
+
+def views_curves(world, lambdas: int) -> dict:
+    """The seed-0 ↔ seed-1 curves the app computes with the test's sidebar (from the disk cache)."""
+    from permerge_core import Pipeline
+
+    p = Pipeline(str(world["seeds"][0]), str(world["seeds"][1]), match_data=str(world["text"]), eval_data=str(world["text"]))
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=lambdas)
+    assert p.stage_status(s)["permuted path"] == "cached"
+    return {which: p.curve(s, which) for which in ("vanilla", "permuted")}
 
 
 def test_about_page_explains_with_formulas_and_links(world):

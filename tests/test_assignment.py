@@ -92,8 +92,23 @@ def pool(monkeypatch):
     stand_in = InProcessPool()
     monkeypatch.setattr(assignment, "_worker_pool", lambda: stand_in)
     monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)  # the worker path on a matrix quicker to solve than BERT-base's
     yield stand_in
     stand_in.shutdown()
+
+
+def test_mid_size_matrices_are_solved_dense_here_without_workers(monkeypatch):
+    """A 4-layer 256-wide pair's 1,024-wide FFN: the dense solver in this thread (it releases
+    the GIL); workers would cost more to start and feed than they save."""
+    def no_pool():
+        raise AssertionError("a worker pool was asked for")
+
+    monkeypatch.setattr(assignment, "_worker_pool", no_pool)
+    monkeypatch.setattr(assignment, "assign_sparse", lambda *a, **k: pytest.fail("the sparse path was taken"))
+    score = np.tanh(0.05 * np.random.default_rng(4).standard_normal((1024, 1024)))
+    perm = assign(score)
+    assert np.array_equal(np.sort(perm), np.arange(1024))
+    assert score[np.arange(1024), perm].sum() == pytest.approx(score[np.arange(1024), assign_dense(score)].sum())
 
 
 def test_large_assignments_are_solved_by_the_pool_and_here_without_it(pool, monkeypatch):
@@ -117,6 +132,7 @@ def test_large_assignments_are_solved_by_the_pool_and_here_without_it(pool, monk
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux only")
 def test_on_linux_large_assignments_go_to_forked_worker_processes(monkeypatch):
     monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)
     workers = assignment._worker_pool()
     assert workers is not None, "no worker pool on Linux"
     assert workers.submit(os.getpid).result() != os.getpid()  # another process
@@ -128,6 +144,7 @@ def test_on_linux_large_assignments_go_to_forked_worker_processes(monkeypatch):
 def test_large_assignments_reach_workers_through_a_shared_file_removed_after(pool, monkeypatch, tmp_path):
     """The matrix goes to the worker as a file it maps, not through the pool's pipe; with no
     folder or no room for the file it is pickled instead. Same answer each way, no file left."""
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)
     score = np.tanh(0.05 * np.random.default_rng(6).standard_normal((1100, 1100)))
     expected = assign_dense(score)
     submitted = []

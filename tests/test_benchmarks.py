@@ -236,3 +236,22 @@ def test_statistics_runs_are_listed_only_when_there_were_several():
     text = "\n".join(render_statistics_runs("default", {"statistics_runs": runs}))
     assert "1.60 (6.40 s / 4.00 s), 1.00 (6.00 s / 6.00 s)" in text
     assert render_statistics_runs("default", {"statistics_runs": runs[:1]}) == []
+
+
+def test_the_matching_row_shows_wall_and_cpu_against_direct_scipy():
+    from benchmarks.report import check_targets, render
+
+    timing = lambda wall, cpu: {"wall": wall, "cpu": cpu}  # noqa: E731
+    matching = {
+        "settings": {"ffn": True, "attention": "heads", "residual": "first"},
+        "model": {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024}, "num_tokens": 8192,
+        "first": timing(0.3, 0.5), "again": [timing(0.25, 0.45)], "direct_scipy": [timing(0.6, 0.62)],
+        "ratio": 0.5, "cpu_ratio": 0.8,
+    }
+    results = {"machine": {"cpu": "x", "cores": 2}, "workloads": {"matching": matching}}
+    results["targets"] = check_targets(results)
+    text = render(results)
+    assert "| wall s (8,192 matching tokens) | 0.300 | 0.250 | 0.600 | 0.50 |" in text
+    assert "| cpu s (8,192 matching tokens) | 0.500 | 0.450 | 0.620 | 0.80 |" in text
+    target = next(t for t in results["targets"] if t["target"].startswith("matching alone"))
+    assert target["value"] == 0.5 and target["met"] is True

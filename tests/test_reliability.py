@@ -160,6 +160,46 @@ def test_different_tokenizer_vocabularies(tiny_pair, tmp_path):
         validate_pair(load_checkpoint(tiny_pair["a"]), load_checkpoint(other))
 
 
+def test_folder_without_tokenizer_is_named_with_the_fix(tiny_pair, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_pair["b"]) / name, bare / name)
+    for a, b, which, other in ((tiny_pair["a"], bare, "B", tiny_pair["a"]), (bare, tiny_pair["b"], "A", tiny_pair["b"])):
+        with pytest.raises(CheckpointError) as info:
+            validate_pair(load_checkpoint(a), load_checkpoint(b))
+        message = str(info.value)
+        assert f"Model {which}'s folder {bare} has no tokenizer" in message, message
+        assert f"--tokenizer {other}" in message and "tokenizer.json" in message
+    # The fix the message gives works: the tokenizer folder given explicitly.
+    validate_pair(load_checkpoint(tiny_pair["a"], tiny_pair["a"]), load_checkpoint(bare, tiny_pair["a"]))
+
+
+@pytest.mark.parametrize("kind", ["mlm", "classification", "base"])
+@pytest.mark.parametrize("config_names_it", [True, False])
+def test_head_read_from_the_config_agrees_with_the_loaded_model(tmp_path, kind, config_names_it):
+    from permerge_core.checkpoints import read_head
+
+    folder = save_model(random_model("bert", kind, seed=0, layers=1, hidden=16, heads=4, ffn=32), tmp_path / kind)
+    if not config_names_it:  # older checkpoints: the head is told by the tensor names
+        config = json.loads((folder / "config.json").read_text())
+        del config["architectures"]
+        (folder / "config.json").write_text(json.dumps(config))
+    assert read_head(folder) == load_checkpoint(folder).head
+    assert read_head(folder).kind == kind
+
+
+def test_head_of_an_aliased_architecture_is_read_from_the_config(tiny_pair, tmp_path):
+    from permerge_core.checkpoints import read_head
+
+    folder = tmp_path / "pretraining"
+    shutil.copytree(tiny_pair["a"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["BertForPreTraining"]  # how MultiBERTs ship: used as a masked LM
+    (folder / "config.json").write_text(json.dumps(config))
+    assert read_head(folder).kind == "mlm" and read_head(folder).model_class == "BertForMaskedLM"
+
+
 def test_mlm_against_classifier_and_label_counts(tiny_pair, tmp_path):
     clf2 = save_model(random_model("bert", "classification", seed=3, num_labels=2), tmp_path / "clf2")
     clf3 = save_model(random_model("bert", "classification", seed=4, num_labels=3), tmp_path / "clf3")

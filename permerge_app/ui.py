@@ -16,6 +16,13 @@ Progress. The pipeline reports progress through one function that looks up a thr
 callback; `progress()` installs a callback drawing one bar per stage for the current
 session's script thread only, so two tabs computing at once each see their own bars.
 
+Pages. Every page script starts with `ui.page_start()`, and `page_start`'s docstring says
+why: a page opened directly (a URL, or AppTest) runs without the frame unless it asks for it.
+The folder stays `pages/`, as the product design names it.
+
+Settings. The merge and budget controls are generated from the settings table
+(`permerge_core.settings.SETTINGS`) by `setting_control`; add a setting there, not here.
+
 Errors. `PermergeError`s are shown as st.error with the problem and the fix; anything
 else as a short message (the traceback goes to the server log, never to the page).
 """

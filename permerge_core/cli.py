@@ -96,12 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
     align.add_argument("--quiet", action="store_true")
 
-    train = sub.add_parser("train", help="pre-train a small BERT masked LM from scratch")
-    from .training import TrainConfig
+    train = sub.add_parser("train", help="pre-train a small BERT masked LM or GPT-2 decoder from scratch")
+    from .training import OBJECTIVES, TrainConfig
 
     tdef = TrainConfig(seed=0, out="")
     train.add_argument("--seed", type=int, required=True)
     train.add_argument("--out", required=True)
+    train.add_argument("--family", choices=list(OBJECTIVES), default=tdef.family, help="bert: masked LM; gpt2: causal decoder")
     for name in ("layers", "hidden", "heads", "ffn", "steps", "batch_size", "warmup", "max_length", "eval_every", "save_every", "eval_tokens"):
         train.add_argument(f"--{name.replace('_', '-')}", type=_positive_int, default=getattr(tdef, name))
     train.add_argument("--lr", type=float, default=tdef.lr)
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, default=None)
     train.add_argument("--train-data", default=tdef.train_data)
     train.add_argument("--eval-data", default=tdef.eval_data)
-    train.add_argument("--tokenizer", default=tdef.tokenizer)
+    train.add_argument("--tokenizer", default=None, help="default: the family's bundled tokenizer")
     train.add_argument(
         "--init-from", default=None, metavar="DIR",
         help="continue an earlier, finished run (its --out): its weights, a fresh schedule, data read on from where it stopped",

@@ -359,7 +359,7 @@ def run_pipeline(spec) -> dict:
         def on_point(point):
             seconds = time.perf_counter() - mark[0]
             times.append({"lambda": point["lambda"], "seconds": seconds, "loss": point["loss"]})
-            if seconds > 1e-3:  # not a remembered point (θ(1) = A on the second curve)
+            if seconds > 1e-3:  # not a remembered point (a cached curve)
                 passes.append(out["_peak"].yardstick(mlm_pass, p.a.model, p.a.head.mlm_module, masked))
             mark[0] = time.perf_counter()
 
@@ -372,7 +372,7 @@ def run_pipeline(spec) -> dict:
     _, st["permuting"] = _timed(p.permutation_plan, s)
     log("pipeline: permuted loss path (interleaved with the masked-LM yardstick)")
     permuted, st["loss_path_permuted"], out["lambda_permuted"] = curve(s, "permuted")
-    evaluated = 2 * s.lambdas - 1  # θ(1) is A on both curves and is evaluated once
+    evaluated = 2 * s.lambdas  # every point of both curves, θ(1) included, is evaluated
     ys["mlm_pass_each"] = passes
     ys["mlm_pass_mean"] = sum(passes) / len(passes)
     ys["mlm_passes_needed"] = evaluated
@@ -407,7 +407,7 @@ def run_pipeline(spec) -> dict:
     out["interactive"] = [interactive(p, replace(s, **{field: value})) for field, value in changes]
     if changes:
         log("arithmetic floor of one λ point")
-        out["floor"] = arithmetic_floor(p, masked, s.lambdas - 1)  # a new permuted curve: every λ but θ(1) = A
+        out["floor"] = arithmetic_floor(p, masked, s.lambdas)  # a new permuted curve: every λ, θ(1) included
     return out
 
 

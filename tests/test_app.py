@@ -8,6 +8,8 @@ asserts on what the page shows: numbers, chart data, error messages.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import shlex
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from fixtures import random_model, random_text, save_model
-from permerge_core import AlignSettings, views
+from permerge_core import AlignSettings, Pipeline, views
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS = 5
@@ -182,7 +184,25 @@ def test_heads_page_cost_matrix_graph_and_head_pair_block(world):
     assert list(table["applied B head"]) == [0, 1, 2, 3] and sorted(table["Head-Perm B head"]) == [0, 1, 2, 3]
 
 
-def test_loss_path_shows_two_curves_barriers_and_variants(world):
+@pytest.fixture
+def served_files(monkeypatch) -> dict[str, bytes]:
+    """Every file the app hands to Streamlit's media store (downloads), by file id: the bytes a
+    user's download would get."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files: dict[str, bytes] = {}
+    store = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self, path_or_data, mimetype, kind, filename=None):
+        file_id = store(self, path_or_data, mimetype, kind, filename)
+        files[file_id] = self.get_file(file_id).content
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    return files
+
+
+def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
     at = goto(app(world, variants=["FFN only"]), "4_loss_path")
     no_crash(at)
     fig = charts(at)["loss_final"]
@@ -197,8 +217,18 @@ def test_loss_path_shows_two_curves_barriers_and_variants(world):
     losses = arr(curves["permuted"]["y"]).tolist()
     assert table["permuted"]["barrier (nats)"] == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2)
     assert arr(curves["vanilla"]["y"])[-1] == losses[-1]  # λ = 1 is A on both paths
-    csv = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
-    assert csv is not None
+    # The CSV a user downloads holds exactly the pipeline's curves for these settings, computed
+    # here afresh (no cache), to the 6 decimals it is written with.
+    button = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    rows = list(csv.DictReader(io.StringIO(served_files[Path(button.proto.url).stem].decode())))
+    p = Pipeline(world["seeds"][0], world["seeds"][1], match_data=world["text"], eval_data=world["text"], cache_dir=None)
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=LAMBDAS)
+    expected = {"vanilla": p.curve(s, "vanilla"), "permuted": p.curve(s, "permuted"),
+                "FFN only": p.curve(views.variant_settings(s, "FFN only"), "permuted")}
+    assert [r["curve"] for r in rows] == [name for name in expected for _ in range(LAMBDAS)]
+    for row, point in zip(rows, [pt for points in expected.values() for pt in points]):
+        for key in ("lambda", "loss", "accuracy"):
+            assert float(row[key]) == pytest.approx(point[key], abs=1e-6), (row, key)
 
 
 def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):

@@ -44,8 +44,8 @@ import streamlit as st
 from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
 from permerge_core.cache import default_cache_dir
 from permerge_core.checkpoints import (
-    BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, is_bundled_classifier, load_checkpoint,
-    read_head,
+    BUNDLED_DECODERS, BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_decoders, bundled_seeds, find_checkpoints,
+    is_bundled_classifier, load_checkpoint, read_head,
 )
 from permerge_core.errors import DataError
 from permerge_core.modes import non_preserving
@@ -214,15 +214,17 @@ def model_label(source: str | None) -> str:
         return f"{path.name} (bundled)"
     if is_bundled_classifier(path):
         return f"{path.name} (bundled classifier)"
+    if path.parent.resolve() == BUNDLED_DECODERS.resolve():
+        return f"{path.name} (bundled decoder)"
     if path.is_dir():
         return f"{path.name} — {path.parent}"
     return source
 
 
 def checkpoint_options() -> list[str]:
-    """Bundled seeds, checkpoints found under the models folder, and the current picks."""
+    """Bundled seeds, classifiers and decoders, checkpoints found under the models folder, and the current picks."""
     ss = st.session_state
-    found = [str(p) for p in bundled_seeds() + bundled_classifiers()] + _found_checkpoints(ss.get("models_dir") or "")
+    found = [str(p) for p in bundled_seeds() + bundled_classifiers() + bundled_decoders()] + _found_checkpoints(ss.get("models_dir") or "")
     for current in (ss.get("model_a"), ss.get("model_b")):
         if current:
             found.append(current)
@@ -388,8 +390,8 @@ def data_path(which: str) -> str | None:
 
 
 def head_kind(source: str | None) -> str | None:
-    """'mlm', 'classification' or 'base' for a checkpoint, None if it cannot be read. From its
-    config.json: the pipeline loads the model once, and this never loads it a second time."""
+    """'mlm', 'causal-lm', 'classification' or 'base' for a checkpoint, None if it cannot be read.
+    From its config.json: the pipeline loads the model once, and this never loads it a second time."""
     if not source:
         return None
     return _head_kind(source, views.source_signature(source))

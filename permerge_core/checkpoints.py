@@ -24,6 +24,7 @@ from .errors import CheckpointError, IncompatiblePairError
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODELS = ASSETS / "models"
 BUNDLED_CLASSIFIERS = ASSETS / "classifiers"  # the seed models fine-tuned on the bundled task
+BUNDLED_DECODERS = ASSETS / "decoders"  # GPT-2 decoders that differ only in their seed
 BUNDLED_TASK = ASSETS / "tasks" / "source"  # train.tsv (matching) and eval.tsv (evaluation)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Files that hold a tokenizer's vocabulary; a folder with none has no tokenizer (transformers
@@ -82,6 +83,7 @@ class Checkpoint:
             "hidden": self.hidden,
             "heads": self.num_heads,
             "ffn": self.ffn,
+            "positions": self.shape.positions,
             "vocab": self.config.vocab_size,
             "parameters": self.num_parameters,
             "stored_dtype": self.stored_dtype,
@@ -240,13 +242,17 @@ def _tensor_names(folder: Path) -> set[str]:
 
 
 def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
-    """Old checkpoints' tensor names (e.g. LayerNorm gamma/beta) become today's; bare encoders lack the prefix."""
+    """Old checkpoints' tensor names (e.g. LayerNorm gamma/beta) become today's; bare encoders
+    lack the prefix, and a head model saved without it (the hub's gpt2) gets it."""
+    unprefixed = head.kind != "base" and not any(k.startswith(family.base_prefix) for k in state)
     out = {}
     for key, value in state.items():
         for old, new in family.renamed:
             key = key.replace(old, new)
         if head.kind == "base" and key.startswith(family.base_prefix):
             key = key[len(family.base_prefix):]
+        elif unprefixed and not (head.detect and key.startswith(head.detect)):
+            key = family.base_prefix + key
         out[key] = value
     return out
 
@@ -268,7 +274,7 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
     state, weights_file = read_state_dict(folder)
     head = _choose_head(family, raw_config.get("architectures"), set(state))
     state = _normalise_keys(state, family, head)
-    stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "") if state else "unknown"
+    stored_dtype = next((str(v.dtype).replace("torch.", "") for v in state.values() if v.is_floating_point()), "unknown")
     check_finite(state, source)
 
     model_class = getattr(transformers, head.model_class)
@@ -290,7 +296,7 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
             f"{source} lacks {len(missing)} tensor(s) its {head.model_class} needs, e.g. {missing[0]}.",
             "The weights do not belong to this architecture; check config.json's 'architectures'.",
         )
-    if head.kind == "mlm":
+    if head.tied_decoder:
         model.tie_weights()
     model.eval().to(device)
 
@@ -360,6 +366,7 @@ def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
     differ("hidden size", a.hidden, b.hidden)
     differ("number of attention heads", a.num_heads, b.num_heads)
     differ("FFN size", a.ffn, b.ffn)
+    differ("number of positions", a.shape.positions, b.shape.positions, "Pick two checkpoints with the same maximum sequence length (n_positions).")
     differ("vocabulary size", a.config.vocab_size, b.config.vocab_size)
     if a.head.kind == "classification":
         differ("number of labels", a.config.num_labels, b.config.num_labels, "Both classifiers must be fine-tuned on the same task.")
@@ -397,6 +404,13 @@ def bundled_classifiers() -> list[Path]:
     if not BUNDLED_CLASSIFIERS.is_dir():
         return []
     return sorted(p for p in BUNDLED_CLASSIFIERS.iterdir() if (p / "config.json").exists())
+
+
+def bundled_decoders() -> list[Path]:
+    """The bundled decoder seed pair (GPT-2), in seed order; empty until it is added."""
+    if not BUNDLED_DECODERS.is_dir():
+        return []
+    return sorted(p for p in BUNDLED_DECODERS.iterdir() if (p / "config.json").exists())
 
 
 def is_bundled_classifier(path: str | Path) -> bool:

@@ -255,7 +255,7 @@ def _summary(report: dict, seconds: float) -> str:
         f"settings: ffn={'on' if s['ffn'] else 'off'} attention={s['attention']} residual={s['residual']} "
         f"{'|corr|' if s['absolute'] else 'signed corr'}, {s['lambdas']} λ points",
         (
-            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  (masked-LM nats, {report['eval']['num_predictions']:,} masked tokens)"
+            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['loss']} in nats, {report['eval']['num_predictions']:,} {report['eval']['predicted']})"
             if "metric_curves" not in report
             else f"endpoint task loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['num_predictions']:,} labelled examples); "
             + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())

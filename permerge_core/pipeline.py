@@ -25,7 +25,7 @@ from typing import Callable
 from . import cache as cache_mod
 from . import codec
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
-from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, special_token_ids, text_fingerprint, tokenize
+from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, packed_blocks, prediction_batches, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
 from .evaluation import max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
@@ -158,7 +158,7 @@ class Pipeline:
                 return self._memo[memo_key]
             stats = self._load_stats(fields)
             if stats is None:
-                batches = tokenize(self.a.tokenizer, self.match_passages, s.match_tokens, s.max_length, s.batch_size)
+                batches = self._token_batches(self.match_passages, s.match_tokens, s, "matching")
                 self.a.model.to(s.device)
                 self.b.model.to(s.device)
                 stats = collect_statistics(
@@ -245,20 +245,37 @@ class Pipeline:
         self._interpolator.work.to(s.device)
         return self._interpolator
 
+    def _token_batches(self, passages: list[str], budget: int, s: AlignSettings, what: str):
+        """Token batches as the family reads text (one passage per sequence, or packed), checked
+        against the models' position table."""
+        layout = packed_blocks if self.a.family.packed_text else tokenize
+        batches = layout(self.a.tokenizer, passages, budget, s.max_length, s.batch_size)
+        usable = self.a.family.usable_positions(self.a.config)
+        longest = max(ids.shape[1] for ids in batches.input_ids)
+        if usable is not None and longest > usable:
+            raise SettingsError(
+                f"The {what} text makes sequences of {longest} tokens, but the models have only {usable} positions.",
+                f"Set the maximum length to {usable} or less.",
+            )
+        return batches
+
     def eval_set(self, s: AlignSettings):
+        """(token batches, what the head is scored on, or None for a head without a loss)."""
         memo_key = ("eval", json.dumps(self.eval_fields(s), sort_keys=True))
         with self._lock:
             if memo_key not in self._memo:
-                batches = tokenize(self.a.tokenizer, self.eval_passages, s.eval_tokens, s.max_length, s.batch_size)
-                masked = masked_batches(batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
-                self._memo[memo_key] = (batches, masked)
+                batches = self._token_batches(self.eval_passages, s.eval_tokens, s, "evaluation")
+                prediction = self.a.head.prediction
+                scored = None if prediction is None else prediction_batches(
+                    prediction.targets, batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
+                self._memo[memo_key] = (batches, scored)
             return self._memo[memo_key]
 
     def _require_mlm(self) -> None:
-        if self.a.head.kind not in ("mlm", "classification"):
+        if self.a.head.prediction is None and self.a.head.kind != "classification":
             raise SettingsError(
-                f"Loss paths are computed for masked-LM checkpoints; these are {self.a.architecture}.",
-                "Use masked-LM checkpoints (e.g. BertForMaskedLM) or sequence classifiers with labelled data.",
+                f"Loss paths are computed for language-model heads and classifiers; these are {self.a.architecture}.",
+                "Use language-model checkpoints (e.g. BertForMaskedLM, GPT2LMHeadModel) or sequence classifiers with labelled data.",
             )
 
     def equivalence(self, s: AlignSettings) -> float:
@@ -272,7 +289,9 @@ class Pipeline:
                 else:
                     batches, _ = self.eval_set(s)
                 b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
-                self._memo[memo_key] = max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device)
+                # (a bare model has no logits: its last hidden state is compared in A's order)
+                last = self.matching(s).residual_perm(self.a.family.residual_layout.count(self.a.num_layers) - 1)
+                self._memo[memo_key] = max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device, hidden_perm=last)
             return self._memo[memo_key]
 
     def curve(self, s: AlignSettings, which: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:

@@ -529,8 +529,8 @@ def short_names(sources: list[str]) -> list[str]:
 
 
 DESCRIBE_FIELDS = [
-    ("family", "family"), ("architecture", "architecture"), ("layers", "layers"), ("hidden", "hidden size"),
-    ("heads", "attention heads"), ("ffn", "FFN size"), ("vocab", "vocabulary"), ("parameters", "parameters"),
+    ("family", "family"), ("architecture", "architecture"), ("head", "head"), ("layers", "layers"), ("hidden", "hidden size"),
+    ("heads", "attention heads"), ("ffn", "FFN size"), ("positions", "positions"), ("vocab", "vocabulary"), ("parameters", "parameters"),
     ("stored_dtype", "stored dtype"), ("source", "source"),
 ]
 

@@ -491,3 +491,110 @@ def test_streamlit_config_keeps_the_file_watcher_off():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["fileWatcherType"] == "none"
     assert config["server"]["address"] == "127.0.0.1"
+
+
+# ---- a decoder pair (GPT-2) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def decoders(world) -> list[str]:
+    """Two tiny random GPT-2 causal LMs with one byte-level BPE tokenizer."""
+    root = world["root"] / "decoders"
+    return [str(save_model(random_model("gpt2", "causal-lm", seed=s, layers=2, hidden=16, heads=4, ffn=32), root / f"seed-{s}")) for s in (0, 1)]
+
+
+def decoder_app(world, decoders, **state) -> AppTest:
+    return app(world, model_a=decoders[0], model_b=decoders[1], models_dir=str(Path(decoders[0]).parent), **state)
+
+
+def page_text(at: AppTest) -> str:
+    return " ".join(e.value for kind in ("markdown", "caption", "success", "info", "warning") for e in at.get(kind))
+
+
+def test_decoder_pair_models_page_shows_the_family_and_the_next_token_loss(world, decoders):
+    at = decoder_app(world, decoders).run()
+    no_crash(at)
+    rows = {r["property"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert rows["family"]["A"] == rows["family"]["B"] == "gpt2" and rows["head"]["A"] == "causal-lm"
+    assert rows["architecture"]["A"] == "GPT2LMHeadModel" and rows["positions"]["same"] == "✓"
+    badge = [s.value for s in at.success if "same function" in s.value]
+    assert badge and float(badge[0].rsplit("= ", 1)[1]) < 1e-4
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["L(A), λ = 1"].value.endswith("nats") and "next-token accuracy" in metrics["L(A), λ = 1"].help
+    assert "Next-token cross-entropy" in page_text(at) and "masked" not in page_text(at).lower()
+
+
+def test_bundled_decoders_are_offered_in_the_model_pickers(world, decoders, monkeypatch):
+    from permerge_app import ui
+    from permerge_core import checkpoints
+
+    root = Path(decoders[0]).parent  # stands in for assets/decoders, which may not exist yet
+    monkeypatch.setattr(checkpoints, "BUNDLED_DECODERS", root)
+    monkeypatch.setattr(ui, "BUNDLED_DECODERS", root)
+    at = app(world).run()
+    no_crash(at)
+    options = at.sidebar.selectbox(key="model_a").options
+    assert {"seed-0 (bundled decoder)", "seed-1 (bundled decoder)", "seed-0 (bundled)"} <= set(options)
+
+
+def test_decoder_pair_loss_path_is_labelled_next_token(world, decoders):
+    at = goto(decoder_app(world, decoders), "4_loss_path")
+    no_crash(at)
+    fig = charts(at)["loss_final"]
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "next-token loss" in titles and "next-token accuracy" in titles
+    curves = {t["name"]: arr(t["y"]) for t in fig["data"] if t.get("name") in ("vanilla", "permuted")}
+    assert len(curves["vanilla"]) == len(curves["permuted"]) == LAMBDAS and curves["vanilla"][-1] == curves["permuted"][-1]
+    accuracy = [t for t in fig["data"] if t.get("name") == "permuted accuracy"]
+    assert accuracy and all(0.0 <= v <= 1.0 for v in arr(accuracy[0]["y"]).tolist())
+    assert "masked" not in page_text(at).lower() and "Next-token accuracy: how often" in page_text(at)
+    table = {r["curve"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert set(table) == {"vanilla", "permuted"} and "min next-token accuracy" not in table["vanilla"]
+
+
+def test_decoder_pair_correlations_and_heads_pages(world, decoders):
+    at = goto(decoder_app(world, decoders, corr_kind="residual"), "2_correlations")
+    no_crash(at)
+    figs = charts(at)
+    assert arr(figs["corr_overview"]["data"][0]["z"]).shape == (16, 16)  # the residual stream, 16 wide
+    assert len(arr(figs["corr_layers"]["data"][0]["x"])) == 5  # 2L + 1 residual nodes
+    at.switch_page("pages/3_heads.py").run()
+    no_crash(at)
+    cost = charts(at)["heads_cost"]["data"]
+    assert arr(cost[0]["z"]).shape == (4, 4) and sorted(arr(cost[1]["x"]).tolist()) == [0, 1, 2, 3]
+
+
+def test_decoder_pair_export_writes_a_gpt2_and_seeds_compares_the_pair(world, decoders, tmp_path):
+    target = tmp_path / "merged"
+    at = goto(decoder_app(world, decoders, export_target=str(target)), "5_export")
+    no_crash(at)
+    next(b for b in at.button if b.label == "Save merged model").click().run()
+    no_crash(at)
+    assert any("GPT2LMHeadModel.from_pretrained" in s.value for s in at.success)
+    from transformers import GPT2LMHeadModel
+
+    merged = GPT2LMHeadModel.from_pretrained(target)
+    assert merged.lm_head.weight.data_ptr() == merged.transformer.wte.weight.data_ptr()
+    from permerge_core.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(at.code[0].value)[3:])
+    assert (args.model_a, args.model_b) == tuple(decoders)
+    at = goto(decoder_app(world, decoders, seeds_selected=decoders, lambdas=3), "6_seeds")
+    no_crash(at)
+    next(b for b in at.button if b.label.startswith("Compute")).click().run()
+    no_crash(at)
+    row = at.dataframe[0].value.to_dict("records")[0]
+    assert np.isfinite(row["vanilla barrier (nats)"]) and np.isfinite(row["permuted barrier (nats)"])
+
+
+def test_about_page_has_a_section_on_decoders(world):
+    at = goto(app(world), "7_about")
+    no_crash(at)
+    assert any("Decoder-only models" in h.value for h in at.header)
+    text = " ".join(m.value for m in at.markdown)
+    assert "ln_f" in text and "c_attn" in text and "end-of-text" in text
+
+
+def test_mixed_bert_and_gpt2_pair_is_refused_naming_both_families(world, decoders):
+    at = app(world, model_b=decoders[0]).run()
+    no_crash(at)
+    assert any("family: A has bert, B has gpt2" in e.value for e in at.error)

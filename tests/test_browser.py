@@ -2,7 +2,9 @@
 
 Runs on the bundled default pair (assets/models, seeds 0 and 1; the Seeds page uses every
 bundled seed). Without them it skips, unless PERMERGE_MODEL_A and PERMERGE_MODEL_B name two
-checkpoints (the app's own defaults override; PERMERGE_MODELS_DIR lists more for Seeds).
+checkpoints (the app's own defaults override; PERMERGE_MODELS_DIR lists more for Seeds). The
+same tour runs again on every other bundled pair of `PAIRS` (the GPT-2 decoders in
+assets/decoders), each skipped while its folder is missing.
 Token budgets and the λ grid are reduced through the same environment variables so that
 the whole tour stays within a few minutes on a CPU; set them yourself to override.
 
@@ -22,7 +24,7 @@ import pytest
 
 from permerge_app.server import app_run, running_app, track_runs
 from permerge_core import AlignSettings, Pipeline
-from permerge_core.checkpoints import bundled_seeds
+from permerge_core.checkpoints import bundled_decoders, bundled_seeds
 from permerge_core.evaluation import barrier
 
 pytestmark = pytest.mark.browser
@@ -43,6 +45,9 @@ PAGES = [
     ("about", "About the method", 0),
 ]
 README_PAGES = ("models", "correlations", "heads", "loss_path", "seeds")
+# Further bundled pairs the tour runs on: name → (their folders, the README screenshots they
+# give, copied as docs/screenshots/<name>-<page>.png).
+PAIRS = {"decoders": (bundled_decoders, ("loss_path",))}
 # A progress bar as Streamlit 1.67 builds it (the track's one child div is the fill, which its class
 # slides with `transition: transform 0.5s`), in the live page: the app's style must stop it sliding.
 STILL_PROGRESS_BAR = """() => {
@@ -57,18 +62,29 @@ STILL_PROGRESS_BAR = """() => {
 SLOW = 600_000  # ms: statistics and loss paths of the bundled pair on a busy CPU
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["default", *PAIRS])
+def server(request, tmp_path_factory):
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing: install Debian's chromium (apt-get install chromium) to run the browser test")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
-    override = bool(os.environ.get("PERMERGE_MODEL_A") and os.environ.get("PERMERGE_MODEL_B"))
-    bundled = len(bundled_seeds()) >= 2 and not override  # the app shows the bundled default pair
-    if not bundled and not override:
-        pytest.skip("the bundled seed models are not in assets/models yet (need at least 2); "
-                    "train them, or set PERMERGE_MODEL_A/PERMERGE_MODEL_B to run on other checkpoints")
+    pair = {}
+    if request.param == "default":
+        override = bool(os.environ.get("PERMERGE_MODEL_A") and os.environ.get("PERMERGE_MODEL_B"))
+        bundled = len(bundled_seeds()) >= 2 and not override  # the app shows the bundled default pair
+        if not bundled and not override:
+            pytest.skip("the bundled seed models are not in assets/models yet (need at least 2); "
+                        "train them, or set PERMERGE_MODEL_A/PERMERGE_MODEL_B to run on other checkpoints")
+        readme, prefix = README_PAGES, ""
+    else:
+        find, readme = PAIRS[request.param]
+        folders = find()
+        if len(folders) < 2:
+            pytest.skip(f"the bundled {request.param} are not there yet (need at least 2)")
+        bundled, prefix = True, f"{request.param}-"
+        pair = {"PERMERGE_MODEL_A": str(folders[0]), "PERMERGE_MODEL_B": str(folders[1]), "PERMERGE_MODELS_DIR": str(folders[0].parent)}
     env = {
         **os.environ,
+        **pair,
         "PERMERGE_CACHE": os.environ.get("PERMERGE_BROWSER_CACHE", str(tmp_path_factory.mktemp("cache"))),
         "PERMERGE_MATCH_TOKENS": os.environ.get("PERMERGE_MATCH_TOKENS", "16384"),
         "PERMERGE_EVAL_TOKENS": os.environ.get("PERMERGE_EVAL_TOKENS", "4096"),
@@ -77,7 +93,7 @@ def server(tmp_path_factory):
     }
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
     with running_app(env, log) as url:
-        yield {"url": url, "bundled": bundled, "log": str(log), "env": env}
+        yield {"url": url, "bundled": bundled, "log": str(log), "env": env, "prefix": prefix, "readme": readme}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +130,7 @@ def check_clean(page, name: str) -> None:
 
 
 def shoot(page, name: str) -> Path:
+    """A full-page screenshot, test-artifacts/screenshots/<name>.png."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -171,10 +188,10 @@ def test_every_page_renders_without_errors(server, browser_page):
                 text = shown[f"{which} barrier"]
                 assert text.endswith(" nats") and abs(float(text.split()[0]) - value) <= 0.0005 + 1e-9, (which, text, value)
             assert page.evaluate(STILL_PROGRESS_BAR) == "none", "progress bars slide again: the browser draws frames while curves compute"
-        shoot(page, url_path)
-    # Screenshots of the bundled pair illustrate the README; they are copied there only on
+        shoot(page, server["prefix"] + url_path)
+    # Screenshots of the bundled pairs illustrate the README; they are copied there only on
     # request, so that a test run leaves tracked files as they were.
     if server["bundled"] and os.environ.get("PERMERGE_UPDATE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        for name in README_PAGES:
-            shutil.copyfile(SHOTS / f"{name}.png", DOCS_SHOTS / f"{name}.png")
+        for name in server["readme"]:
+            shutil.copyfile(SHOTS / f"{server['prefix']}{name}.png", DOCS_SHOTS / f"{server['prefix']}{name}.png")

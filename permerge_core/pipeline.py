@@ -386,9 +386,10 @@ class Pipeline:
                 self._memo[memo_key] = time.perf_counter() - started
             return self._memo[memo_key]
 
-    def activation_spreads(self, s: AlignSettings, which: str) -> dict:
+    def activation_spreads(self, s: AlignSettings, which: str, compute: bool = True) -> dict | None:
         """Each FFN intermediate's and residual node's unit spread along a path, relative to
-        the interpolation of its endpoints' (activations.py), at every λ of the grid."""
+        the interpolation of its endpoints' (activations.py), at every λ of the grid. With
+        `compute` False: None unless it is already in memory or on disk."""
         if which not in ("vanilla", "permuted"):
             raise ValueError(which)
         s.validate()
@@ -396,6 +397,8 @@ class Pipeline:
         memo_key = ("spread", json.dumps(fields, sort_keys=True))
         with self._lock:
             done = self._memo.get(memo_key) or self.cache.load_json("spread", fields)
+            if done is None and not compute:
+                return None
             if done is None:
                 if self.labelled is not None:
                     b = self.task_batches(s)

@@ -26,7 +26,7 @@ import torch
 from .errors import PermergeError
 
 DEFAULT_GRID = 15  # points per axis; with DEFAULT_EVAL_TOKENS, the bundled pair's plane fits in 60 s (docs/performance.md)
-DEFAULT_MARGIN = 0.25  # how far past the three models the plane extends, in plane units
+DEFAULT_MARGIN = 0.2  # how far past the three models the plane extends, in plane units (with 15 points: a step of 0.1)
 DEFAULT_EVAL_TOKENS = 4096  # the plane's evaluation budget: N² + 2 evaluations instead of a path's N
 MAX_GRID = 41
 
@@ -104,11 +104,17 @@ def axes(b: Basis, grid: int, margin: float) -> tuple[list[float], list[float]]:
     check_grid(grid, margin)
     x_lo, x_hi = min(0.0, b.x_b) - margin, max(1.0, b.x_b) + margin
     y_lo, y_hi = -margin, 1.0 + margin
-    return _linspace(x_lo, x_hi, grid), _linspace(y_lo, y_hi, grid)
+    return _linspace(x_lo, x_hi, grid, (0.0, 1.0, b.x_b)), _linspace(y_lo, y_hi, grid, (0.0, 1.0))
 
 
-def _linspace(lo: float, hi: float, n: int) -> list[float]:
-    return [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+def _linspace(lo: float, hi: float, n: int, marks: tuple[float, ...]) -> list[float]:
+    """n evenly spaced values; one that misses a model's coordinate (`marks`) by rounding
+    alone is set to it, so that the models lie exactly on the grid where its spacing allows
+    (with the defaults, A and B′ do whenever 0 ≤ x_B ≤ 1: the step is 0.1)."""
+    values = [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+    for mark in marks:
+        values = [mark if abs(v - mark) <= 1e-9 * (hi - lo) else v for v in values]
+    return values
 
 
 def check_grid(grid: int, margin: float) -> None:
@@ -162,9 +168,10 @@ def point_coordinates(b: Basis) -> dict:
     return {"a": (0.0, 0.0), "b_prime": (1.0, 0.0), "b": (b.x_b, 1.0)}
 
 
-def path_coordinates(which: str, lam: float, b: Basis) -> tuple[float, float]:
-    """Where θ(λ) of a loss path lies in the plane: (1 − λ)·(x, y) of its far end."""
-    x, y = (1.0, 0.0) if which == "permuted" else (b.x_b, 1.0)
+def path_coordinates(which: str, lam: float, x_b: float) -> tuple[float, float]:
+    """Where θ(λ) of a loss path lies in the plane: (1 − λ)·(x, y) of its far end (B′ at
+    (1, 0) for the permuted path, B at (x_B, 1) for the vanilla one)."""
+    x, y = (1.0, 0.0) if which == "permuted" else (x_b, 1.0)
     return (1.0 - lam) * x, (1.0 - lam) * y
 
 
@@ -196,3 +203,33 @@ def colour_values(plane: dict, floor: float = 0.01) -> tuple[list[list[float | N
     reference = 0.5 * (points["a"]["loss"] + points["b"]["loss"]) if points else min(v for row in plane["grid"] for v in row if v is not None)
     values = [[None if v is None else math.log10(max(v - reference, floor)) for v in row] for row in plane["grid"]]
     return values, reference
+
+
+def plane_report(p, s, plane: dict, grid: int | None = None, margin: float | None = None) -> dict:
+    """plane.json: the plane with the settings, data and models that produced it."""
+    from .data import text_fingerprint
+
+    return {
+        "format": "permerge-plane/1",
+        **plane,
+        "grid_points": grid, "margin": margin,
+        "models": {"a": p.a.describe(), "b": p.b.describe()},
+        "settings": asdict(s),
+        "data": {"match": {"path": p.match_path, "fingerprint": text_fingerprint(p.match_passages)},
+                 "eval": {"path": p.eval_path, "fingerprint": text_fingerprint(p.eval_passages)}},
+        "notes": list(p.notes),
+    }
+
+
+def write_plane(p, s, plane: dict, out, grid: int | None = None, margin: float | None = None):
+    """DIR/plane.json and DIR/plane.csv, each written atomically; returns DIR."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("plane.json", json.dumps(plane_report(p, s, plane, grid, margin), indent=1)), ("plane.csv", plane_csv(plane))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return out

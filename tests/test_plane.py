@@ -165,3 +165,50 @@ def test_unit_spreads_follow_the_permutation(pipeline):
     perm = torch.as_tensor(pipeline.matching(SETTINGS).permutations["layer.0.ffn"])
     assert torch.allclose(of_b_prime["layer.0.ffn"], of_b["layer.0.ffn"][perm], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(of_b_prime["layer.0.ffn"], of_b["layer.0.ffn"], rtol=1e-3)
+
+
+def test_cli_plane_writes_plane_json_and_csv_whose_points_are_aligns_endpoints(tiny_pair, tmp_path, capsys):
+    from permerge_core.cli import main
+
+    args = ["--model-a", tiny_pair["a"], "--model-b", tiny_pair["b"], "--match-data", tiny_pair["text"], "--eval-data", tiny_pair["text"],
+            "--match-tokens", "1500", "--eval-tokens", "1000", "--lambdas", "5", "--cache-dir", tmp_path / "cache", "--quiet"]
+    args = [str(a) for a in args]
+    assert main(["align", *args, "--out", str(tmp_path / "align")]) == 0
+    assert main(["plane", *args, "--out", str(tmp_path / "plane"), "--grid", "3", "--margin", "0.5"]) == 0
+    assert "|u| = |B′ − A|" in capsys.readouterr().out
+    report = json.loads((tmp_path / "align" / "report.json").read_text())
+    plane = json.loads((tmp_path / "plane" / "plane.json").read_text())
+    for key in ("grid", "x", "y", "points", "basis", "settings", "models"):
+        assert key in plane, key
+    assert len(plane["grid"]) == 3 and all(len(row) == 3 for row in plane["grid"])
+    assert plane["y"] == pytest.approx([-0.5, 0.5, 1.5])
+    assert {k: plane["points"][k]["loss"] for k in ("a", "b", "b_prime")} == pytest.approx(report["endpoint_loss"], abs=1e-9)
+    assert plane["models"]["a"]["fingerprint"] == report["models"]["a"]["fingerprint"]
+    assert plane["settings"]["eval_tokens"] == 1000
+    assert set(plane["basis"]) >= {"norm_u", "norm_v", "angle_degrees", "x_b", "distance_b"}
+    assert len((tmp_path / "plane" / "plane.csv").read_text().strip().splitlines()) == 1 + 9 + 3
+
+
+def test_cli_plane_refuses_identical_models_and_a_bad_grid_in_one_line(tiny_pair, tmp_path, capsys):
+    from permerge_core.cli import main
+
+    same = ["--model-a", str(tiny_pair["a"]), "--model-b", str(tiny_pair["a"]), "--match-data", str(tiny_pair["text"]),
+            "--eval-data", str(tiny_pair["text"]), "--match-tokens", "1500", "--eval-tokens", "500", "--no-cache", "--quiet",
+            "--out", str(tmp_path / "out")]
+    assert main(["plane", *same, "--grid", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "same model" in err and "Fix:" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["plane", *same, "--grid", "1"])
+    assert exit_.value.code == 2 and "must be 2 to" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_axes_put_a_and_b_prime_exactly_on_the_grid():
+    basis = plane_mod.Basis(x_b=0.5, norm_u=1.0, norm_v=1.0, distance_b=1.2, angle_degrees=60.0)
+    xs, ys = plane_mod.axes(basis, plane_mod.DEFAULT_GRID, plane_mod.DEFAULT_MARGIN)
+    assert 0.0 in xs and 1.0 in xs and 0.0 in ys and 1.0 in ys
+    assert (xs[0], xs[-1], ys[0], ys[-1]) == pytest.approx((-0.2, 1.2, -0.2, 1.2))
+    wide = plane_mod.Basis(x_b=1.7, norm_u=1.0, norm_v=1.0, distance_b=2.0, angle_degrees=30.0)
+    xs, _ = plane_mod.axes(wide, 5, 0.5)
+    assert xs == pytest.approx([-0.5, 0.175, 0.85, 1.525, 2.2])  # covers B at x = 1.7 with the margin

@@ -49,21 +49,22 @@ def figure(current):
 
 if to_evaluate:
     seconds = p.seconds_per_evaluation(sp)
-    parts = ([f"the plane {plane_mod.evaluations(grid) - plane['computed']}"] if not plane["complete"] else []) + (
-        [f"the paths {sp.lambdas * len(missing_paths)}"] if missing_paths else [])
+    parts = ([f"{plane_mod.evaluations(grid) - plane['computed']} for the plane"] if not plane["complete"] else []) + (
+        [f"{sp.lambdas * len(missing_paths)} for the paths"] if missing_paths else [])
     st.info(
         f"Expected time: about {to_evaluate * seconds:.0f} s: {to_evaluate} evaluations ({', '.join(parts)}) at {seconds:.2f} s each, "
         "as one took just now. Stop keeps the points computed so far; computing again goes on from them.",
         icon=":material/schedule:",
     )
     b1, b2 = st.columns(2)
-    start = b1.button("Continue the plane" if plane["computed"] else "Compute the plane", type="primary", key="plane_go", width="stretch")
+    label = "Compute the paths" if plane["complete"] else ("Continue the plane" if plane["computed"] else "Compute the plane")
+    start = b1.button(label, type="primary", key="plane_go", width="stretch")
     b2.button("Stop", key="plane_stop", width="stretch", help="Stops after the current point; the plane keeps what it has.")
     if start:
         redraw = ui.LiveRedraw(chart)
         with ui.progress():
-            for which in missing_paths:
-                p.curve(sp, which)
+            for which in ("vanilla", "permuted"):  # first, so that the live plane shows them
+                curves[which] = p.curve(sp, which)
             p.plane(sp, grid, margin, on_point=lambda current: redraw(lambda: figure(current)))
         st.rerun()  # the finished page, without the buttons
     if plane["computed"]:

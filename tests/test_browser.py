@@ -36,6 +36,7 @@ PAGES = [
     ("correlations", "Correlations", 3),
     ("heads", "Heads", 4),
     ("loss_path", "Loss path", 1),
+    ("landscape", "Landscape", 0),  # computes its plane only on request
     ("export", "Export", 0),
     ("seeds", "Seeds", 1),
     ("about", "About the method", 0),
@@ -144,6 +145,8 @@ def test_every_page_renders_without_errors(server, browser_page):
         if url_path == "loss_path":
             assert page.get_by_text("vanilla barrier").count() >= 1
             assert page.evaluate(STILL_PROGRESS_BAR) == "none", "progress bars slide again: the browser draws frames while curves compute"
+        if url_path == "landscape":
+            assert page.get_by_text("Expected time: about").count() >= 1  # stated before anything starts
         shoot(page, url_path)
     # Screenshots of the bundled pair illustrate the README; they are copied there only on
     # request, so that a test run leaves tracked files as they were.

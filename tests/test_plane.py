@@ -212,3 +212,15 @@ def test_default_axes_put_a_and_b_prime_exactly_on_the_grid():
     wide = plane_mod.Basis(x_b=1.7, norm_u=1.0, norm_v=1.0, distance_b=2.0, angle_degrees=30.0)
     xs, _ = plane_mod.axes(wide, 5, 0.5)
     assert xs == pytest.approx([-0.5, 0.175, 0.85, 1.525, 2.2])  # covers B at x = 1.7 with the margin
+
+
+def test_png_export_of_the_landscape_works_headless_where_kaleido_and_chromium_are(request):
+    from permerge_app import charts
+
+    if not charts.png_export_available():
+        pytest.skip("kaleido or Chromium is not installed here: the page offers the chart toolbar's PNG instead")
+    pipeline = request.getfixturevalue("pipeline")
+    plane = pipeline.plane(SETTINGS, grid=3, margin=0.1)
+    curves = {w: pipeline.curve(SETTINGS, w) for w in ("vanilla", "permuted")}
+    png = charts.loss_plane(plane, curves, "tiny pair").to_image(format="png", width=500, height=400)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -34,7 +34,8 @@ basis = p.plane_basis(sp)  # PermergeError (shown by the frame) when A, B and Bâ
 plane = p.plane(sp, grid, margin, should_stop=lambda: True)  # what is already there: computes nothing new
 status = p.stage_status(sp)
 missing_paths = [w for w in ("vanilla", "permuted") if status[f"{w} path"] not in ("computed", "cached")]
-to_evaluate = (0 if plane["complete"] else plane_mod.evaluations(grid) - plane["computed"]) + sp.lambdas * len(missing_paths)
+plane_left = 0 if plane["complete"] else plane["total"] - plane["computed"] + (2 if plane["points"] is None else 0)  # (+ B and Bâ€²)
+to_evaluate = plane_left + sp.lambdas * len(missing_paths)
 name_a, name_b = views.short_names([ss.model_a, ss.model_b])
 title = f"Loss over the plane: A = {name_a}, B = {name_b}"
 chart = st.empty()
@@ -49,7 +50,7 @@ def figure(current):
 
 if to_evaluate:
     seconds = p.seconds_per_evaluation(sp)
-    parts = ([f"{plane_mod.evaluations(grid) - plane['computed']} for the plane"] if not plane["complete"] else []) + (
+    parts = ([f"{plane_left} for the plane"] if plane_left else []) + (
         [f"{sp.lambdas * len(missing_paths)} for the paths"] if missing_paths else [])
     st.info(
         f"Expected time: about {to_evaluate * seconds:.0f} s: {to_evaluate} evaluations ({', '.join(parts)}) at {seconds:.2f} s each, "
@@ -58,9 +59,10 @@ if to_evaluate:
     )
     b1, b2 = st.columns(2)
     label = "Compute the paths" if plane["complete"] else ("Continue the plane" if plane["computed"] else "Compute the plane")
-    start = b1.button(label, type="primary", key="plane_go", width="stretch")
-    b2.button("Stop", key="plane_stop", width="stretch", help="Stops after the current point; the plane keeps what it has.")
-    if start:
+    if b1.button(label, type="primary", key="plane_go", width="stretch"):
+        # A click reruns the page, which Streamlit does by interrupting this run at its next
+        # element update: the progress bar of the next point.
+        b2.button("Stop", key="plane_stop", width="stretch", help="Stops after the current point; the plane keeps what it has.")
         redraw = ui.LiveRedraw(chart)
         with ui.progress():
             for which in ("vanilla", "permuted"):  # first, so that the live plane shows them

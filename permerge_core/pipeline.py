@@ -344,27 +344,31 @@ class Pipeline:
                     on_point(done)
                 return done
             cells = self._memo.setdefault(("plane cells", memo_key[1]), {})  # what an interrupted run left
+            points = self._memo.get(("plane points", memo_key[1]))
             interpolator = self._interpolator_for(s, "permuted")
             order = plane_mod.fill_order(len(xs), len(ys))
             for k, (i, j) in enumerate(order):
+                if should_stop is not None and should_stop():
+                    return plane_mod.assemble(xs, ys, cells, basis, points)
+                if points is None:  # the three models first: a partial plane has its colour scale's reference
+                    self.progress("plane", 0.0, "the three models")
+                    at = plane_mod.point_coordinates(basis)
+                    exact = {
+                        "a": self._endpoint_a(s),
+                        "b": self._evaluate(interpolator.combine(0.0, 0.0, 1.0), s),  # bitwise B
+                        "b_prime": self._evaluate(interpolator.combine(0.0, 1.0, 0.0), s),  # bitwise B′
+                    }
+                    points = self._memo[("plane points", memo_key[1])] = {n: {"x": at[n][0], "y": at[n][1], **v} for n, v in exact.items()}
                 if (i, j) in cells:
                     continue
-                if should_stop is not None and should_stop():
-                    return plane_mod.assemble(xs, ys, cells, basis, None)
                 self.progress("plane", k / len(order), f"point {k + 1} of {len(order)}")
                 cells[(i, j)] = self._evaluate(interpolator.combine(*plane_mod.coefficients(xs[i], ys[j], basis.x_b)), s)
                 if on_point:
-                    on_point(plane_mod.assemble(xs, ys, cells, basis, None))
-            self.progress("plane", 1.0, "the three models")
-            at = plane_mod.point_coordinates(basis)
-            points = {
-                "a": self._endpoint_a(s),
-                "b": self._evaluate(interpolator.combine(0.0, 0.0, 1.0), s),  # bitwise B
-                "b_prime": self._evaluate(interpolator.combine(0.0, 1.0, 0.0), s),  # bitwise B′
-            }
-            result = plane_mod.assemble(xs, ys, cells, basis, {k: {"x": at[k][0], "y": at[k][1], **v} for k, v in points.items()})
+                    on_point(plane_mod.assemble(xs, ys, cells, basis, points))
+            result = plane_mod.assemble(xs, ys, cells, basis, points)
             self._memo[memo_key] = result
             self._memo.pop(("plane cells", memo_key[1]), None)
+            self._memo.pop(("plane points", memo_key[1]), None)
             self.cache.save_json("plane", fields, result)
             if on_point:
                 on_point(result)

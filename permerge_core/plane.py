@@ -145,11 +145,6 @@ def fill_order(nx: int, ny: int) -> list[tuple[int, int]]:
     return order
 
 
-def evaluations(grid: int) -> int:
-    """How many models a plane evaluates: the grid, and B and B′ exactly (A's loss is shared)."""
-    return grid * grid + 2
-
-
 def assemble(xs: list[float], ys: list[float], cells: dict, b: Basis, points: dict | None) -> dict:
     """The plane as plane.json holds it (less settings and models): `grid[j][i]` is the loss
     at (xs[i], ys[j]), None where not computed yet; other metrics in `metric_grids`."""

@@ -121,7 +121,8 @@ def test_a_stopped_plane_is_partial_and_the_next_call_goes_on(tmp_path):
     p = Pipeline(a, b, match_data=text, eval_data=text, cache_dir=tmp_path / "cache")
     seen = []
     partial = p.plane(SETTINGS, grid=5, on_point=seen.append, should_stop=lambda: len(seen) >= 9)
-    assert not partial["complete"] and partial["computed"] == 9 and partial["points"] is None
+    assert not partial["complete"] and partial["computed"] == 9
+    assert set(partial["points"]) == {"a", "b", "b_prime"}  # the three models come first: the colour scale's reference
     computed = {(i, j) for j, row in enumerate(partial["grid"]) for i, v in enumerate(row) if v is not None}
     assert computed == {(i, j) for i in (0, 2, 4) for j in (0, 2, 4)}  # the coarse pass spans the whole plane
     evaluated = []

@@ -31,6 +31,11 @@ results = ui.seed_results()
 pairs = views.pair_indices(len(chosen))
 keys = {(i, j): ui.seed_key(chosen[i], chosen[j], s) for i, j in pairs}
 done = {ij: results[k] for ij, k in keys.items() if k in results}
+for i, j in pairs:  # pairs another page computed: their pipeline has both curves already
+    p = ui.loaded_pipeline(chosen[i], chosen[j]) if (i, j) not in done else None
+    known = views.known_pair_barriers(p, s) if p is not None else None
+    if known is not None:
+        results[keys[(i, j)]] = done[(i, j)] = known
 
 chart = st.empty()
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PermergeError
+from .errors import PermergeError, SettingsError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,12 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"how far past A, B and B′ the plane extends, in plane units (default {DEFAULT_MARGIN})")
     plane.set_defaults(eval_tokens=DEFAULT_EVAL_TOKENS)  # N² evaluations: a smaller budget than a path's
 
-    train = sub.add_parser("train", help="pre-train a small BERT masked LM from scratch")
-    from .training import TrainConfig
+    train = sub.add_parser("train", help="pre-train a small BERT masked LM or GPT-2 decoder from scratch")
+    from .training import OBJECTIVES, TrainConfig
 
     tdef = TrainConfig(seed=0, out="")
     train.add_argument("--seed", type=int, required=True)
     train.add_argument("--out", required=True)
+    train.add_argument("--family", choices=list(OBJECTIVES), default=tdef.family, help="bert: masked LM; gpt2: causal decoder")
     for name in ("layers", "hidden", "heads", "ffn", "steps", "batch_size", "warmup", "max_length", "eval_every", "save_every", "eval_tokens"):
         train.add_argument(f"--{name.replace('_', '-')}", type=_positive_int, default=getattr(tdef, name))
     train.add_argument("--lr", type=float, default=tdef.lr)
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, default=None)
     train.add_argument("--train-data", default=tdef.train_data)
     train.add_argument("--eval-data", default=tdef.eval_data)
-    train.add_argument("--tokenizer", default=tdef.tokenizer)
+    train.add_argument("--tokenizer", default=None, help="default: the family's bundled tokenizer")
     train.add_argument(
         "--init-from", default=None, metavar="DIR",
         help="continue an earlier, finished run (its --out): its weights, a fresh schedule, data read on from where it stopped",
@@ -219,6 +220,7 @@ def _pipeline(args, log):
     from .pipeline import Pipeline, default_pair
     from .settings import SETTINGS, AlignSettings, TaskSpec
 
+    _check_out_folder(Path(args.out))  # before loading anything: a bad --out would only fail at the very end
     model_a, model_b = args.model_a, args.model_b
     if model_a is None or model_b is None:
         default_a, default_b = default_pair()
@@ -255,7 +257,10 @@ def _align(args) -> int:
         pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
         log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
     for note in report.get("notes", []):
-        log(f"note: {note}")
+        if note == pipeline.cache.warning:  # shown even with --quiet: something the user should fix
+            print(f"permerge: warning: {note}", file=sys.stderr, flush=True)
+        else:
+            log(f"note: {note}")
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
     return 0
@@ -269,6 +274,8 @@ def _plane(args) -> int:
     pipeline, settings = _pipeline(args, log)
     plane = pipeline.plane(settings, args.grid, args.margin)
     out = write_plane(pipeline, settings, plane, args.out, args.grid, args.margin)
+    if pipeline.cache.warning:  # shown even with --quiet, as for align
+        print(f"permerge: warning: {pipeline.cache.warning}", file=sys.stderr, flush=True)
     for note in pipeline.notes:
         log(f"note: {note}")
     b, points = plane["basis"], plane["points"]
@@ -283,6 +290,20 @@ def _plane(args) -> int:
     )
     print(f"wrote {out / 'plane.json'} and {out / 'plane.csv'}")
     return 0
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot become a folder: the path, or a folder above it, is a file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SettingsError(
+                    f"--out {out}: {path} is a file, but the outputs (report.json and curve.csv, or plane.json and plane.csv) are written into a folder.",
+                    "Give --out a new or existing folder path (or move that file away).",
+                )
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise SettingsError(f"--out {out}: {path} is not writable here.", "Give --out a folder you can write to.")
+            return
 
 
 def _progress_printer(log):

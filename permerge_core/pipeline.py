@@ -302,7 +302,8 @@ class Pipeline:
             points = []
             for k, lam in enumerate(grid):
                 self.progress(f"loss path ({which})", k / len(grid), f"λ = {lam:.2f}")
-                point = {"lambda": lam, **(self._endpoint_a(s) if lam == 1.0 else self._evaluate(interpolator.set(lam), s))}
+                # θ(1) too is evaluated, not taken from L(A): "λ=1 is A" must be a check that can fail.
+                point = {"lambda": lam, **self._evaluate(interpolator.set(lam), s)}
                 points.append(point)
                 if on_point:
                     on_point(point)
@@ -354,7 +355,7 @@ class Pipeline:
                     self.progress("plane", 0.0, "the three models")
                     at = plane_mod.point_coordinates(basis)
                     exact = {
-                        "a": self._endpoint_a(s),
+                        "a": self.loss_of_a(s),  # A's own model
                         "b": self._evaluate(interpolator.combine(0.0, 0.0, 1.0), s),  # bitwise B
                         "b_prime": self._evaluate(interpolator.combine(0.0, 1.0, 0.0), s),  # bitwise B′
                     }
@@ -436,12 +437,14 @@ class Pipeline:
             self._memo[memo_key] = encode(self.a.tokenizer, self.labelled, None, s.max_length, s.batch_size)
         return self._memo[memo_key]
 
-    def _endpoint_a(self, s: AlignSettings) -> dict:
-        """L(A), shared by both curves: θ(1) is bitwise A whatever B′ is."""
+    def loss_of_a(self, s: AlignSettings) -> dict:
+        """L(A) from A's own model, never from the working model: the report's endpoint, an
+        independent check on the curves' θ(1) points (bitwise A, so equal when all is well)."""
         memo_key = ("loss_a", json.dumps(self.eval_fields(s), sort_keys=True))
-        if memo_key not in self._memo:
-            self._memo[memo_key] = self._evaluate(self.a.model, s)
-        return self._memo[memo_key]
+        with self._lock:
+            if memo_key not in self._memo:
+                self._memo[memo_key] = self._evaluate(self.a.model, s)
+            return self._memo[memo_key]
 
     # ---- status --------------------------------------------------------------------------
     def stage_status(self, s: AlignSettings) -> dict[str, str]:

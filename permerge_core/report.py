@@ -40,7 +40,7 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
             "permuted": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in permuted],
         },
         "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
-        "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
+        "endpoint_loss": {"a": p.loss_of_a(s)["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
         "function_preserving": matching.function_preserving,
         "max_abs_logit_diff": p.equivalence(s),
         "matched_correlation": matched_statistics(stats, matching),

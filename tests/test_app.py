@@ -8,6 +8,8 @@ asserts on what the page shows: numbers, chart data, error messages.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import shlex
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from fixtures import random_model, random_text, save_model
-from permerge_core import AlignSettings, views
+from permerge_core import AlignSettings, Pipeline, views
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS = 5
@@ -115,6 +117,41 @@ def test_bad_input_and_missing_models_give_clear_messages(world, tmp_path):
     assert any("does not exist" in e.value for e in at.error)
 
 
+def test_unusable_cache_folder_is_shown_under_the_status_and_the_page_still_works(world, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PERMERGE_CACHE", str(blocker / "cache"))
+    at = app(world).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")  # computed without the disk cache
+    warnings = [c.value for c in at.sidebar.get("caption") if "disk cache off" in c.value]
+    assert len(warnings) == 1 and "Fix:" in warnings[0]
+
+
+def test_each_checkpoint_is_loaded_once_per_pair(world, tmp_path, monkeypatch):
+    """The sidebar learns model A's head kind from its config.json, not by loading it: a pair
+    costs two model loads (the pipeline's), not three."""
+    from collections import Counter
+
+    import permerge_core.pipeline
+    from permerge_app import ui
+
+    pair = [save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), tmp_path / f"m{s}") for s in (0, 1)]
+    loads = Counter()
+    for module in (permerge_core.pipeline, ui):
+        original = module.load_checkpoint
+
+        def counting(source, *args, original=original, **kwargs):
+            loads[str(source)] += 1
+            return original(source, *args, **kwargs)
+
+        monkeypatch.setattr(module, "load_checkpoint", counting)
+    at = app(world, model_a=str(pair[0]), model_b=str(pair[1])).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")
+    assert loads == {str(pair[0]): 1, str(pair[1]): 1}
+
+
 def test_non_preserving_mode_is_labelled(world):
     at = app(world, attention="ignore-heads").run()
     no_crash(at)
@@ -182,7 +219,25 @@ def test_heads_page_cost_matrix_graph_and_head_pair_block(world):
     assert list(table["applied B head"]) == [0, 1, 2, 3] and sorted(table["Head-Perm B head"]) == [0, 1, 2, 3]
 
 
-def test_loss_path_shows_two_curves_barriers_and_variants(world):
+@pytest.fixture
+def served_files(monkeypatch) -> dict[str, bytes]:
+    """Every file the app hands to Streamlit's media store (downloads), by file id: the bytes a
+    user's download would get."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files: dict[str, bytes] = {}
+    store = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self, path_or_data, mimetype, kind, filename=None):
+        file_id = store(self, path_or_data, mimetype, kind, filename)
+        files[file_id] = self.get_file(file_id).content
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    return files
+
+
+def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
     at = goto(app(world, variants=["FFN only"]), "4_loss_path")
     no_crash(at)
     fig = charts(at)["loss_final"]
@@ -197,8 +252,18 @@ def test_loss_path_shows_two_curves_barriers_and_variants(world):
     losses = arr(curves["permuted"]["y"]).tolist()
     assert table["permuted"]["barrier (nats)"] == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2)
     assert arr(curves["vanilla"]["y"])[-1] == losses[-1]  # λ = 1 is A on both paths
-    csv = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
-    assert csv is not None
+    # The CSV a user downloads holds exactly the pipeline's curves for these settings, computed
+    # here afresh (no cache), to the 6 decimals it is written with.
+    button = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    rows = list(csv.DictReader(io.StringIO(served_files[Path(button.proto.url).stem].decode())))
+    p = Pipeline(world["seeds"][0], world["seeds"][1], match_data=world["text"], eval_data=world["text"], cache_dir=None)
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=LAMBDAS)
+    expected = {"vanilla": p.curve(s, "vanilla"), "permuted": p.curve(s, "permuted"),
+                "FFN only": p.curve(views.variant_settings(s, "FFN only"), "permuted")}
+    assert [r["curve"] for r in rows] == [name for name in expected for _ in range(LAMBDAS)]
+    for row, point in zip(rows, [pt for points in expected.values() for pt in points]):
+        for key in ("lambda", "loss", "accuracy"):
+            assert float(row[key]) == pytest.approx(point[key], abs=1e-6), (row, key)
 
 
 def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):
@@ -283,6 +348,32 @@ def test_landscape_page_draws_the_plane_both_paths_and_the_activation_spreads(wo
         z = arr(heatmap["z"]).astype(float)
         assert z.shape == (2 + 5, LAMBDAS)  # two FFN intermediates and five residual nodes
         assert np.allclose(z[:, 0], 1.0) and np.allclose(z[:, -1], 1.0)
+
+
+def test_seeds_shows_at_once_a_pair_the_loss_path_page_computed(world):
+    seeds = [str(s) for s in world["seeds"]]
+    at = goto(app(world, lambdas=4), "4_loss_path")  # seed-0 ↔ seed-1, λ grid used by no other test
+    no_crash(at)
+    at.session_state["seeds_selected"] = seeds
+    at.switch_page("pages/6_seeds.py").run()
+    no_crash(at)
+    fig = next(f for k, f in charts(at).items() if k.startswith("seeds_matrix"))
+    assert "1 of 3 pairs" in fig["layout"]["title"]["text"]
+    vanilla, permuted = (arr(t["z"]).astype(float) for t in fig["data"])
+    barriers = {r["curve"]: r["barrier (nats)"] for r in views.barrier_rows(views_curves(world, lambdas=4))}
+    assert vanilla[0, 1] == pytest.approx(barriers["vanilla"]) and permuted[0, 1] == pytest.approx(barriers["permuted"])
+    assert np.isnan(vanilla[0, 2]) and np.isnan(vanilla[1, 2])
+    assert [b.label for b in at.button if b.label.startswith("Compute")] == ["Compute 2 missing pair(s)"]
+
+
+def views_curves(world, lambdas: int) -> dict:
+    """The seed-0 ↔ seed-1 curves the app computes with the test's sidebar (from the disk cache)."""
+    from permerge_core import Pipeline
+
+    p = Pipeline(str(world["seeds"][0]), str(world["seeds"][1]), match_data=str(world["text"]), eval_data=str(world["text"]))
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=lambdas)
+    assert p.stage_status(s)["permuted path"] == "cached"
+    return {which: p.curve(s, which) for which in ("vanilla", "permuted")}
 
 
 def test_about_page_explains_with_formulas_and_links(world):

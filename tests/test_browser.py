@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from permerge_app.server import running_app, wait_until_idle
+from permerge_app.server import app_run, running_app, track_runs
+from permerge_core import AlignSettings, Pipeline
 from permerge_core.checkpoints import bundled_seeds
+from permerge_core.evaluation import barrier
 
 pytestmark = pytest.mark.browser
 
@@ -76,7 +78,7 @@ def server(tmp_path_factory):
     }
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
     with running_app(env, log) as url:
-        yield {"url": url, "bundled": bundled, "log": str(log)}
+        yield {"url": url, "bundled": bundled, "log": str(log), "env": env}
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,7 @@ def browser_page(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1700})
+        track_runs(page)
         try:
             yield page
         finally:
@@ -118,22 +121,42 @@ def shoot(page, name: str) -> Path:
     return path
 
 
+def shown_metrics(page) -> dict[str, str]:
+    """label → value of every st.metric on the page, as the browser shows them."""
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll('[data-testid="stMetric"]')].map(m => [
+        m.querySelector('[data-testid="stMetricLabel"]').innerText.trim(),
+        m.querySelector('[data-testid="stMetricValue"]').innerText.trim()]))""")
+
+
+def expected_barriers(env: dict) -> dict[str, float]:
+    """The barriers of the app's default view, computed here by the pipeline, not by the app
+    (no shared cache): the app's pair, data and budgets, as its environment sets them."""
+    pick = lambda name: env.get(name) or None  # noqa: E731
+    seeds = bundled_seeds()
+    a, b = pick("PERMERGE_MODEL_A") or str(seeds[0]), pick("PERMERGE_MODEL_B") or str(seeds[1])
+    p = Pipeline(a, b, tokenizer=pick("PERMERGE_TOKENIZER"), match_data=pick("PERMERGE_MATCH_DATA"),
+                 eval_data=pick("PERMERGE_EVAL_DATA"), cache_dir=None)
+    s = AlignSettings(match_tokens=int(env["PERMERGE_MATCH_TOKENS"]), eval_tokens=int(env["PERMERGE_EVAL_TOKENS"]),
+                      lambdas=int(env["PERMERGE_LAMBDAS"]))
+    return {which: barrier([pt["loss"] for pt in p.curve(s, which)]) for which in ("vanilla", "permuted")}
+
+
 def test_every_page_renders_without_errors(server, browser_page):
     page = browser_page
     # A deep link on a fresh server: the page must still come with the app's sidebar.
-    page.goto(f"{server['url']}/heads", timeout=60_000)
-    wait_until_idle(page, SLOW)
+    with app_run(page, SLOW):
+        page.goto(f"{server['url']}/heads", timeout=60_000)
     page.get_by_role("heading", name="Heads").first.wait_for(timeout=SLOW)
     assert page.locator('[data-testid="stSidebar"]').get_by_text("Model A").count() >= 1
     for url_path, title, charts in PAGES:
-        page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
-        wait_until_idle(page, SLOW)
+        with app_run(page, SLOW):
+            page.locator('[data-testid="stSidebarNav"] a', has_text=title).first.click()
         page.get_by_role("heading", name=title).first.wait_for(timeout=SLOW)
         if url_path == "seeds":
             compute = page.get_by_role("button", name="Compute")
             if compute.count():
-                compute.first.click()
-                wait_until_idle(page, SLOW)
+                with app_run(page, SLOW):
+                    compute.first.click()
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => /(\\d+) of \\1 pairs/.test(t.textContent))",
                 timeout=SLOW,
@@ -143,7 +166,11 @@ def test_every_page_renders_without_errors(server, browser_page):
         if url_path == "models":
             assert page.get_by_text("computes the same function as B").count() >= 1
         if url_path == "loss_path":
-            assert page.get_by_text("vanilla barrier").count() >= 1
+            # The barriers shown are the pipeline's for the app's settings, to the 3 decimals shown.
+            shown = shown_metrics(page)
+            for which, value in expected_barriers(server["env"]).items():
+                text = shown[f"{which} barrier"]
+                assert text.endswith(" nats") and abs(float(text.split()[0]) - value) <= 0.0005 + 1e-9, (which, text, value)
             assert page.evaluate(STILL_PROGRESS_BAR) == "none", "progress bars slide again: the browser draws frames while curves compute"
         if url_path == "landscape":
             assert page.get_by_text("Expected time: about").count() >= 1  # stated before anything starts

@@ -134,6 +134,45 @@ def test_planted_permutation_is_recovered_exactly(family, residual):
         assert list(found.heads[i].assignment) == expected
 
 
+def _anti_correlated_statistics(layers=1, hidden=8, heads=2, ffn=12, tokens=400, seed=0):
+    """Statistics built from activations, not a model: every B unit j is A's unit q[j] (a
+    head-respecting q per space), negated for the first two units of each block of 4 (so two
+    per attention head), plus a little noise. Returns (stats, q per space, negated B units)."""
+    from permerge_core.statistics import SpaceStats, Statistics
+
+    rng = np.random.default_rng(seed)
+    dims = {f"layer.{i}.{k}": d for i in range(layers) for k, d in (("ffn", ffn), ("attention", hidden))}
+    dims.update({f"residual.{n}": hidden for n in range(2 * layers + 1)})
+    spaces, planted, negated = {}, {}, {}
+    for name, d in dims.items():
+        q = random_head_perm(d, heads, rng) if name.endswith("attention") else rng.permutation(d)
+        sign = np.where(np.arange(d) % 4 < 2, -1.0, 1.0)
+        xa = rng.standard_normal((tokens, d))
+        xb = xa[:, q] * sign + 0.05 * rng.standard_normal((tokens, d))
+        spaces[name] = SpaceStats.zeros(d)
+        spaces[name].add(torch.tensor(xa, dtype=torch.float32), torch.tensor(xb, dtype=torch.float32))
+        planted[name], negated[name] = q, sign < 0
+    return Statistics(spaces, layers, tokens), planted, negated
+
+
+def test_signed_matching_never_pairs_anti_correlated_units_and_absolute_does():
+    stats, planted, negated = _anti_correlated_statistics()
+    signed = compute_matching(stats, num_heads=2, attention="heads", residual="first")
+    absolute = compute_matching(stats, num_heads=2, attention="heads", residual="first", absolute=True)
+    again = compute_matching(stats, num_heads=2, attention="heads", residual="first")  # not |corr| remembered
+    for name, space in (("layer.0.ffn", "layer.0.ffn"), ("layer.0.attention", "layer.0.attention"), ("residual", "residual.0")):
+        partner = inverse(planted[space])  # A's unit i is B's unit partner[i], up to sign
+        anti = negated[space][partner]  # rows whose partner is negated (correlation ≈ −1)
+        corr = stats.spaces[space].correlation().numpy()
+        assert anti.sum() >= 2 and (corr[np.arange(len(partner)), partner][anti] < -0.9).all()
+        np.testing.assert_array_equal(absolute.permutations[name], partner, err_msg=name)
+        for m in (signed, again):
+            perm = m.permutations[name]
+            assert not np.any(perm[anti] == partner[anti]), f"{name}: signed matching paired anti-correlated units"
+            np.testing.assert_array_equal(perm[~anti], partner[~anti], err_msg=name)  # the positive pairs still found
+            assert corr[np.arange(len(perm)), perm].min() > -0.5, name
+
+
 def test_matched_correlation_is_one_for_a_planted_pair_and_monotonic_reports_head_perm_choice():
     a = random_model("bert", "mlm", seed=13, layers=1, hidden=16, heads=4, ffn=32)
     fam, head = head_for(a)

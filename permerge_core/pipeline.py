@@ -6,6 +6,8 @@ Stages and what each depends on (and so what invalidates it):
     matching    ← statistics + ffn/attention/residual modes + signed/absolute
     B′          ← matching
     curves      ← B′ (vanilla: B) + evaluation text, token budget, mask seed, λ grid
+    plane       ← A, B, B′ + evaluation text, token budget, mask seed, grid and margin
+    spreads     ← the curves' inputs (activations along a path, not losses)
 
 Each stage is memoised in memory and, where it is worth it, on disk (`cache.py`), so
 changing only the merge settings or the λ grid never recollects statistics.
@@ -17,6 +19,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -24,6 +27,8 @@ from typing import Callable
 
 from . import cache as cache_mod
 from . import codec
+from . import plane as plane_mod
+from .activations import spread_ratios, unit_spreads
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
 from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, packed_blocks, prediction_batches, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
@@ -325,6 +330,116 @@ class Pipeline:
             self._memo[memo_key] = points
             self.cache.save_json("curve", fields, points)
             return points
+
+    def plane_basis(self, s: AlignSettings) -> plane_mod.Basis:
+        """Where A, B and B′ sit relative to each other (PermergeError if they span no plane)."""
+        memo_key = ("basis", json.dumps(self.matching_fields(s), sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+                self._memo[memo_key] = plane_mod.basis(self.a.model, self.b.model, b_prime)
+            return self._memo[memo_key]
+
+    def plane(self, s: AlignSettings, grid: int = plane_mod.DEFAULT_GRID, margin: float = plane_mod.DEFAULT_MARGIN,
+              on_point: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+              axes: tuple[list[float], list[float]] | None = None) -> dict:
+        """The loss over a grid of the plane through A, B and B′ (plane.py), filled coarse to
+        fine, plus the exact losses at the three models. `on_point` gets the plane so far after
+        each point. When `should_stop()` turns true the plane so far is returned (complete:
+        False); its points are kept in memory, so the next call goes on from there. `axes`
+        replaces the grid's (x, y) values, which `grid` and `margin` give otherwise."""
+        self._require_mlm()
+        s.validate()
+        basis = self.plane_basis(s)
+        xs, ys = axes if axes is not None else plane_mod.axes(basis, grid, margin)
+        shape = {"x": list(xs), "y": list(ys)} if axes is not None else {"grid": grid, "margin": margin}
+        fields = {**self.eval_fields(s), **self.matching_fields(s), "plane": shape}
+        memo_key = ("plane", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            done = self._memo.get(memo_key) or self.cache.load_json("plane", fields)
+            if done is not None:
+                self._memo[memo_key] = done
+                self.progress("plane", 1.0, "cached")
+                if on_point:
+                    on_point(done)
+                return done
+            cells = self._memo.setdefault(("plane cells", memo_key[1]), {})  # what an interrupted run left
+            points = self._memo.get(("plane points", memo_key[1]))
+            interpolator = self._interpolator_for(s, "permuted")
+            order = plane_mod.fill_order(len(xs), len(ys))
+            for k, (i, j) in enumerate(order):
+                if should_stop is not None and should_stop():
+                    return plane_mod.assemble(xs, ys, cells, basis, points)
+                if points is None:  # the three models first: a partial plane has its colour scale's reference
+                    self.progress("plane", 0.0, "the three models")
+                    at = plane_mod.point_coordinates(basis)
+                    exact = {
+                        "a": self.loss_of_a(s),  # A's own model
+                        "b": self._evaluate(interpolator.combine(0.0, 0.0, 1.0), s),  # bitwise B
+                        "b_prime": self._evaluate(interpolator.combine(0.0, 1.0, 0.0), s),  # bitwise B′
+                    }
+                    points = self._memo[("plane points", memo_key[1])] = {n: {"x": at[n][0], "y": at[n][1], **v} for n, v in exact.items()}
+                if (i, j) in cells:
+                    continue
+                self.progress("plane", k / len(order), f"point {k + 1} of {len(order)}")
+                cells[(i, j)] = self._evaluate(interpolator.combine(*plane_mod.coefficients(xs[i], ys[j], basis.x_b)), s)
+                if on_point:
+                    on_point(plane_mod.assemble(xs, ys, cells, basis, points))
+            result = plane_mod.assemble(xs, ys, cells, basis, points)
+            self._memo[memo_key] = result
+            self._memo.pop(("plane cells", memo_key[1]), None)
+            self._memo.pop(("plane points", memo_key[1]), None)
+            self.cache.save_json("plane", fields, result)
+            if on_point:
+                on_point(result)
+            return result
+
+    def seconds_per_evaluation(self, s: AlignSettings) -> float:
+        """How long one model's loss takes with these settings, timed once on θ(½) of the
+        vanilla path (a permuted point costs the same but for a few percent of gathering)."""
+        memo_key = ("timing", json.dumps({**self.eval_fields(s), "device": s.device}, sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                model = self._interpolator_for(s, "vanilla").set(0.5)
+                if self.labelled is None:  # tokenising is not part of a point
+                    self.eval_set(s)
+                else:
+                    self.task_batches(s)
+                started = time.perf_counter()
+                self._evaluate(model, s)
+                self._memo[memo_key] = time.perf_counter() - started
+            return self._memo[memo_key]
+
+    def activation_spreads(self, s: AlignSettings, which: str, compute: bool = True) -> dict | None:
+        """Each FFN intermediate's and residual node's unit spread along a path, relative to
+        the interpolation of its endpoints' (activations.py), at every λ of the grid. With
+        `compute` False: None unless it is already in memory or on disk."""
+        if which not in ("vanilla", "permuted"):
+            raise ValueError(which)
+        s.validate()
+        fields = {**self.curve_fields(s, which), "measure": "unit spread"}
+        memo_key = ("spread", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            done = self._memo.get(memo_key) or self.cache.load_json("spread", fields)
+            if done is None and not compute:
+                return None
+            if done is None:
+                if self.labelled is not None:
+                    b = self.task_batches(s)
+                    inputs = [dict(input_ids=i, attention_mask=m, token_type_ids=t) for i, m, t in zip(b.input_ids, b.attention_mask, b.token_type_ids)]
+                else:
+                    inputs = [dict(input_ids=i, attention_mask=m) for i, m in self.eval_set(s)[0]]
+                interpolator = self._interpolator_for(s, which)
+                grid = lambda_grid(s.lambdas)
+                spreads = []
+                for k, lam in enumerate(grid):
+                    self.progress(f"activations ({which})", k / len(grid), f"λ = {lam:.2f}")
+                    spreads.append(unit_spreads(interpolator.set(lam), self.a.family, self.a.num_layers, inputs, s.device))
+                self.progress(f"activations ({which})", 1.0, "done")
+                done = spread_ratios(spreads, grid)
+                self.cache.save_json("spread", fields, done)
+            self._memo[memo_key] = done
+            return done
 
     def _evaluate(self, model, s: AlignSettings) -> dict:
         """Loss and metrics of one model on the evaluation data: masked-LM or task."""

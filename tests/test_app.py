@@ -319,6 +319,37 @@ def test_seeds_fills_the_matrix_and_opens_a_pair(world):
     assert at.title[0].value == "Loss path"
 
 
+def test_landscape_page_draws_the_plane_both_paths_and_the_activation_spreads(world):
+    at = goto(app(world, plane_grid=3, plane_tokens=1000), "8_landscape")
+    no_crash(at)
+    assert at.title[0].value == "Landscape"
+    assert any(i.value.startswith("Expected time: about") for i in at.info)  # stated before it starts
+    assert "landscape" not in charts(at)
+    at.button(key="plane_go").click().run()
+    no_crash(at)
+    fig = charts(at)["landscape"]
+    contour = next(t for t in fig["data"] if t["type"] == "contour")
+    assert arr(contour["z"]).shape == (3, 3) and len(arr(contour["x"])) == 3
+    paths = {t["name"]: t for t in fig["data"] if t.get("name", "").endswith("path (A–B)") or t.get("name", "").endswith("path (A–B′)")}
+    assert set(paths) == {"vanilla path (A–B)", "permuted path (A–B′)"}
+    assert len(arr(paths["permuted path (A–B′)"]["x"])) == LAMBDAS
+    assert arr(paths["permuted path (A–B′)"]["y"]).tolist() == [0.0] * LAMBDAS  # the permuted path is the x axis
+    models = next(t for t in fig["data"] if t.get("name") == "models")
+    assert list(models["text"]) == ["A", "B", "B′"]
+    rows = {r["quantity"]: r["value"] for r in at.dataframe[0].value.to_dict("records")}
+    assert rows["barrier, vanilla path A–B"].endswith("nats") and "distance A → B′, |u| = |B′ − A|" in rows
+    assert any("Colour scale" in m.value for m in at.markdown)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download plane (CSV)" in labels and "Download figure (HTML)" in labels
+    at.button(key="spreads_go").click().run()
+    no_crash(at)
+    spreads = charts(at)["spreads"]
+    for heatmap in spreads["data"]:
+        z = arr(heatmap["z"]).astype(float)
+        assert z.shape == (2 + 5, LAMBDAS)  # two FFN intermediates and five residual nodes
+        assert np.allclose(z[:, 0], 1.0) and np.allclose(z[:, -1], 1.0)
+
+
 def test_seeds_shows_at_once_a_pair_the_loss_path_page_computed(world):
     seeds = [str(s) for s in world["seeds"]]
     at = goto(app(world, lambdas=4), "4_loss_path")  # seed-0 ↔ seed-1, λ grid used by no other test

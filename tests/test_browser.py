@@ -40,6 +40,7 @@ PAGES = [
     ("correlations", "Correlations", 3),
     ("heads", "Heads", 4),
     ("loss_path", "Loss path", 1),
+    ("landscape", "Landscape", 0),  # computes its plane only on request
     ("export", "Export", 0),
     ("seeds", "Seeds", 1),
     ("about", "About the method", 0),
@@ -188,6 +189,8 @@ def test_every_page_renders_without_errors(server, browser_page):
                 text = shown[f"{which} barrier"]
                 assert text.endswith(" nats") and abs(float(text.split()[0]) - value) <= 0.0005 + 1e-9, (which, text, value)
             assert page.evaluate(STILL_PROGRESS_BAR) == "none", "progress bars slide again: the browser draws frames while curves compute"
+        if url_path == "landscape":
+            assert page.get_by_text("Expected time: about").count() >= 1  # stated before anything starts
         shoot(page, server["prefix"] + url_path)
     # Screenshots of the bundled pairs illustrate the README; they are copied there only on
     # request, so that a test run leaves tracked files as they were.

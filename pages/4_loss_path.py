@@ -2,10 +2,13 @@
 averaging (A↔B) and permuted merging (A↔B′), barriers marked, optional component variants, live
 as points arrive."""
 
+from dataclasses import replace
+
 import streamlit as st
 
 from permerge_app import charts, ui
 from permerge_core import is_function_preserving, tasks, views
+from permerge_core.settings import BOTH, WEIGHTS
 
 ui.page_start()
 st.title("Loss path")
@@ -29,7 +32,8 @@ variants = st.multiselect(
 )
 name_a, name_b = views.short_names([ss.model_a, ss.model_b])
 title = f"Loss along the path: A = {name_a} (λ=1) ↔ B = {name_b} (λ=0)"
-permuted_label = f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual})"
+permuted_label = (f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual}, "
+                  f"matched on {'weights' if s.matcher == WEIGHTS else 'activations'})")
 curves: dict[str, list[dict]] = {"vanilla": [], "permuted": []}
 colors = {"vanilla": charts.VANILLA, "permuted": charts.PERMUTED}
 placeholder = st.empty()
@@ -54,6 +58,9 @@ vanilla_ready = p.stage_status(s)["vanilla path"] in ("computed", "cached")
 with ui.progress():
     p.curve(s, "vanilla", on_point=collect("vanilla", live=not vanilla_ready))
     p.curve(s, "permuted", on_point=collect("permuted"))
+    if s.matcher == BOTH:  # the weight matching beside the activation matching
+        curves["permuted (weights)"], colors["permuted (weights)"] = [], charts.EXTRA[-1]
+        p.curve(replace(s, matcher=WEIGHTS), "permuted", on_point=collect("permuted (weights)"))
     for n, name in enumerate(variants):
         curves[name] = []
         colors[name] = charts.EXTRA[n % len(charts.EXTRA)]
@@ -68,7 +75,7 @@ st.caption(
        f"token is the right one, over the {p.a.head.prediction.predicted}.")
 )
 
-preserving = {"vanilla": True, "permuted": s.function_preserving}
+preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving}
 preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
 rows = views.barrier_rows(curves, preserving)
 by_name = {r["curve"]: r for r in rows}

@@ -357,4 +357,83 @@ def activation_spreads(spreads: dict[str, dict], labels: dict[str, str], title: 
         coloraxis=dict(colorscale="RdBu", cmin=1.0 - spread, cmax=1.0 + spread, cmid=1.0, colorbar=dict(title=dict(text="spread ratio"))),
         height=max(360, 26 * max(len(r["spaces"]) for r in spreads.values()) + 200),
     )
+
+
+KIND_COLORS = {"ffn": "#009E73", "attention": "#CC79A7", "residual": "#56B4E9"}
+KIND_LABELS = {"ffn": "FFN", "attention": "attention", "residual": "residual stream"}
+
+
+def _token_axis(fig: go.Figure, budgets: list[int], row=None, col=None) -> None:
+    """A log₂ axis of matching tokens, one tick per budget."""
+    fig.update_xaxes(type="log", tickmode="array", tickvals=budgets, ticktext=[f"{b:,}" for b in budgets],
+                     title_text="matching tokens per resample (log scale)", row=row, col=col)
+
+
+def barrier_vs_tokens(rows: list[dict], references: dict[str, float], title: str) -> go.Figure:
+    """Permuted barrier (nats) against the matching budget: the mean over resamples with a
+    ±1 standard-deviation bar, every resample as a faint dot, and reference barriers (vanilla
+    averaging, weight matching) as horizontal lines."""
+    budgets = [r["budget"] for r in rows]
+    fig = go.Figure()
+    xs = [r["budget"] for r in rows for _ in r["barrier"]["values"]]
+    ys = [v for r in rows for v in r["barrier"]["values"]]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="each resample", marker=dict(color=PERMUTED, size=7, opacity=0.35),
+                             hovertemplate="%{x:,} tokens<br>barrier %{y:.4f} nats<extra>one resample</extra>"))
+    fig.add_trace(go.Scatter(
+        x=budgets, y=[r["barrier"]["mean"] for r in rows], mode="lines+markers", name="permuted (activations): mean ± sd",
+        line=dict(color=PERMUTED, width=3), error_y=dict(type="data", array=[r["barrier"]["std"] for r in rows], visible=True),
+        customdata=[[r["barrier"]["std"], r["barrier"]["min"], r["barrier"]["max"]] for r in rows],
+        hovertemplate="%{x:,} tokens<br>mean barrier %{y:.4f} nats<br>sd %{customdata[0]:.4f}, range %{customdata[1]:.4f}–%{customdata[2]:.4f}"
+                      "<extra>permuted</extra>",
+    ))
+    colors = {"vanilla": VANILLA}
+    for n, (name, value) in enumerate(references.items()):
+        color = colors.get(name, EXTRA[n % len(EXTRA)])
+        fig.add_trace(go.Scatter(x=[budgets[0], budgets[-1]], y=[value, value], mode="lines", name=f"{name}: {value:.3f}",
+                                 line=dict(color=color, width=2, dash="dash"), hovertemplate=f"{name}: barrier {value:.4f} nats<extra></extra>"))
+    fig.update_layout(title=dict(text=title), yaxis_title="loss barrier (nats)", height=420, legend=dict(orientation="h", y=-0.3))
+    _token_axis(fig, budgets)
+    return fig
+
+
+def agreement_vs_tokens(rows: list[dict], title: str) -> go.Figure:
+    """Fraction of units paired as by the largest budget, one line per kind of space (mean over
+    its spaces and the resamples); dotted: the same between resamples of one budget."""
+    budgets = [r["budget"] for r in rows]
+    fig = go.Figure()
+    for kind, color in KIND_COLORS.items():
+        if not any(kind in r["agreement_by_kind"] for r in rows):
+            continue
+        fig.add_trace(go.Scatter(
+            x=budgets, y=[r["agreement_by_kind"].get(kind) for r in rows], mode="lines+markers", name=f"{KIND_LABELS[kind]}: vs the largest budget",
+            line=dict(color=color, width=3), hovertemplate="%{x:,} tokens<br>%{y:.1%} of units paired alike<extra>" + KIND_LABELS[kind] + "</extra>",
+        ))
+        between = [r["agreement_between_resamples"].get(kind) for r in rows]
+        if any(v is not None for v in between):
+            fig.add_trace(go.Scatter(
+                x=budgets, y=between, mode="lines+markers", name=f"{KIND_LABELS[kind]}: between resamples", line=dict(color=color, width=2, dash="dot"),
+                hovertemplate="%{x:,} tokens<br>%{y:.1%} paired alike by two resamples<extra>" + KIND_LABELS[kind] + "</extra>",
+            ))
+    fig.update_layout(title=dict(text=title), yaxis_title="fraction of A's units paired with the same B unit", height=420,
+                      legend=dict(orientation="h", y=-0.3))
+    fig.update_yaxes(range=[-0.02, 1.02], tickformat=".0%")
+    _token_axis(fig, budgets)
+    return fig
+
+
+def head_agreement_heatmap(rows: list[dict], title: str) -> go.Figure:
+    """Per layer (rows) and budget (columns): the fraction of A's heads assigned to the same B
+    head as by the largest budget, mean over resamples."""
+    layers = list(rows[0]["head_agreement"])
+    budgets = [f"{r['budget']:,}" for r in rows]
+    z = np.array([[r["head_agreement"][layer] for r in rows] for layer in layers])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=budgets, y=[layer.replace(".", " ") for layer in layers], zmin=0.0, zmax=1.0, colorscale="Viridis",
+        texttemplate="%{z:.0%}", colorbar=dict(title=dict(text="heads alike"), tickformat=".0%"), name="head agreement",
+        hovertemplate="%{y}, %{x} tokens<br>%{z:.0%} of heads assigned as by the largest budget<extra></extra>",
+    ))
+    fig.update_layout(title=dict(text=title), xaxis_title="matching tokens per resample", yaxis_title="layer",
+                      height=max(260, 40 * len(layers) + 160))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
     return fig

@@ -64,6 +64,7 @@ PAGES = {
     "export": "pages/5_export.py",
     "seeds": "pages/6_seeds.py",
     "about": "pages/7_about.py",
+    "stability": "pages/9_stability.py",
 }
 
 PAGE_META = [  # key, title, icon
@@ -74,6 +75,7 @@ PAGE_META = [  # key, title, icon
     ("landscape", "Landscape", ":material/landscape:"),
     ("export", "Export", ":material/download:"),
     ("seeds", "Seeds", ":material/apps:"),
+    ("stability", "Stability", ":material/stacked_line_chart:"),
     ("about", "About the method", ":material/school:"),
 ]
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m permerge_core align|plane|train|finetune ...`.
+"""Command line: `python -m permerge_core align|plane|ablate|train|finetune ...`.
 
 The CLI is the scriptable contract the app and the tests share. Bad input exits non-zero
 with one clear line on stderr, never a traceback.
@@ -129,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"how far past A, B and B′ the plane extends, in plane units (default {DEFAULT_MARGIN})")
     plane.set_defaults(eval_tokens=DEFAULT_EVAL_TOKENS)  # N² evaluations: a smaller budget than a path's
 
+    from .ablation import DEFAULT_BUDGETS, DEFAULT_RESAMPLES
+
+    ablate = sub.add_parser("ablate", help="how much matching text is enough: barriers and agreement over doubling token budgets",
+                            description="Activation matching at token budgets that double from --start-tokens to --stop-tokens, "
+                                        "--resamples disjoint slices of the matching text per budget (where it is long enough); "
+                                        "writes ablation.json and ablation.csv. Model, data and merge flags are align's.")
+    _add_inputs(ablate, "ablation.json and ablation.csv")
+    ablate.add_argument("--start-tokens", type=_positive_int, default=DEFAULT_BUDGETS[0], help="smallest matching budget")
+    ablate.add_argument("--stop-tokens", type=_positive_int, default=DEFAULT_BUDGETS[-1], help="largest matching budget (budgets double up to it)")
+    ablate.add_argument("--budgets", type=_positive_int, nargs="+", default=None, metavar="N", help="explicit budgets instead of the doubling")
+    ablate.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES, help="resamples (slices of the text) per budget")
+    ablate.set_defaults(out="runs/ablation")
+
     train = sub.add_parser("train", help="pre-train a small BERT masked LM or GPT-2 decoder from scratch")
     from .training import OBJECTIVES, TrainConfig
 
@@ -175,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             return _align(args)
         if args.command == "plane":
             return _plane(args)
+        if args.command == "ablate":
+            return _ablate(args)
         if args.command == "train":
             return _train(args)
         if args.command == "finetune":
@@ -306,6 +321,30 @@ def _check_out_folder(out: Path) -> None:
             return
 
 
+def _ablate(args) -> int:
+    from .ablation import doubling, run_ablation, write_ablation
+
+    log = _log(args)
+    started = time.time()
+    budgets = args.budgets or doubling(args.start_tokens, args.stop_tokens)
+    pipeline, settings = _pipeline(args, log)
+    result = run_ablation(pipeline, settings, budgets, args.resamples)
+    out = Path(args.out)
+    write_ablation(result, out)
+    for note in result["notes"]:
+        log(f"note: {note}")
+    print(f"vanilla barrier {result['vanilla_barrier']:.4f}; permuted barrier and agreement with the largest budget "
+          f"({result['resamples']} resample(s) per budget):")
+    for row in result["rows"]:
+        b, kinds = row["barrier"], row["agreement_by_kind"]
+        heads = "" if row["head_agreement_mean"] is None else f"  heads {row['head_agreement_mean']:.0%}"
+        print(f"  {row['budget']:>8,} tokens{'' if row['disjoint'] else ' (overlapping)'}: barrier {b['mean']:.4f} ± {b['std']:.4f}  "
+              + "  ".join(f"{k} {v:.0%}" for k, v in kinds.items()) + heads + f"  {row['seconds']:.1f} s")
+    print(f"done in {time.time() - started:.1f} s")
+    print(f"wrote {out / 'ablation.json'} and {out / 'ablation.csv'}")
+    return 0
+
+
 def _progress_printer(log):
     last = {"stage": None, "shown": -1.0}
 
@@ -316,6 +355,30 @@ def _progress_printer(log):
             last["stage"], last["shown"] = stage, pct
 
     return progress
+
+
+def _matching_lines(report: dict) -> list[str]:
+    """What the matcher did (weights: sweeps, objective, time) and, for `both`, how the two agree."""
+    lines = []
+    info = report.get("matching", {})
+    if info.get("matcher") == "weights":
+        lines.append(_weights_line(info))
+    comparison = report.get("comparison")
+    if comparison:
+        lines.append(_weights_line(comparison["weights"]["matching"]))
+        b = comparison["barrier"]
+        agree = ", ".join(f"{kind} {value:.0%}" for kind, value in comparison["agreement_by_kind"].items())
+        heads = [h["agreement"] for h in comparison["head_assignment"].values()]
+        lines.append(f"matchers compared: barrier activations {b['activations']:.4f}  weights {b['weights']:.4f}; "
+                     f"units paired alike: {agree or 'nothing permuted'}"
+                     + (f"; head assignments alike: {sum(heads) / len(heads):.0%}" if heads else ""))
+    return lines
+
+
+def _weights_line(info: dict) -> str:
+    objective = info["objective"]
+    return (f"weight matching: {info['sweeps']} sweep(s){'' if info['converged'] else ' (stopped at the cap, not converged)'}, "
+            f"objective {objective[0]:.6g} → {objective[-1]:.6g}, {info['seconds']:.2f} s, no data read")
 
 
 def _summary(report: dict, seconds: float) -> str:
@@ -333,6 +396,7 @@ def _summary(report: dict, seconds: float) -> str:
             + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())
         ),
         f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}  (lower is better)",
+        *_matching_lines(report),
         f"B' computes the same function as B: {'yes' if report['function_preserving'] else 'NO (non-preserving mode)'}; "
         f"max |Δlogit| = {report['max_abs_logit_diff']:.2e}",
         f"done in {seconds:.1f} s",

@@ -79,6 +79,16 @@ def tokenize(
     batch_size: int = 32,
 ) -> TokenBatches:
     """Tokenise passages into at most `max_tokens` real tokens, in padded batches."""
+    sequences, used, notes = token_sequences(tokenizer, passages, max_tokens, max_length)
+    if used < max_tokens:
+        notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
+    return batch_sequences(sequences, tokenizer, batch_size, notes)
+
+
+def token_sequences(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128) -> tuple[list[list[int]], int, list[str]]:
+    """The first `max_tokens` tokens of the text as model inputs, in text order: each passage
+    wrapped in the tokenizer's special tokens ([CLS] … [SEP]) and split where longer than
+    `max_length`, the last one cut to fit. Returns (sequences, tokens used, notes)."""
     if max_tokens <= 0:
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 3:
@@ -108,9 +118,12 @@ def tokenize(
     notes = []
     if split_lines:
         notes.append(f"{split_lines} passage(s) longer than {max_length} tokens were split into several sequences.")
-    if used < max_tokens:
-        notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
-    sequences.sort(key=len)
+    return sequences, used, notes
+
+
+def batch_sequences(sequences: list[list[int]], tokenizer, batch_size: int = 32, notes: list[str] | None = None) -> TokenBatches:
+    """Sequences sorted by length (little padding) and padded per batch."""
+    sequences = sorted(sequences, key=len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids, attention_mask = [], []
     for start in range(0, len(sequences), batch_size):
@@ -123,7 +136,7 @@ def tokenize(
             mask[row, : len(seq)] = 1
         input_ids.append(ids)
         attention_mask.append(mask)
-    return TokenBatches(input_ids, attention_mask, used, len(sequences), notes)
+    return TokenBatches(input_ids, attention_mask, sum(map(len, sequences)), len(sequences), list(notes or []))
 
 
 def packed_blocks(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128, batch_size: int = 32) -> TokenBatches:

@@ -87,6 +87,14 @@ def reindex(tensor: torch.Tensor, touches, out: torch.Tensor | None = None) -> t
     return torch.index_select(tensor, axis, index, out=out) if out is not None else tensor.index_select(axis, index)
 
 
+def touched_units(tensor: torch.Tensor, touch: Touch) -> torch.Tensor:
+    """The units of `tensor` that `touch` permutes, as a matrix [units, everything else]: the
+    touched axis first, every other axis flattened (a bias or a LayerNorm vector is one
+    column). Row i is what moves when the touch's permutation moves unit i; weight matching
+    (`weight_matching.py`) compares A's and B's rows."""
+    return tensor.movedim(touch.axis, 0).reshape(tensor.shape[touch.axis], -1)
+
+
 def permuted_tensors(state: dict[str, torch.Tensor], plan):
     """(name, reindexed tensor) for every planned tensor, one at a time, in the state's order:
     new[..i..] = old[..perm[i]..] on every planned axis."""

@@ -4,6 +4,7 @@ Stages and what each depends on (and so what invalidates it):
 
     statistics  ← A, B, matching text, token budget, batch layout, special-token option
     matching    ← statistics + ffn/attention/residual modes + signed/absolute
+                  (matcher `weights`: A, B + the modes only; no statistics, no text)
     B′          ← matching
     curves      ← B′ (vanilla: B) + evaluation text, token budget, mask seed, λ grid
     plane       ← A, B, B′ + evaluation text, token budget, mask seed, grid and margin
@@ -38,8 +39,9 @@ from .matching import Matching, compute_matching
 from .permuting import plan_for_matching
 from .statistics import Statistics, collect_statistics, space_dims
 from .report import build_report
-from .settings import AlignSettings, TaskSpec
+from .settings import BOTH, WEIGHTS, AlignSettings, TaskSpec
 from .tasks import FORMATS, encode, input_texts, is_glue, label_names, load_labelled, task_eval
+from .weight_matching import match_weights
 
 __all__ = ["AlignSettings", "Pipeline", "TaskSpec", "default_pair"]
 
@@ -135,7 +137,14 @@ class Pipeline:
         }
 
     def matching_fields(self, s: AlignSettings) -> dict:
-        return {**self.stats_fields(s), **s.merge_fields()}
+        """What a matching depends on. Weight matching reads no text, so no statistics fields.
+        An activation matching (applied by `activations` and `both` alike) keeps the key it had
+        before there was a choice of matcher, so earlier cache entries stay valid."""
+        merge = s.merge_fields()
+        if s.matcher == WEIGHTS:
+            return {**self._pair_fields(), **merge}
+        merge.pop("matcher")
+        return {**self.stats_fields(s), **merge}
 
     def curve_fields(self, s: AlignSettings, which: str) -> dict:
         """A curve depends on the evaluation data and λ grid, and a permuted one on B′ too."""
@@ -206,7 +215,12 @@ class Pipeline:
             if memo_key in self._memo:
                 return self._memo[memo_key]
             matching = self._load_matching(fields, s)
-            if matching is None:
+            if matching is None and s.matcher == WEIGHTS:
+                self.progress("matching", 0.0, "weight matching (no data)")
+                matching = match_weights(self.a.model, self.b.model, self.b.family, self.b.head, self.b.num_layers, self.a.num_heads,
+                                         s.ffn, s.attention, s.residual, progress=self.progress)
+                self._save_matching(fields, matching)
+            elif matching is None:
                 stats = self.statistics(s)
                 self.progress("matching", 0.0, "solving assignments")
                 matching = compute_matching(stats, self.a.num_heads, s.ffn, s.attention, s.residual, s.absolute)
@@ -242,7 +256,10 @@ class Pipeline:
 
     def _interpolator_for(self, s: AlignSettings, which: str) -> Interpolator:
         """The one working model, with A and B (vanilla) or A and B′ (permuted) as its ends."""
-        plan = self.permutation_plan(s) if which == "permuted" else None
+        return self._interpolator_with(self.permutation_plan(s) if which == "permuted" else None, s)
+
+    def _interpolator_with(self, plan, s: AlignSettings) -> Interpolator:
+        """The working model with A and B gathered through `plan` (None: B as trained) as its ends."""
         if self._interpolator is None:
             self._interpolator = Interpolator(self.a.model, self.b.model, plan=plan)
         else:
@@ -284,7 +301,7 @@ class Pipeline:
             )
 
     def equivalence(self, s: AlignSettings) -> float:
-        """max |logit(B′) − logit(B)| on the first evaluation batch."""
+        """max |logit(B′) − logit(B)| on the last (longest) evaluation batch."""
         fields = {**self.matching_fields(s), **self.eval_fields(s)}
         memo_key = ("equiv", json.dumps(fields, sort_keys=True))
         with self._lock:
@@ -316,19 +333,28 @@ class Pipeline:
                         on_point(point)
                 self.progress(f"loss path ({which})", 1.0, "cached")
                 return cached
-            interpolator = self._interpolator_for(s, which)
+            points = self.path(s, self.permutation_plan(s) if which == "permuted" else None, which, on_point)
+            self._memo[memo_key] = points
+            self.cache.save_json("curve", fields, points)
+            return points
+
+    def path(self, s: AlignSettings, plan, label: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
+        """Loss and metrics at every λ of the grid between A and B gathered through `plan` (None:
+        B as trained), not cached: `curve` caches the two paths of the settings; the data
+        ablation (`ablation.py`) walks one path per matching it studies."""
+        self._require_mlm()
+        with self._lock:
+            interpolator = self._interpolator_with(plan, s)
             grid = lambda_grid(s.lambdas)
             points = []
             for k, lam in enumerate(grid):
-                self.progress(f"loss path ({which})", k / len(grid), f"λ = {lam:.2f}")
+                self.progress(f"loss path ({label})", k / len(grid), f"λ = {lam:.2f}")
                 # θ(1) too is evaluated, not taken from L(A): "λ=1 is A" must be a check that can fail.
                 point = {"lambda": lam, **self._evaluate(interpolator.set(lam), s)}
                 points.append(point)
                 if on_point:
                     on_point(point)
-            self.progress(f"loss path ({which})", 1.0, "done")
-            self._memo[memo_key] = points
-            self.cache.save_json("curve", fields, points)
+            self.progress(f"loss path ({label})", 1.0, "done")
             return points
 
     def plane_basis(self, s: AlignSettings) -> plane_mod.Basis:
@@ -483,25 +509,34 @@ class Pipeline:
                 return "stale"
             return "missing"
 
-        return {
+        status = {
             "statistics": state("stats", self.stats_fields(s), ".safetensors"),
             "matching": state("matching", self.matching_fields(s), ".safetensors"),
             "vanilla path": state("curve", self.curve_fields(s, "vanilla"), ".json", ("which", "lambdas")),
             "permuted path": state("curve", self.curve_fields(s, "permuted"), ".json", ("which", "lambdas")),
         }
+        if s.matcher == WEIGHTS:  # weight matching needs no statistics
+            del status["statistics"]
+        return status
 
     # ---- the whole run -------------------------------------------------------------------
     def run(self, s: AlignSettings, on_point: Callable[[str, dict], None] | None = None) -> dict:
         s.validate()
         self._require_mlm()
-        stats = self.statistics(s)
+        stats = None if s.matcher == WEIGHTS else self.statistics(s)  # weight matching reads no text
         matching = self.matching(s)
         vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
         permuted = self.curve(s, "permuted", (lambda p: on_point("permuted", p)) if on_point else None)
         if self.labelled is not None:
-            return build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None)
-        batches, masked = self.eval_set(s)
-        return build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
+            report = build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None)
+        else:
+            batches, masked = self.eval_set(s)
+            report = build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
+        if s.matcher == BOTH:
+            from .comparison import compare_matchers
+
+            report["comparison"] = compare_matchers(self, s)
+        return report
 
     def save_merged(self, s: AlignSettings, lam: float, out: str | Path, overwrite: bool = False) -> Path:
         """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer."""

@@ -15,7 +15,7 @@ are gathered into buffers reused from slice to slice and consumed in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -141,6 +141,13 @@ class SpaceStats:
         if self.cross_low is not None:  # IEEE addition rounds hi + lo correctly: no float64 temporary needed
             self.cross.add_(self.cross_low)
         self.cross_low, self.pending_tokens = None, 0
+
+    def snapshot(self) -> "SpaceStats":
+        """A finished copy of the sums so far (as `compact` would leave them), while these keep
+        accumulating: the statistics of a prefix of the pass, at the cost of one copy."""
+        cross = self.cross.clone() if self.cross_low is None else self.cross + self.cross_low
+        return SpaceStats(self.n, *(getattr(self, p).clone() for p in ("sum_a", "sum_b", "sumsq_a", "sumsq_b")), cross,
+                          self.shift_a.clone(), self.shift_b.clone())
 
     def cross_sum(self) -> torch.Tensor:
         """Σ (x_A − shift_A)(x_B − shift_B)ᵀ as exactly as it is held (float64 while accumulating)."""
@@ -281,8 +288,14 @@ def collect_statistics(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    snapshot_after: Collection[int] = (),
+    on_snapshot: Callable[[int, Statistics], None] | None = None,
 ) -> Statistics:
-    """Run A and B over the same batches and accumulate the statistics of every space."""
+    """Run A and B over the same batches and accumulate the statistics of every space.
+
+    After each batch index in `snapshot_after`, `on_snapshot(index, statistics so far)` gets a
+    finished copy of the running sums: one pass yields the statistics of several prefixes of
+    the batches (the data ablation's budgets, `ablation.py`)."""
     num_layers = family.shape(config).layers
     stats = {name: SpaceStats.zeros(dim, device) for name, dim in space_dims(config, family).items()}
     points = captures(family, num_layers)
@@ -326,6 +339,8 @@ def collect_statistics(
                 enc_b(input_ids=ids_part, attention_mask=mask_part)
                 held_a.clear()
                 tokens += int(rows.numel())
+            if on_snapshot is not None and step in snapshot_after:
+                on_snapshot(step, Statistics({k: v.snapshot() for k, v in stats.items()}, num_layers, tokens, list(batches.notes)))
             if progress:
                 progress("statistics", (step + 1) / total, f"{tokens:,} tokens")
     finally:

@@ -31,6 +31,7 @@ __all__ = [
     "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix", "known_pair_barriers",
     "pair_indices", "stage_status", "status_line", "endpoint_losses", "source_signature",
     "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "short_names", "merged_zip", "pair_barriers",
+    "ablation_table", "comparison_rows", "head_assignment_rows",
 ]
 
 
@@ -558,3 +559,37 @@ def equivalence_text(max_diff: float, attention: str, residual: str) -> tuple[bo
         f"{' and '.join(modes)} is not function-preserving: B′ is a different model from B "
         f"(max |Δlogit| = {max_diff:.2g}). Its loss path is an ablation, not a merge of B."
     )
+
+
+# ---- stability ---------------------------------------------------------------------------------
+
+def ablation_table(result: dict) -> list[dict]:
+    """One row per budget of an ablation (`ablation.run_ablation`): barrier spread, agreement
+    with the largest budget by kind of space, head agreement, time."""
+    rows = []
+    for r in result["rows"]:
+        row = {"tokens": r["budget"], "disjoint resamples": r["disjoint"], "barrier mean (nats)": r["barrier"]["mean"],
+               "barrier sd (nats)": r["barrier"]["std"]}
+        row.update({f"{kind} alike": value for kind, value in r["agreement_by_kind"].items()})
+        if r["head_agreement_mean"] is not None:
+            row["heads alike"] = r["head_agreement_mean"]
+        row["seconds to match"] = r["seconds"]
+        rows.append(row)
+    return rows
+
+
+def comparison_rows(comparison: dict, family, num_layers: int) -> list[dict]:
+    """Per space: the fraction of A's units the activation and the weight matching pair with
+    the same B unit (`comparison.compare_matchers`)."""
+    return [{"space": space_label(space, family, num_layers) if space != "residual" else "residual stream", "units alike": value}
+            for space, value in comparison["agreement"].items()]
+
+
+def head_assignment_rows(comparison: dict) -> list[dict]:
+    """Per layer and A head: the B head each matcher assigns, and whether they agree."""
+    rows = []
+    for layer, heads in comparison["head_assignment"].items():
+        for j, (k_act, k_w) in enumerate(zip(heads["activations"], heads["weights"])):
+            rows.append({"layer": int(layer.split(".")[1]), "A head": j, "B head (activations)": k_act, "B head (weights)": k_w,
+                         "alike": "✓" if k_act == k_w else "✗"})
+    return rows

@@ -264,6 +264,13 @@ def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
     for row, point in zip(rows, [pt for points in expected.values() for pt in points]):
         for key in ("lambda", "loss", "accuracy"):
             assert float(row[key]) == pytest.approx(point[key], abs=1e-6), (row, key)
+    # Matcher `both`: the weight matching's path beside the activation matching's.
+    at.session_state["matcher"] = "both"
+    at.run()
+    no_crash(at)
+    names = {t.get("name") for t in charts(at)["loss_final"]["data"]}
+    assert {"vanilla", "permuted", "permuted (weights)"} <= names
+    assert "permuted (weights)" in {r["curve"] for r in at.dataframe[0].value.to_dict("records")}
 
 
 def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):
@@ -374,6 +381,30 @@ def views_curves(world, lambdas: int) -> dict:
     s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=lambdas)
     assert p.stage_status(s)["permuted path"] == "cached"
     return {which: p.curve(s, which) for which in ("vanilla", "permuted")}
+
+
+def test_stability_page_draws_the_ablation_and_compares_the_matchers(world):
+    study = dict(stability_budgets=(64, 256), stability_resamples=2, stability_lambdas=3, stability_eval_tokens=500)
+    at = goto(app(world, matcher="both", **study), "9_stability")
+    no_crash(at)
+    figs = charts(at)
+    barrier = figs["stability_barrier"]["data"]
+    mean = next(t for t in barrier if t["name"].startswith("permuted"))
+    assert arr(mean["x"]).tolist() == [64, 128, 256] and len(arr(barrier[0]["y"])) == 6  # 3 budgets × 2 resamples
+    references = [t["name"] for t in barrier if t["name"].startswith(("vanilla", "weight matching"))]
+    assert len(references) == 2
+    lines = {t["name"]: arr(t["y"]).tolist() for t in figs["stability_agreement"]["data"]}
+    for kind in ("FFN", "attention", "residual stream"):
+        assert lines[f"{kind}: vs the largest budget"][-1] == 1.0  # the largest budget agrees with itself
+    heads = arr(figs["stability_heads"]["data"][0]["z"])
+    assert heads.shape == (2, 3) and np.all(heads[:, -1] == 1.0)  # layer × budget
+    table = at.dataframe[0].value
+    assert list(table["tokens"]) == [64, 128, 256]
+    metrics = {m.label: m.value for m in at.metric}
+    assert {"vanilla barrier", "activations barrier", "weights barrier"} <= set(metrics)
+    heads_table = at.dataframe[2].value
+    assert len(heads_table) == 8 and set(heads_table["alike"]) <= {"✓", "✗"}  # 2 layers × 4 heads
+    assert {b.proto.label for b in at.get("download_button")} >= {"Download ablation.json", "Download ablation.csv"}
 
 
 def test_about_page_explains_with_formulas_and_links(world):

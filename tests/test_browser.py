@@ -43,6 +43,7 @@ PAGES = [
     ("landscape", "Landscape", 0),  # computes its plane only on request
     ("export", "Export", 0),
     ("seeds", "Seeds", 1),
+    ("stability", "Stability", 3),
     ("about", "About the method", 0),
 ]
 README_PAGES = ("models", "correlations", "heads", "loss_path", "seeds")

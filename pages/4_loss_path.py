@@ -1,5 +1,6 @@
-"""Loss path: loss and masked-token accuracy along λ for vanilla averaging (A↔B) and permuted
-merging (A↔B′), barriers marked, optional component variants, live as points arrive."""
+"""Loss path: loss and accuracy (masked-token, next-token or a task metric) along λ for vanilla
+averaging (A↔B) and permuted merging (A↔B′), barriers marked, optional component variants, live
+as points arrive."""
 
 from dataclasses import replace
 
@@ -22,8 +23,8 @@ if classifier:
     metric = st.radio("Task metric (lower panel)", tasks.task_metric_names(p.a.config.num_labels), key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
     loss_name = "task loss (MSE)" if p.a.config.num_labels == 1 else "task cross-entropy"
 else:
-    metric, loss_name = "accuracy", "masked-LM loss"
-metric_name = views.METRIC_LABELS[metric] if classifier else "masked-token accuracy"
+    metric, loss_name = "accuracy", p.a.head.prediction.loss
+metric_name = views.METRIC_LABELS[metric] if classifier else p.a.head.prediction.accuracy
 variants = st.multiselect(
     "Extra curves: component variants (the paper's comparisons)", list(views.VARIANTS), key="variants",
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
@@ -70,7 +71,8 @@ placeholder.plotly_chart(fig, key="loss_final")
 st.caption(
     f"'permuted' uses the sidebar settings: {permuted_label}. "
     + (f"Loss is the {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
-       if classifier else "Loss is the masked-LM cross-entropy in nats; accuracy is the fraction of masked tokens predicted exactly.")
+       if classifier else f"{p.a.head.prediction.explanation} {p.a.head.prediction.accuracy.capitalize()}: how often the most likely "
+       f"token is the right one, over the {p.a.head.prediction.predicted}.")
 )
 
 preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving}

@@ -1,4 +1,4 @@
-"""Command line: `python -m permerge_core align|ablate|train|finetune ...`.
+"""Command line: `python -m permerge_core align|plane|ablate|train|finetune ...`.
 
 The CLI is the scriptable contract the app and the tests share. Bad input exits non-zero
 with one clear line on stderr, never a traceback.
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PermergeError
+from .errors import PermergeError, SettingsError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,22 +63,6 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(spec.flag, type=spec.type, default=spec.default, help=spec.help)
 
 
-def _add_pair(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose the pair, its data and the cache (align and ablate)."""
-    parser.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
-    parser.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
-    parser.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
-    parser.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
-    parser.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
-    parser.add_argument("--label-column", default="label", help="classifiers: column with the label")
-    parser.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
-    parser.add_argument("--quiet", action="store_true")
-
-
 def _unit_float(text: str) -> float:
     try:
         value = float(text)
@@ -89,17 +73,61 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _grid_points(text: str) -> int:
+    from .plane import MAX_GRID
+
+    value = _positive_int(text)
+    if not 2 <= value <= MAX_GRID:
+        raise argparse.ArgumentTypeError(f"must be 2 to {MAX_GRID}, got {value}")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    return value
+
+
+def _add_inputs(parser: argparse.ArgumentParser, outputs: str) -> None:
+    """The flags `align` and `plane` share: the pair, the data, every setting, the cache."""
+    parser.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
+    parser.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
+    parser.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
+    parser.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
+    add_settings(parser)
+    parser.add_argument("--out", default="runs/latest", help=f"folder for {outputs}")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
+    parser.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
+    parser.add_argument("--label-column", default="label", help="classifiers: column with the label")
+    parser.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
+    parser.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m permerge_core", description="Align two transformer checkpoints by permutation and measure the loss barrier.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     align = sub.add_parser("align", help="align B to A and compute the loss path")
-    _add_pair(align)
-    add_settings(align)
-    align.add_argument("--out", default="runs/latest", help="folder for report.json and curve.csv")
+    _add_inputs(align, "report.json and curve.csv")
     align.add_argument("--save-merged", default=None, help="write the merged model at --merge-lambda here")
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
+
+    from .plane import DEFAULT_EVAL_TOKENS, DEFAULT_GRID, DEFAULT_MARGIN, MAX_GRID
+
+    plane = sub.add_parser("plane", help="the loss over the plane through A, B and B′ (B aligned to A)")
+    _add_inputs(plane, "plane.json and plane.csv")
+    plane.add_argument("--grid", type=_grid_points, default=DEFAULT_GRID, help=f"points per axis, 2 to {MAX_GRID}: N² evaluations (default {DEFAULT_GRID})")
+    plane.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN,
+                       help=f"how far past A, B and B′ the plane extends, in plane units (default {DEFAULT_MARGIN})")
+    plane.set_defaults(eval_tokens=DEFAULT_EVAL_TOKENS)  # N² evaluations: a smaller budget than a path's
 
     from .ablation import DEFAULT_BUDGETS, DEFAULT_RESAMPLES
 
@@ -107,13 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Activation matching at token budgets that double from --start-tokens to --stop-tokens, "
                                         "--resamples disjoint slices of the matching text per budget (where it is long enough); "
                                         "writes ablation.json and ablation.csv. Model, data and merge flags are align's.")
-    _add_pair(ablate)
-    add_settings(ablate)
+    _add_inputs(ablate, "ablation.json and ablation.csv")
     ablate.add_argument("--start-tokens", type=_positive_int, default=DEFAULT_BUDGETS[0], help="smallest matching budget")
     ablate.add_argument("--stop-tokens", type=_positive_int, default=DEFAULT_BUDGETS[-1], help="largest matching budget (budgets double up to it)")
     ablate.add_argument("--budgets", type=_positive_int, nargs="+", default=None, metavar="N", help="explicit budgets instead of the doubling")
     ablate.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES, help="resamples (slices of the text) per budget")
-    ablate.add_argument("--out", default="runs/ablation", help="folder for ablation.json and ablation.csv")
+    ablate.set_defaults(out="runs/ablation")
 
     train = sub.add_parser("train", help="pre-train a small BERT masked LM or GPT-2 decoder from scratch")
     from .training import OBJECTIVES, TrainConfig
@@ -159,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "align":
             return _align(args)
+        if args.command == "plane":
+            return _plane(args)
         if args.command == "ablate":
             return _ablate(args)
         if args.command == "train":
@@ -202,10 +231,11 @@ def _train(args) -> int:
 
 
 def _pipeline(args, log):
-    """The pipeline and settings the pair, data and settings flags ask for."""
+    """The pipeline and settings that the shared flags (`_add_inputs`) describe."""
     from .pipeline import Pipeline, default_pair
     from .settings import SETTINGS, AlignSettings, TaskSpec
 
+    _check_out_folder(Path(args.out))  # before loading anything: a bad --out would only fail at the very end
     model_a, model_b = args.model_a, args.model_b
     if model_a is None or model_b is None:
         default_a, default_b = default_pair()
@@ -225,10 +255,14 @@ def _pipeline(args, log):
     return pipeline, settings
 
 
+def _log(args):
+    return (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
 def _align(args) -> int:
     from .report import write_outputs
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = _log(args)
     started = time.time()
     pipeline, settings = _pipeline(args, log)
     report = pipeline.run(settings)
@@ -238,16 +272,59 @@ def _align(args) -> int:
         pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
         log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
     for note in report.get("notes", []):
-        log(f"note: {note}")
+        if note == pipeline.cache.warning:  # shown even with --quiet: something the user should fix
+            print(f"permerge: warning: {note}", file=sys.stderr, flush=True)
+        else:
+            log(f"note: {note}")
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
     return 0
 
 
+def _plane(args) -> int:
+    from .plane import write_plane
+
+    log = _log(args)
+    started = time.time()
+    pipeline, settings = _pipeline(args, log)
+    plane = pipeline.plane(settings, args.grid, args.margin)
+    out = write_plane(pipeline, settings, plane, args.out, args.grid, args.margin)
+    if pipeline.cache.warning:  # shown even with --quiet, as for align
+        print(f"permerge: warning: {pipeline.cache.warning}", file=sys.stderr, flush=True)
+    for note in pipeline.notes:
+        log(f"note: {note}")
+    b, points = plane["basis"], plane["points"]
+    print(
+        f"plane through A, B and B′: {args.grid}×{args.grid} points, x {plane['x'][0]:.2f}…{plane['x'][-1]:.2f}, "
+        f"y {plane['y'][0]:.2f}…{plane['y'][-1]:.2f}, {settings.eval_tokens:,} evaluation tokens\n"
+        f"|u| = |B′ − A| = {b['norm_u']:.4g}, |B − A| = {b['distance_b']:.4g}, |v| = {b['norm_v']:.4g}, "
+        f"angle(B − A, u) = {b['angle_degrees']:.1f}°, B at x = {b['x_b']:.3f}\n"
+        f"loss: A {points['a']['loss']:.4f}  B {points['b']['loss']:.4f}  B′ {points['b_prime']['loss']:.4f}  "
+        f"grid {min(v for row in plane['grid'] for v in row):.4f}…{max(v for row in plane['grid'] for v in row):.4f}\n"
+        f"done in {time.time() - started:.1f} s"
+    )
+    print(f"wrote {out / 'plane.json'} and {out / 'plane.csv'}")
+    return 0
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot become a folder: the path, or a folder above it, is a file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SettingsError(
+                    f"--out {out}: {path} is a file, but the outputs (report.json and curve.csv, or plane.json and plane.csv) are written into a folder.",
+                    "Give --out a new or existing folder path (or move that file away).",
+                )
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise SettingsError(f"--out {out}: {path} is not writable here.", "Give --out a folder you can write to.")
+            return
+
+
 def _ablate(args) -> int:
     from .ablation import doubling, run_ablation, write_ablation
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = _log(args)
     started = time.time()
     budgets = args.budgets or doubling(args.start_tokens, args.stop_tokens)
     pipeline, settings = _pipeline(args, log)
@@ -313,7 +390,7 @@ def _summary(report: dict, seconds: float) -> str:
         f"settings: ffn={'on' if s['ffn'] else 'off'} attention={s['attention']} residual={s['residual']} "
         f"{'|corr|' if s['absolute'] else 'signed corr'}, {s['lambdas']} λ points",
         (
-            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  (masked-LM nats, {report['eval']['num_predictions']:,} masked tokens)"
+            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['loss']} in nats, {report['eval']['num_predictions']:,} {report['eval']['predicted']})"
             if "metric_curves" not in report
             else f"endpoint task loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['num_predictions']:,} labelled examples); "
             + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())

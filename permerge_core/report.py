@@ -29,7 +29,8 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
             "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
         },
         "eval": (
-            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed}
+            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed,
+             "loss": p.a.head.prediction.loss, "predicted": p.a.head.prediction.predicted}
             if masked is not None
             else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
         ),
@@ -47,7 +48,7 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
             "permuted": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in permuted],
         },
         "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
-        "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
+        "endpoint_loss": {"a": p.loss_of_a(s)["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
         "function_preserving": matching.function_preserving,
         "max_abs_logit_diff": p.equivalence(s),
         "matched_correlation": matched_statistics(stats, matching) if stats is not None else None,

@@ -246,8 +246,9 @@ def space_dims(config, family: Family | None = None) -> dict[str, int]:
     return dims
 
 
-def _captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
-    """(space name, module name, 'input'|'output') for every space of the family."""
+def captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
+    """(space name, module name, 'input'|'output') for every space of the family (also the
+    activation spreads along a path read them, `activations.py`)."""
     enc = family.encoder
     out = []
     for i in range(num_layers):
@@ -261,10 +262,12 @@ def _captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def _register(encoder: torch.nn.Module, captures, on_activation) -> list:
+def register_captures(encoder: torch.nn.Module, points, on_activation) -> list:
+    """Hooks calling on_activation(space, tensor) at each of `points` (from `captures`);
+    returns their handles, for the caller to remove."""
     modules = dict(encoder.named_modules())
     handles = []
-    for space, module_name, io in captures:
+    for space, module_name, io in points:
         module = modules[module_name]
         if io == "input":
             handles.append(module.register_forward_pre_hook(lambda m, args, s=space: on_activation(s, args[0])))
@@ -295,7 +298,7 @@ def collect_statistics(
     the batches (the data ablation's budgets, `ablation.py`)."""
     num_layers = family.shape(config).layers
     stats = {name: SpaceStats.zeros(dim, device) for name, dim in space_dims(config, family).items()}
-    captures = _captures(family, num_layers)
+    points = captures(family, num_layers)
     enc_a = getattr(model_a, "base_model", model_a)
     enc_b = getattr(model_b, "base_model", model_b)
     held_a: dict[str, torch.Tensor] = {}
@@ -322,7 +325,7 @@ def collect_statistics(
     def on_b(space, act):
         stats[space].add_(held_a.pop(space), kept(act, act.shape[-1]), scratch)
 
-    handles = _register(enc_a, captures, on_a) + _register(enc_b, captures, on_b)
+    handles = register_captures(enc_a, points, on_a) + register_captures(enc_b, points, on_b)
     model_a.eval()
     model_b.eval()
     total = len(batches)

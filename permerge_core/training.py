@@ -470,6 +470,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     from .tasks import encode, load_labelled, task_eval
 
     source = load_checkpoint(cfg.model)
+    if source.tokenizer is None:
+        raise SettingsError(f"{cfg.model} has no tokenizer files.", "Copy the tokenizer files the model was trained with (tokenizer.json, …) into its folder.")
     data = load_labelled(cfg.data, cfg.text_column, cfg.label_column, cfg.pair_column, regression=cfg.regression)
     num_labels = 1 if cfg.regression else int(max(data.labels)) + 1
     config = source.config.__class__.from_dict(source.config.to_dict())

@@ -28,7 +28,7 @@ __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
-    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix",
+    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix", "known_pair_barriers",
     "pair_indices", "stage_status", "status_line", "endpoint_losses", "source_signature",
     "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "short_names", "merged_zip", "pair_barriers",
     "ablation_table", "comparison_rows", "head_assignment_rows",
@@ -428,6 +428,15 @@ def pair_barriers(pipeline, settings) -> dict[str, float]:
     return {which: barrier([p["loss"] for p in pipeline.curve(settings, which)]) for which in ("vanilla", "permuted")}
 
 
+def known_pair_barriers(pipeline, settings) -> dict[str, float] | None:
+    """`pair_barriers` if both of the pair's curves are computed or on disk already (they are
+    read, not computed), else None: the cells a seed matrix can show without any work."""
+    status = pipeline.stage_status(settings)
+    if all(status[path] in ("computed", "cached") for path in ("vanilla path", "permuted path")):
+        return pair_barriers(pipeline, settings)
+    return None
+
+
 # ---- status -----------------------------------------------------------------------------------
 
 def stage_status(pipeline, settings) -> dict[str, str]:
@@ -521,8 +530,8 @@ def short_names(sources: list[str]) -> list[str]:
 
 
 DESCRIBE_FIELDS = [
-    ("family", "family"), ("architecture", "architecture"), ("layers", "layers"), ("hidden", "hidden size"),
-    ("heads", "attention heads"), ("ffn", "FFN size"), ("vocab", "vocabulary"), ("parameters", "parameters"),
+    ("family", "family"), ("architecture", "architecture"), ("head", "head"), ("layers", "layers"), ("hidden", "hidden size"),
+    ("heads", "attention heads"), ("ffn", "FFN size"), ("positions", "positions"), ("vocab", "vocabulary"), ("parameters", "parameters"),
     ("stored_dtype", "stored dtype"), ("source", "source"),
 ]
 

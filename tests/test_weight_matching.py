@@ -21,7 +21,7 @@ from test_invariants import SHAPES, head_for, random_matching
 PRESERVING = [(att, res) for att, a in ATTENTION.items() if a.preserves_function for res, r in RESIDUAL.items() if r.preserves_function]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6", "2x9h3"])
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 def test_a_planted_shuffle_is_recovered_exactly_from_the_weights_alone(family, shape):
     a = random_model(family, "mlm", seed=41, **shape)

@@ -45,7 +45,7 @@ import torch
 from .assignment import assign
 from .matching import HeadMatching, Matching, heads_for_mode, identity, solve_heads
 from .modes import ATTENTION, ATTENTION_MODES, HEADS_IGNORE, HEADS_NONE, RESIDUAL, RESIDUAL_EACH, RESIDUAL_MODES, RESIDUAL_NONE
-from .permuting import permutation_plan, reindex, touched_units
+from .permuting import permutation_plan, reindex, touched_units, touches_by_tensor
 
 MAX_SWEEPS = 50  # a sweep visits every permuted space once; real pairs settle in a handful
 STREAM = "residual"  # the one residual space of the function-preserving modes
@@ -82,20 +82,24 @@ class WeightObjective:
         for name, (_, _, ts) in self.tensors.items():
             for touch, space in ts:
                 self.by_space.setdefault(space, []).append((name, touch))
-        self.device = next(iter(self.tensors.values()))[1].device if self.tensors else torch.device("cpu")
         self.dims = {space: touched_units(self.tensors[name][0], touch).shape[0] for space, ((name, touch), *_) in self.by_space.items()}
 
     def identity(self) -> dict[str, np.ndarray]:
         return {space: identity(dim) for space, dim in self.dims.items()}
 
+    def _axes(self, name: str, perms: dict[str, np.ndarray]) -> list[tuple[int, torch.Tensor]]:
+        """(axis, index) of every permuted axis of tensor `name` under `perms`, as B′ gets them
+        (`permuting.touches_by_tensor`: blocks of a fused axis make one index)."""
+        _, b, ts = self.tensors[name]
+        return touches_by_tensor({name: b}, [(t, perms[s]) for t, s in ts])[name]
+
     def similarity(self, space: str, perms: dict[str, np.ndarray]) -> np.ndarray:
         """S [d, d], float64: S[i, j] = Σ over the space's touches of ⟨A's unit i, B's unit j⟩,
         with every other permuted axis of those tensors at its current permutation."""
-        index = _indices(perms, self.device)
         total = None
         for name, touch in self.by_space[space]:
-            a, b, ts = self.tensors[name]
-            others = [(t.axis, index[s]) for t, s in ts if t.axis != touch.axis]
+            a, b, _ = self.tensors[name]
+            others = [(axis, index) for axis, index in self._axes(name, perms) if axis != touch.axis]
             if others:
                 b = reindex(b, others)
             product = touched_units(a, touch) @ touched_units(b, touch).T  # float32 products,
@@ -104,16 +108,10 @@ class WeightObjective:
 
     def value(self, perms: dict[str, np.ndarray]) -> float:
         """J: Σ_W ⟨W_A, W_B′⟩ over every touched tensor (tied ones once)."""
-        index = _indices(perms, self.device)
         total = 0.0
-        for a, b, ts in self.tensors.values():
-            b_prime = reindex(b, [(t.axis, index[s]) for t, s in ts])
-            total += float(torch.sum(a * b_prime, dtype=torch.float64))
+        for name, (a, b, _) in self.tensors.items():
+            total += float(torch.sum(a * reindex(b, self._axes(name, perms)), dtype=torch.float64))
         return total
-
-
-def _indices(perms: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
-    return {space: torch.as_tensor(perm, dtype=torch.long, device=device) for space, perm in perms.items()}
 
 
 def match_weights(

@@ -90,12 +90,8 @@ def reindex(tensor: torch.Tensor, touches, out: torch.Tensor | None = None) -> t
 def touched_units(tensor: torch.Tensor, touch: Touch) -> torch.Tensor:
     """The units of `tensor` that `touch` permutes, as a matrix [units, everything else]: the
     touched axis first, every other axis flattened (a bias or a LayerNorm vector is one
-    column; a touch of block k of n, that block only). Row i is what moves when the touch's
-    permutation moves unit i; weight matching (`weight_matching.py`) compares A's and B's rows."""
-    if touch.part is not None:
-        k, count = touch.part
-        block = tensor.shape[touch.axis] // count
-        tensor = tensor.narrow(touch.axis, k * block, block)
+    column). Row i is what moves when the touch's permutation moves unit i; weight matching
+    (`weight_matching.py`) compares A's and B's rows."""
     return tensor.movedim(touch.axis, 0).reshape(tensor.shape[touch.axis], -1)
 
 

@@ -82,36 +82,48 @@ class WeightObjective:
         for name, (_, _, ts) in self.tensors.items():
             for touch, space in ts:
                 self.by_space.setdefault(space, []).append((name, touch))
-        self.dims = {space: touched_units(self.tensors[name][0], touch).shape[0] for space, ((name, touch), *_) in self.by_space.items()}
+        self.device = next(iter(self.tensors.values()))[1].device if self.tensors else torch.device("cpu")
+        self.dims = {space: touched_units(_block(self.tensors[name][0], touch), touch).shape[0] for space, ((name, touch), *_) in self.by_space.items()}
 
     def identity(self) -> dict[str, np.ndarray]:
         return {space: identity(dim) for space, dim in self.dims.items()}
 
-    def _axes(self, name: str, perms: dict[str, np.ndarray]) -> list[tuple[int, torch.Tensor]]:
-        """(axis, index) of every permuted axis of tensor `name` under `perms`, as B′ gets them
-        (`permuting.touches_by_tensor`: blocks of a fused axis make one index)."""
-        _, b, ts = self.tensors[name]
-        return touches_by_tensor({name: b}, [(t, perms[s]) for t, s in ts])[name]
-
     def similarity(self, space: str, perms: dict[str, np.ndarray]) -> np.ndarray:
         """S [d, d], float64: S[i, j] = Σ over the space's touches of ⟨A's unit i, B's unit j⟩,
         with every other permuted axis of those tensors at its current permutation."""
+        index = _indices(perms, self.device)
         total = None
         for name, touch in self.by_space[space]:
-            a, b, _ = self.tensors[name]
-            others = [(axis, index) for axis, index in self._axes(name, perms) if axis != touch.axis]
+            a, b, ts = self.tensors[name]
+            others = [(t, index[s]) for t, s in ts if t.axis != touch.axis]
             if others:
-                b = reindex(b, others)
-            product = touched_units(a, touch) @ touched_units(b, touch).T  # float32 products,
+                b = reindex(b, touches_by_tensor({name: b}, others)[name])
+            product = touched_units(_block(a, touch), touch) @ touched_units(_block(b, touch), touch).T  # float32 products,
             total = product.double() if total is None else total.add_(product)  # summed in float64
         return total.cpu().numpy()
 
     def value(self, perms: dict[str, np.ndarray]) -> float:
         """J: Σ_W ⟨W_A, W_B′⟩ over every touched tensor (tied ones once)."""
+        index = _indices(perms, self.device)
         total = 0.0
-        for name, (a, b, _) in self.tensors.items():
-            total += float(torch.sum(a * reindex(b, self._axes(name, perms)), dtype=torch.float64))
+        for name, (a, b, ts) in self.tensors.items():
+            b_prime = reindex(b, touches_by_tensor({name: b}, [(t, index[s]) for t, s in ts])[name])
+            total += float(torch.sum(a * b_prime, dtype=torch.float64))
         return total
+
+
+def _block(tensor: torch.Tensor, touch) -> torch.Tensor:
+    """The part of `tensor` a touch permutes: all of it, or block k of n along its axis (the
+    q, k or v third of a fused attention tensor)."""
+    if touch.part is None:
+        return tensor
+    k, count = touch.part
+    size = tensor.shape[touch.axis] // count
+    return tensor.narrow(touch.axis, k * size, size)
+
+
+def _indices(perms: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
+    return {space: torch.as_tensor(perm, dtype=torch.long, device=device) for space, perm in perms.items()}
 
 
 def match_weights(

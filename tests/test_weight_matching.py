@@ -22,7 +22,7 @@ PRESERVING = [(att, res) for att, a in ATTENTION.items() if a.preserves_function
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6", "2x9h3"])
-@pytest.mark.parametrize("family", sorted(LM))
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 def test_a_planted_shuffle_is_recovered_exactly_from_the_weights_alone(family, shape):
     a = random_model(family, LM[family], seed=41, **shape)
     fam, head = head_for(a)
@@ -49,7 +49,7 @@ def test_a_planted_shuffle_is_recovered_exactly_from_the_weights_alone(family, s
 
 @pytest.mark.parametrize("ffn", [True, False], ids=["ffn", "no-ffn"])
 @pytest.mark.parametrize("attention,residual", PRESERVING)
-@pytest.mark.parametrize("family", sorted(LM))
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 def test_b_prime_computes_b_under_the_weights_matcher(family, attention, residual, ffn):
     a = random_model(family, LM[family], seed=51, layers=2, hidden=16, heads=4, ffn=32)
     b = random_model(family, LM[family], seed=52, layers=2, hidden=16, heads=4, ffn=32)

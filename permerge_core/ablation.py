@@ -1,8 +1,9 @@
 """How much matching text is enough: the data ablation behind `python -m permerge_core ablate`
 and the app's Stability page (docs/method.md §12).
 
-Protocol. The matching text is tokenised in text order (as `data.token_sequences` does for any
-budget) and cut into R equal consecutive parts; resample r reads from the start of part r on,
+Protocol. The matching text is tokenised in text order, as the family reads it (passages
+wrapped in [CLS] … [SEP], `data.token_sequences`, or packed into blocks, `data.packed_sequences`),
+and cut into R equal consecutive parts; resample r reads from the start of part r on,
 wrapping around the end of the text, for as many tokens as the largest budget. Budget b of
 resample r is the first b tokens of that stream, so the R resamples of a budget are disjoint
 slices of the text whenever R·b tokens fit in it (each budget row says whether they did), and
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .comparison import KINDS, by_kind, space_agreement, unit_agreement
-from .data import TokenBatches, batch_sequences, special_token_ids, special_wrapping, text_fingerprint, token_sequences
+from .data import TokenBatches, batch_sequences, packed_sequences, special_token_ids, special_wrapping, text_fingerprint, token_sequences
 from .errors import DataError, SettingsError
 from .evaluation import barrier
 from .matching import Matching, compute_matching
@@ -148,10 +149,16 @@ def run_ablation(p, s, budgets=DEFAULT_BUDGETS, resamples: int = DEFAULT_RESAMPL
     tokenizer = p.a.tokenizer
     wanted = checked_budgets(budgets, resamples)
     progress(STAGE, 0.0, "reading the matching text")
-    wrap = special_wrapping(tokenizer)
+    packed = p.a.family.packed_text
+    layout, wrap = (packed_sequences, ([], [])) if packed else (token_sequences, special_wrapping(tokenizer))
     # A little more than R × the largest budget, so that a cut at the end cannot leave less.
     needed = resamples * wanted[-1]
-    sequences, read, text_notes = token_sequences(tokenizer, p.match_passages, needed + resamples * s.max_length, s.max_length)
+    sequences, read, text_notes = layout(tokenizer, p.match_passages, needed + resamples * s.max_length, s.max_length)
+    usable = p.a.family.usable_positions(p.a.config)
+    longest = max(map(len, sequences))
+    if usable is not None and longest > usable:
+        raise SettingsError(f"The matching text makes sequences of {longest} tokens, but the models have only {usable} positions.",
+                            f"Set the maximum length to {usable} or less.")
     available = min(read, needed)
     budgets, notes = plan_budgets(wanted, resamples, available)
     fields = _fields(p, s, budgets, resamples)

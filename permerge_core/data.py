@@ -150,6 +150,16 @@ def packed_blocks(tokenizer, passages: list[str], max_tokens: int, max_length: i
     """The standard causal-LM layout: each passage tokenised without special tokens and
     followed by the end-of-text token, all concatenated, cut to `max_tokens` and into blocks
     of `max_length` (the last block may be shorter, and is padded), in text order."""
+    blocks, used, notes = packed_sequences(tokenizer, passages, max_tokens, max_length)
+    if used < max_tokens:
+        notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids, attention_mask = _padded(blocks, pad, batch_size)
+    return TokenBatches(input_ids, attention_mask, used, len(blocks), notes)
+
+
+def packed_sequences(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128) -> tuple[list[list[int]], int, list[str]]:
+    """The blocks of `packed_blocks`, in text order, unpadded: (blocks, tokens used, notes)."""
     if max_tokens <= 0:
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 2:
@@ -166,12 +176,8 @@ def packed_blocks(tokenizer, passages: list[str], max_tokens: int, max_length: i
             break
     if not stream:
         raise DataError("The text contains no tokens the tokenizer can use.", "Give text in the model's language.")
-    notes = [] if len(stream) >= max_tokens else [f"Asked for {max_tokens:,} tokens; the text has only {len(stream):,}, so all of them are used."]
     stream = stream[:max_tokens]
-    blocks = [stream[k : k + max_length] for k in range(0, len(stream), max_length)]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    input_ids, attention_mask = _padded(blocks, pad, batch_size)
-    return TokenBatches(input_ids, attention_mask, len(stream), len(blocks), notes)
+    return [stream[k : k + max_length] for k in range(0, len(stream), max_length)], len(stream), []
 
 
 def special_wrapping(tokenizer) -> tuple[list[int], list[int]]:

@@ -121,3 +121,17 @@ def test_the_ablation_refuses_the_weights_matcher(tiny_pair, tmp_path):
     p = Pipeline(tiny_pair["a"], tiny_pair["b"], match_data=tiny_pair["text"], eval_data=tiny_pair["text"], cache_dir=None)
     with pytest.raises(SettingsError, match="weight matching reads no text"):
         run_ablation(p, AlignSettings(matcher="weights"), budgets=[128], resamples=1)
+
+
+def test_the_ablation_reads_a_decoders_text_as_packed_blocks(tmp_path):
+    """GPT-2 reads text packed into blocks, without special tokens: every budget is exact."""
+    from fixtures import random_text, save_model
+
+    pair = [save_model(random_model("gpt2", "causal-lm", seed=s, layers=2, hidden=16, heads=4, ffn=32), tmp_path / f"g{s}") for s in (0, 1)]
+    text = tmp_path / "text.txt"
+    text.write_text(random_text(200, seed=4))
+    p = Pipeline(*pair, match_data=text, eval_data=text, cache_dir=None)
+    result = run_ablation(p, AlignSettings(eval_tokens=400, lambdas=3, max_length=64), budgets=[100, 200, 400], resamples=2)
+    assert [r["tokens"] for r in result["rows"]] == [100, 200, 400]
+    assert result["rows"][-1]["agreement_by_kind"] == {"ffn": 1.0, "attention": 1.0, "residual": 1.0}
+    assert result["rows"][-1]["head_agreement_mean"] == 1.0

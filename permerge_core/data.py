@@ -4,6 +4,10 @@ Text files hold one passage per line. Passages are tokenised, split where longer
 model's maximum length (and the split is reported), cut to an exact token budget, sorted by
 length so that batches carry little padding, and padded per batch. Sorting is safe because
 every consumer (running sums, summed losses) is order-independent.
+
+Two packings (`PACKINGS`): `lines`, each passage its own sequence, and `blocks`, the paper's
+evaluation protocol (transformers' `run_mlm` way): all passages' ids concatenated and cut into
+full-length blocks, each wrapped in the tokenizer's special tokens.
 """
 
 from __future__ import annotations
@@ -68,27 +72,40 @@ class TokenBatches:
         return len(self.input_ids)
 
 
+PACKINGS = ("blocks", "lines")
+
+
 def tokenize(
     tokenizer,
     passages: list[str],
     max_tokens: int,
     max_length: int = 128,
     batch_size: int = 32,
+    packing: str = "lines",
 ) -> TokenBatches:
-    """Tokenise passages into at most `max_tokens` real tokens, in padded batches."""
+    """Tokenise passages into at most `max_tokens` real tokens, in padded batches.
+
+    `lines`: each passage is one sequence (split where it is longer than `max_length`).
+    `blocks`: the passages' ids, without special tokens, are concatenated and cut into blocks
+    of `max_length` − (number of special tokens) ids, each wrapped in the special tokens
+    ([CLS] … [SEP] for BERT, <s> … </s> for RoBERTa, nothing for a tokenizer that adds none);
+    only the last block (where the text or the budget ends) can be shorter."""
     if max_tokens <= 0:
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 3:
         raise DataError(f"Maximum sequence length {max_length} leaves no room for text.", "Use a length of at least 8.")
+    if packing not in PACKINGS:
+        raise DataError(f"Unknown packing {packing!r}.", f"Use one of: {', '.join(PACKINGS)}.")
     prefix, suffix = special_wrapping(tokenizer)
     body = max_length - len(prefix) - len(suffix)
-    encoded = tokenizer(passages, add_special_tokens=False)["input_ids"]
+    encoded = [ids for ids in tokenizer(passages, add_special_tokens=False)["input_ids"] if ids]
+    if packing == "blocks":
+        stream = [i for ids in encoded for i in ids]
+        encoded = [stream[k : k + body] for k in range(0, len(stream), body)]
     sequences: list[list[int]] = []
     split_lines = 0
     used = 0
     for ids in encoded:
-        if not ids:
-            continue
         chunks = [ids[k : k + body] for k in range(0, len(ids), body)]
         split_lines += len(chunks) > 1
         for chunk in chunks:
@@ -107,7 +124,12 @@ def tokenize(
         notes.append(f"{split_lines} passage(s) longer than {max_length} tokens were split into several sequences.")
     if used < max_tokens:
         notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
-    sequences.sort(key=len)
+    input_ids, attention_mask = _padded(sorted(sequences, key=len), tokenizer, batch_size)
+    return TokenBatches(input_ids, attention_mask, used, len(sequences), notes)
+
+
+def _padded(sequences: list[list[int]], tokenizer, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Consecutive groups of `batch_size` sequences, each padded to its longest, with masks."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids, attention_mask = [], []
     for start in range(0, len(sequences), batch_size):
@@ -120,7 +142,15 @@ def tokenize(
             mask[row, : len(seq)] = 1
         input_ids.append(ids)
         attention_mask.append(mask)
-    return TokenBatches(input_ids, attention_mask, used, len(sequences), notes)
+    return input_ids, attention_mask
+
+
+def length_limit(tokenizer) -> int | None:
+    """The longest sequence the tokenizer was made for (its `model_max_length`: 512 for BERT
+    and RoBERTa, 1024 for GPT-2), or None where it does not say (transformers then stores a
+    huge placeholder)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else None
 
 
 def special_wrapping(tokenizer) -> tuple[list[int], list[int]]:

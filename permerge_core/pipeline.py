@@ -25,7 +25,7 @@ from typing import Callable
 from . import cache as cache_mod
 from . import codec
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
-from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, masked_batches, read_passages, special_token_ids, text_fingerprint, tokenize
+from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, masked_batches, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
 from .evaluation import max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
@@ -127,6 +127,7 @@ class Pipeline:
             "batch_size": s.batch_size,
             "max_length": s.max_length,
             "drop_special": s.drop_special,
+            **self._length_field(s),
         }
 
     def matching_fields(self, s: AlignSettings) -> dict:
@@ -140,13 +141,29 @@ class Pipeline:
         return fields
 
     def eval_fields(self, s: AlignSettings) -> dict:
-        return {
+        fields = {
             **self._pair_fields(),
             "eval_text": text_fingerprint(self.eval_passages),
             "eval_tokens": s.eval_tokens,
             "max_length": s.max_length,
             "mask_seed": s.mask_seed,
+            **self._length_field(s),
         }
+        if self.labelled is None:  # classifiers are evaluated per example, whatever the packing
+            fields["eval_packing"] = s.eval_packing
+        return fields
+
+    def sequence_length(self, s: AlignSettings) -> int:
+        """The longest sequence built from text: `max_length`, or less where A's tokenizer says
+        the model takes fewer positions (blocks would otherwise run past its position table)."""
+        limit = length_limit(self.a.tokenizer)
+        return min(s.max_length, limit) if limit else s.max_length
+
+    def _length_field(self, s: AlignSettings) -> dict:
+        """The cut length, in a stage's key only where it is not `max_length` itself (so that
+        the keys of every other run stay as they were)."""
+        length = self.sequence_length(s)
+        return {"sequence_length": length} if length != s.max_length else {}
 
     # ---- stages --------------------------------------------------------------------------
     def statistics(self, s: AlignSettings, should_stop=None) -> Statistics:
@@ -158,7 +175,7 @@ class Pipeline:
                 return self._memo[memo_key]
             stats = self._load_stats(fields)
             if stats is None:
-                batches = tokenize(self.a.tokenizer, self.match_passages, s.match_tokens, s.max_length, s.batch_size)
+                batches = tokenize(self.a.tokenizer, self.match_passages, s.match_tokens, self.sequence_length(s), s.batch_size)
                 self.a.model.to(s.device)
                 self.b.model.to(s.device)
                 stats = collect_statistics(
@@ -249,7 +266,10 @@ class Pipeline:
         memo_key = ("eval", json.dumps(self.eval_fields(s), sort_keys=True))
         with self._lock:
             if memo_key not in self._memo:
-                batches = tokenize(self.a.tokenizer, self.eval_passages, s.eval_tokens, s.max_length, s.batch_size)
+                batches = tokenize(self.a.tokenizer, self.eval_passages, s.eval_tokens, self.sequence_length(s), s.batch_size, packing=s.eval_packing)
+                if self.sequence_length(s) < s.max_length:
+                    batches.notes.append(f"Sequences are cut at {self.sequence_length(s)} tokens, the most A's tokenizer takes "
+                                         f"(max length {s.max_length} was asked).")
                 masked = masked_batches(batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
                 self._memo[memo_key] = (batches, masked)
             return self._memo[memo_key]

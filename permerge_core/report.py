@@ -24,7 +24,8 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
             "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
         },
         "eval": (
-            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed}
+            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed, "packing": s.eval_packing,
+             "sequences": batches.num_sequences}
             if masked is not None
             else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
         ),

@@ -98,7 +98,7 @@ def tokenize(
         raise DataError(f"Unknown packing {packing!r}.", f"Use one of: {', '.join(PACKINGS)}.")
     prefix, suffix = special_wrapping(tokenizer)
     body = max_length - len(prefix) - len(suffix)
-    encoded = [ids for ids in tokenizer(passages, add_special_tokens=False)["input_ids"] if ids]
+    encoded = [ids for ids in tokenizer(passages, add_special_tokens=False, verbose=False)["input_ids"] if ids]  # (we split long ones)
     if packing == "blocks":
         stream = [i for ids in encoded for i in ids]
         encoded = [stream[k : k + body] for k in range(0, len(stream), body)]

@@ -381,6 +381,12 @@ def finish(grid: dict, spec: GridSpec, cells: dict, pairs: list, computed: int, 
             "pairs": ordered, "table": variant_table(ordered, [label for label, _ in spec.variants])}
 
 
+def cell_barriers(cell: dict) -> dict:
+    """A cell as the Seeds page keeps it: its (first variant's) vanilla and permuted barrier,
+    or its error."""
+    return {"error": cell["error"]} if "error" in cell else dict(cell["barrier"])
+
+
 def variant_barriers(cell: dict) -> dict[str, dict]:
     """A cell's numbers per variant label (a one-variant grid keeps them at the cell's top)."""
     if "error" in cell:

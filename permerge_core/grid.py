@@ -216,7 +216,24 @@ class RayEngine:
                 raise PermergeError(f"Cannot reach the Ray cluster at {self.address}: {err}",
                                     "Check --ray-address (host:port of the head node, e.g. 10.0.0.1:6379) and that the cluster is up.") from None
             self.started = True
+        self._check_fits()
         return self
+
+    def _check_fits(self) -> None:
+        """Refuse tasks that no node can run (Ray would wait for such a node forever)."""
+        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        if any(r.get("CPU", 0) >= self.cpus and r.get("GPU", 0) >= self.gpus for r in nodes):
+            return
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+        gpus = max((r.get("GPU", 0) for r in nodes), default=0)
+        if self.gpus > gpus:
+            raise PermergeError(f"A pair asks for {self.gpus:g} GPU(s), and no node of this Ray cluster has {'any' if not gpus else 'that many'}.",
+                                "Use --device cpu, lower --gpus-per-task, or join a cluster with GPU nodes (--ray-address).")
+        most = max((r.get("CPU", 0) for r in nodes), default=0)
+        raise PermergeError(f"A pair asks for {self.cpus} CPUs (--cpus-per-task), and no node of this Ray cluster has more than {most:g}.",
+                            f"Use --cpus-per-task {max(int(most), 1)} or less.")
 
     def __exit__(self, *exc):
         if self.started:

@@ -154,6 +154,10 @@ def test_the_ray_engine_on_a_local_ray_equals_the_local_engine(trio, tmp_path):
     with grid.RayEngine(num_cpus=2, include_dashboard=False, log_to_driver=False) as engine:
         result = grid.run_grid(spec(trio, tmp_path / "cache"), engine, tmp_path / "ray", log=lines.append)
         assert engine.ray.is_initialized()
+        # A task no node can run (a GPU on this CPU-only Ray) is refused at once, not left waiting.
+        with pytest.raises(grid.PermergeError, match="no node of this Ray cluster has any"):
+            grid.RayEngine(gpus_per_task=1).__enter__()
+        assert engine.ray.is_initialized()  # (it joined the running Ray, so it leaves it running)
     assert (result["engine"], result["workers"]) == ("ray", 2)
     assert not engine.ray.is_initialized()  # the engine started Ray, so it shut it down
     assert [(c["a"], c["b"]) for c in result["pairs"]] == [(c["a"], c["b"]) for c in local["pairs"]]

@@ -29,7 +29,7 @@ def test_the_recipe_gives_both_tables_with_the_papers_rows(tmp_path):
     assert len(commands) == 2 and all("--eval-packing" in c and "blocks" in c for c in commands)
     values = {
         "$MODELS": [str(p) for p in bundled_seeds()[:3]],
-        "$DATA": ["--match-tokens", "2048", "--eval-tokens", "1024"],
+        "$DATA": ["--match-tokens", "1024", "--eval-tokens", "512"],
         "$RUN": ["--engine", "local"],
     }
     tables = {}

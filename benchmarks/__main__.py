@@ -2,7 +2,7 @@
 
     python -m benchmarks                       # everything, on the bundled default pair
     python -m benchmarks --pair DIR_A DIR_B    # another pair stands in for the default pair
-    python -m benchmarks --only default,whole  # a subset: default, bert, scaling, whole, app
+    python -m benchmarks --only default,whole  # a subset: default, bert, matching, scaling, whole, app
     python -m benchmarks --quick               # a smoke run with tiny budgets (numbers mean little)
     python -m benchmarks --render FILE.json    # print the tables of an earlier run
     python -m benchmarks --compare OLD.json NEW.json   # key numbers side by side
@@ -12,6 +12,10 @@ Workloads (each in a fresh process, so every peak RSS is its own):
             yardstick, then the interactive case (statistics cached, attention mode changed)
   bert      a randomly initialised BERT-base-size pair (12×768, 12 heads, FFN 3072, vocab
             30522): 8,192 matching tokens, 4,096 evaluation tokens, 11 λ points
+  matching  the matching stage alone (FFN + Head-Perm + residual first) on a randomly
+            initialised 4-layer pair (width 256, FFN 1,024, 4 heads; 8,192 matching tokens):
+            the first call in a fresh process and again, against direct sequential scipy
+            calls on the same correlation matrices (`worker.direct_scipy_matching`)
   scaling   statistics of the default pair at 1×, 4× and 16× a 4,096-token matching budget,
             each budget in --repeats fresh processes (the one with the median peak is reported)
   whole     `python -m permerge_core align --lambdas 11 --no-cache` as one process against
@@ -46,7 +50,10 @@ from .worker import MARK
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
-WORKLOADS = ("default", "bert", "scaling", "whole", "app", "grid")
+WORKLOADS = ("default", "bert", "matching", "scaling", "whole", "app", "grid")
+# The mid-size shape of the matching workload: FFN spaces of 1,024 units, small enough that
+# worker processes cost more than they save.
+MATCHING_SHAPE = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4}
 
 
 def _machine() -> dict:
@@ -247,6 +254,17 @@ def main(argv=None) -> int:
                 "randomly initialised BertForMaskedLM (torch seeds 0 and 1), saved as float32; text tokenised with the "
                 "bundled 4,096-entry WordPiece tokenizer, so input ids are < 4096 while the output layer covers all 30,522"
             )
+
+    if "matching" in only:
+        with tempfile.TemporaryDirectory(prefix="permerge-bench-matching-") as tmp:
+            folders = [str(Path(tmp) / "seed-0"), str(Path(tmp) / "seed-1")]
+            say("writing a randomly initialised 4-layer pair (width 256, FFN 1,024, 4 heads)")
+            made = run_worker({"kind": "make_pair", "config": MATCHING_SHAPE, "out": folders})
+            settings = {"match_tokens": 2048 if q else 8192}
+            say(f"matching alone, settings {settings}")
+            w["matching"] = run_worker({**base, "kind": "matching", "a": folders[0], "b": folders[1], "settings": settings,
+                                        "tokenizer": None, "repeats": repeats})
+            w["matching"]["pair_config"] = made["config"]
 
     if "scaling" in only:
         base_tokens = 1024 if q else args.scale_base

@@ -104,7 +104,7 @@ def _timings(log: list, clicked: float, lambdas: int) -> dict:
 def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
     from playwright.sync_api import sync_playwright
 
-    from permerge_app.server import running_app, wait_until_idle
+    from permerge_app.server import app_run, running_app, track_runs
 
     cache = tempfile.mkdtemp(prefix="permerge-bench-app-")
     env = {**os.environ, "PERMERGE_CACHE": cache, "HF_HUB_OFFLINE": "1"}
@@ -113,9 +113,10 @@ def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
     with running_app(env, log_path, args) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        track_runs(page)
         start = time.perf_counter()
-        page.goto(f"{url}/loss_path")
-        wait_until_idle(page, initial_timeout_s * 1000)
+        with app_run(page, initial_timeout_s * 1000):
+            page.goto(f"{url}/loss_path")
         initial = time.perf_counter() - start
         page.evaluate(POLLER)
         idle_before = _cpu_seconds()
@@ -125,8 +126,8 @@ def measure(lambdas: int, watcher: str | None, initial_timeout_s: int) -> dict:
         changes = []
         for control, option in CHANGES:
             cpu_before, wall_before = _cpu_seconds(), time.perf_counter()
-            clicked = _choose(page, control, option)
-            wait_until_idle(page, 300_000)
+            with app_run(page, 300_000):
+                clicked = _choose(page, control, option)
             page.wait_for_timeout(200)  # the poller's last reading
             cpu_after, wall = _cpu_seconds(), time.perf_counter() - wall_before
             cpu = {k: cpu_after[k] - cpu_before[k] for k in cpu_after}

@@ -11,6 +11,7 @@ stderr). Kinds:
   first point and to the whole new permuted curve.
 - `statistics`: load and statistics only (with the encoder yardstick), for the token-budget
   scaling runs.
+- `matching`: the matching stage alone, first call and again, against direct scipy calls.
 - `make_pair`: write a randomly initialised BertForMaskedLM pair to disk (no measurement).
 """
 
@@ -359,7 +360,7 @@ def run_pipeline(spec) -> dict:
         def on_point(point):
             seconds = time.perf_counter() - mark[0]
             times.append({"lambda": point["lambda"], "seconds": seconds, "loss": point["loss"]})
-            if seconds > 1e-3:  # not a remembered point (θ(1) = A on the second curve)
+            if seconds > 1e-3:  # not a remembered point (a cached curve)
                 passes.append(out["_peak"].yardstick(mlm_pass, p.a.model, p.a.head.mlm_module, masked))
             mark[0] = time.perf_counter()
 
@@ -372,7 +373,7 @@ def run_pipeline(spec) -> dict:
     _, st["permuting"] = _timed(p.permutation_plan, s)
     log("pipeline: permuted loss path (interleaved with the masked-LM yardstick)")
     permuted, st["loss_path_permuted"], out["lambda_permuted"] = curve(s, "permuted")
-    evaluated = 2 * s.lambdas - 1  # θ(1) is A on both curves and is evaluated once
+    evaluated = 2 * s.lambdas  # every point of both curves, θ(1) included, is evaluated
     ys["mlm_pass_each"] = passes
     ys["mlm_pass_mean"] = sum(passes) / len(passes)
     ys["mlm_passes_needed"] = evaluated
@@ -407,7 +408,7 @@ def run_pipeline(spec) -> dict:
     out["interactive"] = [interactive(p, replace(s, **{field: value})) for field, value in changes]
     if changes:
         log("arithmetic floor of one λ point")
-        out["floor"] = arithmetic_floor(p, masked, s.lambdas - 1)  # a new permuted curve: every λ but θ(1) = A
+        out["floor"] = arithmetic_floor(p, masked, s.lambdas)  # a new permuted curve: every λ, θ(1) included
     return out
 
 
@@ -436,6 +437,96 @@ def interactive(p, s2) -> dict:
     }
 
 
+def direct_scipy_matching(stats, num_heads: int, s) -> None:
+    """The yardstick of the matching stage: the same assignments as FFN + Head-Perm + one
+    residual node, each a direct, sequential scipy call on its correlation matrix (the
+    correlations are formed here too, as the stage forms them)."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    def solve(score):
+        return linear_sum_assignment(score, maximize=True)[1]
+
+    for i in range(stats.num_layers):
+        if s.ffn:
+            solve(stats.spaces[f"layer.{i}.ffn"].correlation().numpy())
+        if s.attention in ("heads", "monotonic"):
+            corr = stats.spaces[f"layer.{i}.attention"].correlation().numpy()
+            dk = corr.shape[0] // num_heads
+            cost = np.empty((num_heads, num_heads))
+            for j in range(num_heads):
+                for k in range(num_heads):
+                    block = corr[j * dk : (j + 1) * dk, k * dk : (k + 1) * dk]
+                    cost[j, k] = block[np.arange(dk), solve(block)].sum()
+            solve(cost)
+    if s.residual in ("first", "last"):
+        node = stats.residual_nodes()[0 if s.residual == "first" else -1]
+        solve(stats.spaces[node].correlation().numpy())
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its children, live ones included (the
+    assignment worker processes stay alive, so the kernel has not added them to ours yet)."""
+    import multiprocessing
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _timed_cpu(fn, *args) -> dict:
+    """Wall and CPU seconds of fn(*args): on a shared machine the wall time of parallel code
+    gains from the load (more runnable threads, more of the cores), the CPU time does not."""
+    cpu = cpu_seconds()
+    _, wall = _timed(fn, *args)
+    return {"wall": wall, "cpu": cpu_seconds() - cpu}
+
+
+def run_matching(spec) -> dict:
+    """The matching stage alone on a pair of folders: the first `Pipeline.matching` in this
+    process (worker start-up included, where there is one), then `compute_matching` again on
+    copies of the statistics (nothing remembered), against `direct_scipy_matching`."""
+    from dataclasses import asdict
+
+    from permerge_core.matching import compute_matching
+    from permerge_core.statistics import Statistics
+
+    torch, s, p, load = _setup(spec)
+    if s.residual not in ("first", "last") or s.attention not in ("heads", "monotonic"):
+        raise SystemExit("benchmarks: the matching workload's yardstick covers attention heads/monotonic, residual first/last")
+    log(f"pipeline: statistics over {s.match_tokens:,} tokens (untimed)")
+    stats = p.statistics(s)
+    log("pipeline: matching, first in this process")
+    first = _timed_cpu(p.matching, s)
+    repeats = int(spec.get("repeats", 3))
+    again, direct = [], []
+    for run in range(repeats):  # interleaved, so that both see the same background load
+        fresh = Statistics(dict(stats.spaces), stats.num_layers, stats.num_tokens)  # no remembered assignments
+        log(f"matching again and the direct scipy calls (run {run + 1} of {repeats})")
+        again.append(_timed_cpu(compute_matching, fresh, p.a.num_heads, s.ffn, s.attention, s.residual, s.absolute))
+        direct.append(_timed_cpu(direct_scipy_matching, stats, p.a.num_heads, s))
+    median = lower_median(direct, lambda t: t["wall"])
+    return {
+        "settings": asdict(s),
+        "model": {"layers": p.a.num_layers, "hidden": p.a.hidden, "heads": p.a.num_heads, "ffn": p.a.ffn},
+        "torch_threads": torch.get_num_threads(),
+        "num_tokens": stats.num_tokens,
+        "first": first,
+        "again": again,
+        "direct_scipy": direct,
+        "ratio": first["wall"] / median["wall"],
+        "cpu_ratio": first["cpu"] / lower_median(direct, lambda t: t["cpu"])["cpu"],
+    }
+
+
 def make_pair(spec) -> dict:
     """A randomly initialised BertForMaskedLM pair (seeds 0 and 1) with the bundled tokenizer."""
     import torch
@@ -452,7 +543,7 @@ def make_pair(spec) -> dict:
     return {"config": config.to_diff_dict()}
 
 
-KINDS = {"pipeline": run_pipeline, "statistics": run_statistics, "make_pair": make_pair}
+KINDS = {"pipeline": run_pipeline, "statistics": run_statistics, "matching": run_matching, "make_pair": make_pair}
 
 
 def main() -> int:

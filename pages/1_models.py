@@ -62,7 +62,8 @@ st.subheader("Endpoint losses and functional equivalence")
 with ui.progress():
     max_diff = p.equivalence(s)
     losses = views.endpoint_losses(p, s)
-metric = "accuracy" if classifier else "masked-token accuracy"
+prediction = p.a.head.prediction
+metric = "accuracy" if classifier else prediction.accuracy
 
 
 def detail(key: str) -> str | None:
@@ -84,7 +85,6 @@ ok, text = views.equivalence_text(max_diff, s.attention, s.residual)
 (st.success if ok else st.warning)(text, icon=":material/check_circle:" if ok else ":material/warning:")
 st.caption(
     ("Task cross-entropy (mean squared error for one output) over every labelled evaluation example, in nats. "
-     if classifier else
-     "Masked-LM cross-entropy on the evaluation text (15% of tokens masked, masks drawn once from the mask seed), in nats. ")
+     if classifier else prediction.explanation + " ")
     + "The equivalence check compares B′'s and B's logits on one evaluation batch."
 )

@@ -21,6 +21,10 @@ L, H = stats.num_layers, p.a.num_heads
 mode = ATTENTION[s.attention]
 if mode.heads_note:
     st.info(mode.heads_note, icon=":material/info:")
+if s.matcher == "weights":
+    st.info("Matcher 'weights': the cost matrix and the assignments below come from the weights (each pair's cost is its "
+            "summed matched inner products), not from correlations; the head-pair block shows activation correlations.",
+            icon=":material/info:")
 
 layer = st.selectbox("Layer", list(range(L)), key="heads_layer", format_func=lambda i: f"layer {i}")
 heads, applied = views.display_heads(stats, matching, H, layer)

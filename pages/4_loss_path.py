@@ -1,10 +1,14 @@
-"""Loss path: loss and masked-token accuracy along λ for vanilla averaging (A↔B) and permuted
-merging (A↔B′), barriers marked, optional component variants, live as points arrive."""
+"""Loss path: loss and accuracy (masked-token, next-token or a task metric) along λ for vanilla
+averaging (A↔B) and permuted merging (A↔B′), barriers marked, optional component variants, live
+as points arrive."""
+
+from dataclasses import replace
 
 import streamlit as st
 
 from permerge_app import charts, ui
 from permerge_core import is_function_preserving, tasks, views
+from permerge_core.settings import BOTH, WEIGHTS
 
 ui.page_start()
 st.title("Loss path")
@@ -19,8 +23,8 @@ if classifier:
     metric = st.radio("Task metric (lower panel)", tasks.task_metric_names(p.a.config.num_labels), key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
     loss_name = "task loss (MSE)" if p.a.config.num_labels == 1 else "task cross-entropy"
 else:
-    metric, loss_name = "accuracy", "masked-LM loss"
-metric_name = views.METRIC_LABELS[metric] if classifier else "masked-token accuracy"
+    metric, loss_name = "accuracy", p.a.head.prediction.loss
+metric_name = views.METRIC_LABELS[metric] if classifier else p.a.head.prediction.accuracy
 variants = st.multiselect(
     "Extra curves: component variants (the paper's comparisons)", list(views.VARIANTS), key="variants",
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
@@ -28,7 +32,8 @@ variants = st.multiselect(
 )
 name_a, name_b = views.short_names([ss.model_a, ss.model_b])
 title = f"Loss along the path: A = {name_a} (λ=1) ↔ B = {name_b} (λ=0)"
-permuted_label = f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual})"
+permuted_label = (f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual}, "
+                  f"matched on {'weights' if s.matcher == WEIGHTS else 'activations'})")
 curves: dict[str, list[dict]] = {"vanilla": [], "permuted": []}
 colors = {"vanilla": charts.VANILLA, "permuted": charts.PERMUTED}
 placeholder = st.empty()
@@ -53,6 +58,9 @@ vanilla_ready = p.stage_status(s)["vanilla path"] in ("computed", "cached")
 with ui.progress():
     p.curve(s, "vanilla", on_point=collect("vanilla", live=not vanilla_ready))
     p.curve(s, "permuted", on_point=collect("permuted"))
+    if s.matcher == BOTH:  # the weight matching beside the activation matching
+        curves["permuted (weights)"], colors["permuted (weights)"] = [], charts.EXTRA[-1]
+        p.curve(replace(s, matcher=WEIGHTS), "permuted", on_point=collect("permuted (weights)"))
     for n, name in enumerate(variants):
         curves[name] = []
         colors[name] = charts.EXTRA[n % len(charts.EXTRA)]
@@ -63,10 +71,11 @@ placeholder.plotly_chart(fig, key="loss_final")
 st.caption(
     f"'permuted' uses the sidebar settings: {permuted_label}. "
     + (f"Loss is the {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
-       if classifier else "Loss is the masked-LM cross-entropy in nats; accuracy is the fraction of masked tokens predicted exactly.")
+       if classifier else f"{p.a.head.prediction.explanation} {p.a.head.prediction.accuracy.capitalize()}: how often the most likely "
+       f"token is the right one, over the {p.a.head.prediction.predicted}.")
 )
 
-preserving = {"vanilla": True, "permuted": s.function_preserving}
+preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving}
 preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
 rows = views.barrier_rows(curves, preserving)
 by_name = {r["curve"]: r for r in rows}

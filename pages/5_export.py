@@ -27,7 +27,7 @@ if st.button("Save merged model", disabled=not target.strip(), type="primary"):
     try:
         with ui.progress(), st.spinner("Writing the merged model…"):
             out = p.save_merged(s, lam, target.strip(), overwrite=overwrite)
-        st.success(f"Wrote θ(λ={lam:g}) to {out}. Load it with {'AutoModelForSequenceClassification' if p.labelled is not None else 'AutoModelForMaskedLM'}.from_pretrained(…).", icon=":material/check_circle:")
+        st.success(f"Wrote θ(λ={lam:g}) to {out}. Load it with transformers' {p.a.architecture}.from_pretrained(…).", icon=":material/check_circle:")
     except PermergeError as err:
         ui.show_error(err)
 

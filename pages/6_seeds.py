@@ -5,7 +5,7 @@ import streamlit as st
 
 from permerge_app import charts, ui
 from permerge_core import PermergeError, grid, views
-from permerge_core.checkpoints import bundled_seeds
+from permerge_core.checkpoints import bundled_decoders, bundled_seeds
 
 ui.page_start()
 st.title("Seeds")
@@ -15,8 +15,9 @@ st.caption(
 )
 ss = st.session_state
 options = ui.checkpoint_options()
-if "seeds_selected" not in ss:
-    ss["seeds_selected"] = [str(x) for x in bundled_seeds()] or options[:3]
+if "seeds_selected" not in ss:  # the bundled set model A is one of (seeds or decoders), else the seeds
+    groups = [[str(x) for x in group] for group in (bundled_seeds(), bundled_decoders())]
+    ss["seeds_selected"] = next((g for g in groups if ss.get("model_a") in g), groups[0]) or options[:3]
 chosen = st.multiselect("Checkpoints to compare", options, key="seeds_selected", format_func=ui.model_label,
                         help="Bundled seeds and checkpoints under the sidebar's models folder.")
 if len(chosen) < 2:
@@ -31,6 +32,11 @@ results = ui.seed_results()
 pairs = views.pair_indices(len(chosen))
 keys = {(i, j): ui.seed_key(chosen[i], chosen[j], s) for i, j in pairs}
 done = {ij: results[k] for ij, k in keys.items() if k in results}
+for i, j in pairs:  # pairs another page computed: their pipeline has both curves already
+    p = ui.loaded_pipeline(chosen[i], chosen[j]) if (i, j) not in done else None
+    known = views.known_pair_barriers(p, s) if p is not None else None
+    if known is not None:
+        results[keys[(i, j)]] = done[(i, j)] = known
 
 chart = st.empty()
 

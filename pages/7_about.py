@@ -99,3 +99,22 @@ st.markdown(
     "the barrier, the permuted matrix is uniformly lower than the vanilla one."
 )
 see("seeds", "pairwise barrier matrices")
+
+st.header("8. Decoder-only models (GPT-2)")
+st.markdown(
+    "The same method applies to GPT-2-style causal language models, described by the same kind of data. Three "
+    "differences matter:\n\n"
+    "- **Pre-LayerNorm.** Each sublayer reads the stream through its own LayerNorm (`ln_1`, `ln_2`) and adds its "
+    "output to the stream un-normalised; `ln_f` normalises it once before the vocabulary projection. The residual "
+    "permutation covers the token and position embeddings (`wte`, `wpe`), every LayerNorm, the input rows of "
+    "`c_attn` and `c_fc`, the output columns and biases of both `c_proj`, and the output projection `lm_head` "
+    "(the same tensor as `wte`). Its nodes are the stream itself: *first* reads the embeddings' sum, *last* the "
+    "stream after the last block (what `ln_f` reads), *all* averages every node.\n"
+    "- **Fused q | k | v.** `c_attn` holds the three projections in one matrix, stored [in, out]; the attention "
+    "permutation is applied to each third, so q, k and v stay aligned with each other, as in BERT.\n"
+    "- **Next-token loss.** Every token predicts the one after it; the evaluation text is packed (every line "
+    "followed by the end-of-text token, the stream cut into blocks of the maximum length), the standard causal-LM "
+    "protocol. Accuracy is the fraction of next tokens predicted exactly."
+)
+st.latex(r"\mathcal{L}(\theta) = -\frac{1}{N} \sum_{s} \sum_{t=1}^{n_s - 1} \log p_\theta\big(x_{s,t+1} \mid x_{s,1}, \dots, x_{s,t}\big)")
+see("loss_path", "next-token loss and accuracy along the path (pick a decoder pair in the sidebar)")

@@ -261,3 +261,179 @@ def seed_heatmaps(names: list[str], vanilla, permuted, title: str) -> go.Figure:
     fig.update_layout(title=dict(text=title), coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax,
                                                              colorbar=dict(title=dict(text="barrier (nats)"))), height=420)
     return fig
+
+
+def png_export_available() -> bool:
+    """Whether `fig.to_image` can make a PNG here: kaleido installed and a Chrome or Chromium
+    it can drive (kaleido never downloads one here: no network)."""
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("kaleido") is not None and any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
+
+
+# The colour of the plane: log₁₀ of the loss above the endpoints' mean, labelled in nats.
+_RIDGE_TICKS = [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30]
+
+
+def loss_plane(plane: dict, curves: dict[str, list[dict]], title: str, floor: float = 0.01) -> go.Figure:
+    """Filled contour of the loss over the plane through A, B and B′ (plane.py), the three
+    models marked, the vanilla (A–B) and permuted (A–B′) paths drawn with their losses.
+
+    Colour: log₁₀(loss − ½(L(A) + L(B))), clipped at `floor` nats, so that the valleys
+    around the models and the ridge between them both show; hover gives the loss itself.
+    A partial plane (points None) is drawn with its gaps filled by interpolation."""
+    from permerge_core.plane import colour_values, path_coordinates
+
+    basis = plane["basis"]
+    values, reference = colour_values(plane, floor)
+    finite = [v for row in values for v in row if v is not None]
+    top = max(finite) if finite else 1.0
+    ticks = [t for t in _RIDGE_TICKS if np.log10(t) <= top + 0.2] or [floor]
+    loss = np.array([[np.nan if v is None else v for v in row] for row in plane["grid"]], dtype=float)
+    fig = go.Figure(go.Contour(
+        x=plane["x"], y=plane["y"], z=values, customdata=loss, connectgaps=True, colorscale="Viridis", ncontours=24,
+        contours=dict(coloring="heatmap", showlines=True), line=dict(width=0.5, color="rgba(255,255,255,0.35)"),
+        colorbar=dict(title=dict(text=f"loss − {reference:.3f} (nats, log scale)", side="right"),
+                      tickvals=[float(np.log10(t)) for t in ticks], ticktext=[f"≤{t:g}" if t == floor else f"{t:g}" for t in ticks]),
+        hovertemplate="x %{x:.3f}, y %{y:.3f}<br>loss %{customdata:.4f} nats<extra>plane</extra>", name="plane",
+    ))
+    colors = {"vanilla": VANILLA, "permuted": PERMUTED}
+    for which, points in curves.items():
+        if not points:
+            continue
+        xy = [path_coordinates(which, p["lambda"], basis["x_b"]) for p in points]
+        fig.add_trace(go.Scatter(
+            x=[c[0] for c in xy], y=[c[1] for c in xy], mode="lines+markers", name=f"{which} path (A–{'B′' if which == 'permuted' else 'B'})",
+            line=dict(color=colors.get(which, EXTRA[0]), width=3), marker=dict(size=6),
+            customdata=[[p["lambda"], p["loss"]] for p in points],
+            hovertemplate=which + ": λ = %{customdata[0]:.2f}<br>loss %{customdata[1]:.4f} nats<extra></extra>",
+        ))
+    points = plane.get("points") or {}
+    where = {"a": (0.0, 0.0), "b": (basis["x_b"], 1.0), "b_prime": (1.0, 0.0)}
+    labels = {"a": "A", "b": "B", "b_prime": "B′"}
+    fig.add_trace(go.Scatter(
+        x=[where[k][0] for k in labels], y=[where[k][1] for k in labels], mode="markers+text", name="models",
+        text=list(labels.values()), textposition="top center", textfont=dict(size=16, color="#FFFFFF"),
+        marker=dict(size=13, color="#FFFFFF", line=dict(width=2, color="#000000")), showlegend=False,
+        customdata=[points[k]["loss"] if k in points else None for k in labels],
+        hovertemplate="%{text}: loss %{customdata:.4f} nats<extra></extra>",
+    ))
+    ratio = basis["norm_v"] / basis["norm_u"]
+    fig.update_layout(
+        title=dict(text=title, subtitle=dict(text="θ(x, y) = A + x·u + y·v;  u = B′ − A,  v = the part of B − A orthogonal to u")),
+        xaxis_title=f"x: along u = B′ − A  (|u| = {basis['norm_u']:.3g})", yaxis_title=f"y: along v  (|v| = {basis['norm_v']:.3g})",
+        height=620, legend=dict(orientation="h", y=-0.15),
+    )
+    fig.update_xaxes(range=[plane["x"][0], plane["x"][-1]], constrain="domain")
+    if 0.25 <= ratio <= 4:  # true proportions: a unit of y is |v|/|u| units of x long
+        fig.update_yaxes(range=[plane["y"][0], plane["y"][-1]], scaleanchor="x", scaleratio=ratio, constrain="domain")
+    else:
+        fig.update_yaxes(range=[plane["y"][0], plane["y"][-1]])
+    return fig
+
+
+def activation_spreads(spreads: dict[str, dict], labels: dict[str, str], title: str, statistic: str = "mean") -> go.Figure:
+    """Space × λ heatmaps of the unit-spread ratio σ(θ(λ)) / interpolated endpoint σ, one
+    panel per path, on one diverging scale centred at 1 (no change; blue: wider, red: collapsed)."""
+    names = list(spreads)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[f"{n} path" for n in names], horizontal_spacing=0.06, shared_yaxes=True)
+    every = [v for r in spreads.values() for row in r[statistic].values() for v in row if v == v]
+    spread = max([abs(v - 1.0) for v in every] + [0.05])
+    for col, name in enumerate(names, start=1):
+        result = spreads[name]
+        spaces = result["spaces"]
+        z = [result[statistic][space] for space in spaces]
+        fig.add_trace(go.Heatmap(
+            z=z, x=result["lambdas"], y=[labels.get(space, space) for space in spaces], coloraxis="coloraxis", name=name,
+            customdata=[[result["median" if statistic == "mean" else "mean"][space][k] for k in range(len(result["lambdas"]))] for space in spaces],
+            hovertemplate="%{y}<br>λ = %{x:.2f}<br>" + statistic + " ratio %{z:.3f}<br>"
+                          + ("median" if statistic == "mean" else "mean") + " %{customdata:.3f}<extra>" + name + "</extra>",
+        ), row=1, col=col)
+        fig.update_xaxes(title_text="λ  (0: B or B′, 1: A)", row=1, col=col)
+    fig.update_yaxes(autorange="reversed", type="category", row=1, col=1)
+    fig.update_layout(
+        title=dict(text=title, subtitle=dict(text=f"{statistic} over units of σ(θ(λ)) / (λ·σ(A) + (1−λ)·σ(B or B′)); 1 = no change, below 1 = collapsed spread")),
+        coloraxis=dict(colorscale="RdBu", cmin=1.0 - spread, cmax=1.0 + spread, cmid=1.0, colorbar=dict(title=dict(text="spread ratio"))),
+        height=max(360, 26 * max(len(r["spaces"]) for r in spreads.values()) + 200),
+    )
+
+
+KIND_COLORS = {"ffn": "#009E73", "attention": "#CC79A7", "residual": "#56B4E9"}
+KIND_LABELS = {"ffn": "FFN", "attention": "attention", "residual": "residual stream"}
+
+
+def _token_axis(fig: go.Figure, budgets: list[int], row=None, col=None) -> None:
+    """A log₂ axis of matching tokens, one tick per budget."""
+    fig.update_xaxes(type="log", tickmode="array", tickvals=budgets, ticktext=[f"{b:,}" for b in budgets],
+                     title_text="matching tokens per resample (log scale)", row=row, col=col)
+
+
+def barrier_vs_tokens(rows: list[dict], references: dict[str, float], title: str) -> go.Figure:
+    """Permuted barrier (nats) against the matching budget: the mean over resamples with a
+    ±1 standard-deviation bar, every resample as a faint dot, and reference barriers (vanilla
+    averaging, weight matching) as horizontal lines."""
+    budgets = [r["budget"] for r in rows]
+    fig = go.Figure()
+    xs = [r["budget"] for r in rows for _ in r["barrier"]["values"]]
+    ys = [v for r in rows for v in r["barrier"]["values"]]
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="each resample", marker=dict(color=PERMUTED, size=7, opacity=0.35),
+                             hovertemplate="%{x:,} tokens<br>barrier %{y:.4f} nats<extra>one resample</extra>"))
+    fig.add_trace(go.Scatter(
+        x=budgets, y=[r["barrier"]["mean"] for r in rows], mode="lines+markers", name="permuted (activations): mean ± sd",
+        line=dict(color=PERMUTED, width=3), error_y=dict(type="data", array=[r["barrier"]["std"] for r in rows], visible=True),
+        customdata=[[r["barrier"]["std"], r["barrier"]["min"], r["barrier"]["max"]] for r in rows],
+        hovertemplate="%{x:,} tokens<br>mean barrier %{y:.4f} nats<br>sd %{customdata[0]:.4f}, range %{customdata[1]:.4f}–%{customdata[2]:.4f}"
+                      "<extra>permuted</extra>",
+    ))
+    colors = {"vanilla": VANILLA}
+    for n, (name, value) in enumerate(references.items()):
+        color = colors.get(name, EXTRA[n % len(EXTRA)])
+        fig.add_trace(go.Scatter(x=[budgets[0], budgets[-1]], y=[value, value], mode="lines", name=f"{name}: {value:.3f}",
+                                 line=dict(color=color, width=2, dash="dash"), hovertemplate=f"{name}: barrier {value:.4f} nats<extra></extra>"))
+    fig.update_layout(title=dict(text=title), yaxis_title="loss barrier (nats)", height=420, legend=dict(orientation="h", y=-0.3))
+    _token_axis(fig, budgets)
+    return fig
+
+
+def agreement_vs_tokens(rows: list[dict], title: str) -> go.Figure:
+    """Fraction of units paired as by the largest budget, one line per kind of space (mean over
+    its spaces and the resamples); dotted: the same between resamples of one budget."""
+    budgets = [r["budget"] for r in rows]
+    fig = go.Figure()
+    for kind, color in KIND_COLORS.items():
+        if not any(kind in r["agreement_by_kind"] for r in rows):
+            continue
+        fig.add_trace(go.Scatter(
+            x=budgets, y=[r["agreement_by_kind"].get(kind) for r in rows], mode="lines+markers", name=f"{KIND_LABELS[kind]}: vs the largest budget",
+            line=dict(color=color, width=3), hovertemplate="%{x:,} tokens<br>%{y:.1%} of units paired alike<extra>" + KIND_LABELS[kind] + "</extra>",
+        ))
+        between = [r["agreement_between_resamples"].get(kind) for r in rows]
+        if any(v is not None for v in between):
+            fig.add_trace(go.Scatter(
+                x=budgets, y=between, mode="lines+markers", name=f"{KIND_LABELS[kind]}: between resamples", line=dict(color=color, width=2, dash="dot"),
+                hovertemplate="%{x:,} tokens<br>%{y:.1%} paired alike by two resamples<extra>" + KIND_LABELS[kind] + "</extra>",
+            ))
+    fig.update_layout(title=dict(text=title), yaxis_title="fraction of A's units paired with the same B unit", height=420,
+                      legend=dict(orientation="h", y=-0.3))
+    fig.update_yaxes(range=[-0.02, 1.02], tickformat=".0%")
+    _token_axis(fig, budgets)
+    return fig
+
+
+def head_agreement_heatmap(rows: list[dict], title: str) -> go.Figure:
+    """Per layer (rows) and budget (columns): the fraction of A's heads assigned to the same B
+    head as by the largest budget, mean over resamples."""
+    layers = list(rows[0]["head_agreement"])
+    budgets = [f"{r['budget']:,}" for r in rows]
+    z = np.array([[r["head_agreement"][layer] for r in rows] for layer in layers])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=budgets, y=[layer.replace(".", " ") for layer in layers], zmin=0.0, zmax=1.0, colorscale="Viridis",
+        texttemplate="%{z:.0%}", colorbar=dict(title=dict(text="heads alike"), tickformat=".0%"), name="head agreement",
+        hovertemplate="%{y}, %{x} tokens<br>%{z:.0%} of heads assigned as by the largest budget<extra></extra>",
+    ))
+    fig.update_layout(title=dict(text=title), xaxis_title="matching tokens per resample", yaxis_title="layer",
+                      height=max(260, 40 * len(layers) + 160))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
+    return fig

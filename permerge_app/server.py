@@ -2,8 +2,9 @@
 
 `running_app(env, log_path)` starts `streamlit run app.py` on a free local port with the
 repository's `.streamlit/config.toml` (what `bash run.sh app` runs), waits until Streamlit
-answers its health check, yields the URL, and stops the server afterwards; `wait_until_idle`
-waits, in a Playwright page, until the app's script has finished running.
+answers its health check, yields the URL, and stops the server afterwards. In a Playwright
+page prepared with `track_runs`, `with app_run(page, timeout_ms): <action>` waits until the
+script run that the action (a page load, a click) started has finished.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,8 +57,37 @@ def running_app(env: dict, log_path: Path, extra_args: tuple[str, ...] = (), sta
                 proc.kill()
 
 
-def wait_until_idle(page, timeout_ms: int) -> None:
-    """Wait until the app in a Playwright page is connected and its script has finished running."""
-    page.wait_for_selector('[data-testid="stApp"][data-test-connection-state="CONNECTED"]', timeout=60_000)
-    page.wait_for_timeout(700)  # let a just-triggered rerun start
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
+# Installed in every document of a tracked page before the app's own scripts: counts how often
+# the app's script state has left "notRunning" (a rerun requested or a run started), from
+# the DOM's own record of every change, so no start is missed however short the run.
+RUN_COUNTER = """
+window.__permergeDocument = Math.random();
+window.__permergeRuns = 0;
+new MutationObserver(records => {
+  for (const r of records) if (r.oldValue === 'notRunning') window.__permergeRuns += 1;
+}).observe(document, {subtree: true, attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
+"""
+
+# The app is connected and idle, and a run started since the reading `[document, runs]`: in
+# the same document, the count went up; in a new one (a page load), its state is no longer
+# "initial", which it is until the first run.
+RAN_SINCE = """([doc, runs]) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-connection-state') !== 'CONNECTED') return false;
+  if (app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  return window.__permergeDocument !== doc || window.__permergeRuns > runs;
+}"""
+
+
+def track_runs(page) -> None:
+    """Count the app's script runs in `page` from its next page load on (for `app_run`)."""
+    page.add_init_script(RUN_COUNTER)
+
+
+@contextmanager
+def app_run(page, timeout_ms: int) -> Iterator[None]:
+    """Wait, after the block, until the app run started by the block's action has finished:
+    not a guess at how long a rerun takes to start, but that it started and ended."""
+    before = page.evaluate("[window.__permergeDocument ?? null, window.__permergeRuns ?? 0]")
+    yield
+    page.wait_for_function(RAN_SINCE, arg=before, timeout=timeout_ms)

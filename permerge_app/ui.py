@@ -35,6 +35,7 @@ import os
 import tempfile
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,7 +44,8 @@ import streamlit as st
 from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
 from permerge_core.cache import default_cache_dir
 from permerge_core.checkpoints import (
-    BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_seeds, find_checkpoints, is_bundled_classifier, load_checkpoint,
+    BUNDLED_DECODERS, BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_decoders, bundled_seeds, find_checkpoints,
+    is_bundled_classifier, load_checkpoint, read_head,
 )
 from permerge_core.errors import DataError
 from permerge_core.modes import non_preserving
@@ -58,9 +60,11 @@ PAGES = {
     "correlations": "pages/2_correlations.py",
     "heads": "pages/3_heads.py",
     "loss_path": "pages/4_loss_path.py",
+    "landscape": "pages/8_landscape.py",
     "export": "pages/5_export.py",
     "seeds": "pages/6_seeds.py",
     "about": "pages/7_about.py",
+    "stability": "pages/9_stability.py",
 }
 
 PAGE_META = [  # key, title, icon
@@ -68,8 +72,10 @@ PAGE_META = [  # key, title, icon
     ("correlations", "Correlations", ":material/grid_on:"),
     ("heads", "Heads", ":material/hub:"),
     ("loss_path", "Loss path", ":material/show_chart:"),
+    ("landscape", "Landscape", ":material/landscape:"),
     ("export", "Export", ":material/download:"),
     ("seeds", "Seeds", ":material/apps:"),
+    ("stability", "Stability", ":material/stacked_line_chart:"),
     ("about", "About the method", ":material/school:"),
 ]
 
@@ -212,15 +218,17 @@ def model_label(source: str | None) -> str:
         return f"{path.name} (bundled)"
     if is_bundled_classifier(path):
         return f"{path.name} (bundled classifier)"
+    if path.parent.resolve() == BUNDLED_DECODERS.resolve():
+        return f"{path.name} (bundled decoder)"
     if path.is_dir():
         return f"{path.name} — {path.parent}"
     return source
 
 
 def checkpoint_options() -> list[str]:
-    """Bundled seeds, checkpoints found under the models folder, and the current picks."""
+    """Bundled seeds, classifiers and decoders, checkpoints found under the models folder, and the current picks."""
     ss = st.session_state
-    found = [str(p) for p in bundled_seeds() + bundled_classifiers()] + _found_checkpoints(ss.get("models_dir") or "")
+    found = [str(p) for p in bundled_seeds() + bundled_classifiers() + bundled_decoders()] + _found_checkpoints(ss.get("models_dir") or "")
     for current in (ss.get("model_a"), ss.get("model_b")):
         if current:
             found.append(current)
@@ -386,11 +394,17 @@ def data_path(which: str) -> str | None:
 
 
 def head_kind(source: str | None) -> str | None:
-    """'mlm', 'classification' or 'base' for a checkpoint, None if it cannot be read."""
+    """'mlm', 'causal-lm', 'classification' or 'base' for a checkpoint, None if it cannot be read.
+    From its config.json: the pipeline loads the model once, and this never loads it a second time."""
     if not source:
         return None
+    return _head_kind(source, views.source_signature(source))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _head_kind(source: str, signature: str) -> str | None:
     try:
-        return describe(source, st.session_state.get("tokenizer") or "").get("head")
+        return read_head(source).kind
     except PermergeError:
         return None
 
@@ -430,35 +444,55 @@ def task_spec() -> TaskSpec:
                     pair_column=None if pair in (None, "", NO_COLUMN) else pair)
 
 
+# The pipelines `_pipeline` built that its cache still holds, by the same arguments: lets a
+# page ask what a pair has computed without loading its models (see `loaded_pipeline`).
+_loaded: "weakref.WeakValueDictionary[tuple, Pipeline]" = weakref.WeakValueDictionary()
+
+
 @st.cache_resource(max_entries=6, show_spinner="Loading both models…")
 def _pipeline(model_a: str, sig_a: str, model_b: str, sig_b: str, tokenizer: str, match: str | None, sig_m: str,
               eval_: str | None, sig_e: str, cache_dir: str, task: TaskSpec | None = None):
     """A shared Pipeline, or the PermergeError that building it raised (also cached: the key
     holds the files' signatures, so fixing a file gives a new key and a new attempt)."""
     try:
-        return Pipeline(model_a, model_b, tokenizer=tokenizer or None, match_data=match, eval_data=eval_,
-                        cache_dir=cache_dir, progress=_dispatch, task=task)
+        p = Pipeline(model_a, model_b, tokenizer=tokenizer or None, match_data=match, eval_data=eval_,
+                     cache_dir=cache_dir, progress=_dispatch, task=task)
     except PermergeError as err:
         return err
+    _loaded[(model_a, sig_a, model_b, sig_b, tokenizer, match, sig_m, eval_, sig_e, cache_dir, task)] = p
+    return p
 
 
-def pipeline_for(model_a: str, model_b: str) -> Pipeline:
-    """The shared pipeline for a pair with the sidebar's tokenizer and data (raises PermergeError)."""
-    ss = st.session_state
+def _pipeline_args(model_a: str, model_b: str) -> tuple:
+    """The arguments of `_pipeline` for a pair with the sidebar's tokenizer and data."""
     task = None
     if head_kind(model_a) == "classification":
         eval_, match = labelled_paths()
         task = task_spec()
     else:
         match, eval_ = data_path("match"), data_path("eval")
+    return (model_a, views.source_signature(model_a), model_b, views.source_signature(model_b), st.session_state.get("tokenizer") or "",
+            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()), task)
+
+
+def loaded_pipeline(model_a: str, model_b: str) -> Pipeline | None:
+    """The pair's shared pipeline if this server has it loaded already, else None (loading
+    it would cost seconds per pair)."""
+    try:
+        return _loaded.get(_pipeline_args(model_a, model_b))
+    except PermergeError:
+        return None
+
+
+def pipeline_for(model_a: str, model_b: str) -> Pipeline:
+    """The shared pipeline for a pair with the sidebar's tokenizer and data (raises PermergeError)."""
+    ss = st.session_state
+    args = _pipeline_args(model_a, model_b)
     # No progress bars while loading: elements drawn inside a cached function would be replayed
     # by Streamlit on later cache hits, into containers that no longer exist (its spinner shows instead).
     previous, _local.callback = getattr(_local, "callback", None), None
     try:
-        result = _pipeline(
-            model_a, views.source_signature(model_a), model_b, views.source_signature(model_b), ss.get("tokenizer") or "",
-            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()), task,
-        )
+        result = _pipeline(*args)
     finally:
         _local.callback = previous
     if isinstance(result, PermergeError):
@@ -595,6 +629,8 @@ def render_status(container) -> None:
         "**Status** ({} ↔ {}): {}".format(*views.short_names([held[0], held[1]]), views.status_line(status)),
         help="✓ computed in this server · ⛁ cached on disk (instant) · ↻ stale: computed only for other settings · ○ not computed yet",
     )
+    if held[2].cache.warning:  # the disk cache turned itself off: say why, and how to fix it
+        container.caption(f"⚠ {_md(held[2].cache.warning)}")
 
 
 def describe(source: str, tokenizer: str = "") -> dict:

@@ -13,16 +13,22 @@ model (`bert.`, `roberta.` or nothing for a bare encoder); names in a `Head` are
 Residual tensors also say which *residual node* they sit at, so that the non-function-
 preserving `sep` mode (a different permutation per node) is described by the same data. The
 family's `ResidualLayout` numbers the nodes; for BERT, node 0 is the embedding LayerNorm,
-node 2i+1 the LayerNorm after layer i's attention, node 2i+2 the LayerNorm after layer i's FFN.
+node 2i+1 the LayerNorm after layer i's attention, node 2i+2 the LayerNorm after layer i's FFN;
+for the pre-LayerNorm GPT-2 the nodes are the un-normalised stream at the same places.
+
+The axis of a touch is data, not a convention: a Linear stores [out, in] (a producer's space on
+axis 0), GPT-2's Conv1D stores [in, out] (on axis 1). A touch may also address one of several
+equal blocks of a fused tensor (`part`): GPT-2's `c_attn` holds q | k | v in one matrix.
 
 What a family reads from its config (`ConfigKeys`), which tensors a checkpoint may lack, how
-a head is recognised from tensor names and old tensor names are all data here too: to add a
-BERT-like family, add one `Family` value to `FAMILIES`.
+a head is recognised from tensor names, old tensor names, what a language-model head predicts
+(`Prediction`) and how text is laid out for it are all data here too: to add a family, add one
+`Family` value to `FAMILIES`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Where a residual tensor sits, as a rule the family's ResidualLayout turns into a node index.
 EMBED = "embed"  # the first node: what the embeddings write
@@ -78,6 +84,8 @@ class ConfigKeys:
     heads: str = "num_attention_heads"
     ffn: str = "intermediate_size"
     ffn_multiple: int | None = None  # an unset FFN size means hidden × this (GPT-2's n_inner)
+    positions: str = "max_position_embeddings"  # the length of the learned position table
+    position_offset: int = 0  # table rows no token position uses (RoBERTa starts after the padding id)
 
 
 @dataclass(frozen=True)
@@ -86,16 +94,21 @@ class Shape:
     hidden: int
     heads: int
     ffn: int
+    positions: int  # rows of the position table (config value; see ConfigKeys.position_offset)
 
 
 @dataclass(frozen=True)
 class Touch:
-    """One tensor touched by a permutation: its name template and the permuted axis."""
+    """One tensor touched by a permutation: its name template and the permuted axis.
+
+    `part=(k, n)` narrows the touch to the k-th of n equal blocks along that axis (the q, k or v
+    third of a fused projection); the other blocks are left to other touches, or alone."""
 
     name: str
     axis: int
     node: str | None = None  # residual tensors only: which residual node
     optional: bool = False  # e.g. a pooler that some checkpoints do not have
+    part: tuple[int, int] | None = None  # (index, count) of an equal block along `axis`
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,8 @@ class Capture:
 
 @dataclass(frozen=True)
 class Encoder:
-    """A BERT-style post-LayerNorm encoder: what each space touches and where it is read."""
+    """The base model's layer stack (a BERT-style encoder or a GPT-2-style decoder): what each
+    space touches and where it is read."""
 
     embeddings: tuple[Touch, ...]
     ffn: tuple[Touch, ...]  # per layer; intermediate (d_ff) space
@@ -127,19 +141,49 @@ class Encoder:
     # masked positions' queries are needed, the keys and values of every position.
     # None: the last layer's attention runs at every position.
     self_attention: str | None = None
+    # Residual tensors of the base model after its last layer (a pre-LN model's final LayerNorm).
+    final: tuple[Touch, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a language-model head is scored on along the path, and how the app names it.
+
+    `targets` picks how the evaluation batches are turned into (positions, targets)
+    (`data.prediction_batches`): "masked" draws BERT's masks once from the mask seed; "next"
+    makes every real token predict the token after it."""
+
+    targets: str  # "masked" or "next"
+    loss: str  # the loss's name: "masked-LM loss"
+    accuracy: str  # the accuracy's name: "masked-token accuracy"
+    predicted: str  # what is counted: "masked tokens"
+    explanation: str  # one sentence on how the loss is computed (captions, reports)
+
+
+MASKED_LM = Prediction(
+    "masked", "masked-LM loss", "masked-token accuracy", "masked tokens",
+    "Masked-LM cross-entropy on the evaluation text (15% of tokens masked, masks drawn once from the mask seed), in nats.",
+)
+NEXT_TOKEN = Prediction(
+    "next", "next-token loss", "next-token accuracy", "predicted tokens",
+    "Next-token cross-entropy on the evaluation text (every line followed by the end-of-text token, the stream cut "
+    "into blocks of the maximum length), averaged over every predicted token, in nats.",
+)
 
 
 @dataclass(frozen=True)
 class Head:
     """A task head on top of the encoder, with the residual tensors it consumes."""
 
-    kind: str  # "mlm", "base" or "classification"
+    kind: str  # "mlm", "causal-lm", "base" or "classification"
     model_class: str  # transformers class name that loads it
     residual: tuple[Touch, ...] = ()
     mlm_module: str | None = None  # module mapping hidden states to vocabulary logits
     # Tensor-name prefixes that show a checkpoint has this head, for folders whose
     # config.json names no architecture (the bare encoder is the fallback).
     detect: tuple[str, ...] = ()
+    prediction: Prediction | None = None  # language-model heads: what the loss path scores
+    tied_decoder: bool = False  # the vocabulary projection is the word-embedding table
 
 
 @dataclass(frozen=True)
@@ -156,12 +200,20 @@ class Family:
     may_lack: tuple[str, ...] = ()
     # Old checkpoints' tensor names and today's.
     renamed: tuple[tuple[str, str], ...] = ()
+    # Text is read as one stream (every line + end-of-text, cut into blocks of the maximum
+    # length), as causal LMs are trained, rather than one passage per sequence.
+    packed_text: bool = False
 
     def shape(self, config) -> Shape:
         keys = self.config_keys
         hidden = getattr(config, keys.hidden)
         ffn = getattr(config, keys.ffn, None) or hidden * (keys.ffn_multiple or 0)
-        return Shape(getattr(config, keys.layers), hidden, getattr(config, keys.heads), ffn)
+        return Shape(getattr(config, keys.layers), hidden, getattr(config, keys.heads), ffn, getattr(config, keys.positions, None))
+
+    def usable_positions(self, config) -> int | None:
+        """The longest sequence the model can read, None if its config does not say."""
+        positions = self.shape(config).positions
+        return None if positions is None else positions - self.config_keys.position_offset
 
     def residual_node(self, rule: str, layer: int | None, num_layers: int) -> int:
         return self.residual_layout.index(rule, layer, num_layers)
@@ -268,6 +320,8 @@ BERT = Family(
             ),
             mlm_module="cls",
             detect=("cls.predictions",),
+            prediction=MASKED_LM,
+            tied_decoder=True,
         ),
         "BertModel": Head(
             kind="base",
@@ -299,6 +353,8 @@ ROBERTA = Family(
             ),
             mlm_module="lm_head",
             detect=("lm_head",),
+            prediction=MASKED_LM,
+            tied_decoder=True,
         ),
         "RobertaModel": Head(
             kind="base",
@@ -313,10 +369,88 @@ ROBERTA = Family(
             detect=("classifier",),
         ),
     },
+    config_keys=ConfigKeys(position_offset=2),  # positions count from padding_idx + 1
     **BERT_STYLE,
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, ROBERTA)}
+
+# ---- GPT-2: a pre-LayerNorm decoder with Conv1D weights -------------------------------------
+# Conv1D stores [in, out]: a producer has its space on axis 1 (and its bias), a consumer on
+# axis 0. `c_attn` is q | k | v along its output axis; each third takes the attention
+# permutation, as BERT's query, key and value do.
+
+BLOCK = "h.{i}"
+QKV = 3
+
+
+def _conv1d(prefix: str, role: str, node: str | None = None, part: tuple[int, int] | None = None) -> tuple[Touch, ...]:
+    """A Conv1D's touches on one space: 'out' (weight columns and bias) or 'in' (weight rows)."""
+    if role == "in":
+        return (Touch(f"{prefix}.weight", 0, node),)
+    return (Touch(f"{prefix}.weight", 1, node, part=part), Touch(f"{prefix}.bias", 0, node, part=part))
+
+
+GPT2_DECODER = Encoder(
+    embeddings=(
+        Touch("wte.weight", 1, EMBED),
+        Touch("wpe.weight", 1, EMBED),
+    ),
+    ffn=(
+        *_conv1d(f"{BLOCK}.mlp.c_fc", "out"),
+        *_conv1d(f"{BLOCK}.mlp.c_proj", "in"),
+    ),
+    attention=(
+        *(t for k in range(QKV) for t in _conv1d(f"{BLOCK}.attn.c_attn", "out", part=(k, QKV))),
+        *_conv1d(f"{BLOCK}.attn.c_proj", "in"),
+    ),
+    residual_per_layer=(
+        # Pre-LN: a layer reads the stream through ln_1, writes its attention output into it,
+        # reads it again through ln_2 and writes its FFN output.
+        *_norm(f"{BLOCK}.ln_1", LAYER_INPUT),
+        *_conv1d(f"{BLOCK}.attn.c_attn", "in", LAYER_INPUT),
+        *_conv1d(f"{BLOCK}.attn.c_proj", "out", AFTER_ATTENTION),
+        *_norm(f"{BLOCK}.ln_2", AFTER_ATTENTION),
+        *_conv1d(f"{BLOCK}.mlp.c_fc", "in", AFTER_ATTENTION),
+        *_conv1d(f"{BLOCK}.mlp.c_proj", "out", AFTER_FFN),
+    ),
+    final=_norm("ln_f", FINAL),
+    capture_ffn=Capture(f"{BLOCK}.mlp.c_proj", "input"),
+    capture_attention=Capture(f"{BLOCK}.attn.c_proj", "input"),
+    # The stream itself (pre-LN: no LayerNorm sits on it): the embeddings' sum (what dropout,
+    # the identity in evaluation, passes on), the sum after each attention (what ln_2 reads)
+    # and after each FFN (the block's output; after the last block, what ln_f reads).
+    capture_residual=(
+        (EMBED, Capture("drop", "output")),
+        (AFTER_ATTENTION, Capture(f"{BLOCK}.ln_2", "input")),
+        (AFTER_FFN, Capture(BLOCK, "output")),
+    ),
+)
+
+GPT2 = Family(
+    name="gpt2",
+    model_types=("gpt2",),
+    base_prefix="transformer.",
+    encoder=GPT2_DECODER,
+    heads={
+        "GPT2LMHeadModel": Head(
+            kind="causal-lm",
+            model_class="GPT2LMHeadModel",
+            residual=(Touch("lm_head.weight", 1, FINAL),),  # tied to wte: one tensor, one permutation
+            mlm_module="lm_head",
+            detect=("lm_head",),
+            prediction=NEXT_TOKEN,
+            tied_decoder=True,
+        ),
+        "GPT2Model": Head(kind="base", model_class="GPT2Model"),
+    },
+    config_keys=ConfigKeys(layers="n_layer", hidden="n_embd", heads="n_head", ffn="n_inner", ffn_multiple=4, positions="n_positions"),
+    # The causal-mask buffers that older transformers saved, and the tied lm_head that
+    # checkpoints (the hub's gpt2 among them) leave out.
+    may_lack=(".attn.bias", ".attn.masked_bias", "lm_head.weight"),
+    packed_text=True,
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (BERT, ROBERTA, GPT2)}
 
 # Architectures that are loaded as another supported class: pre-training checkpoints
 # (MultiBERTs ship as BertForPreTraining) are used through their masked-LM head.
@@ -342,4 +476,4 @@ def expand(touches: tuple[Touch, ...], layer: int | None) -> list[Touch]:
     """Fill the layer index into name templates."""
     if layer is None:
         return list(touches)
-    return [Touch(t.name.format(i=layer), t.axis, t.node, t.optional) for t in touches]
+    return [replace(t, name=t.name.format(i=layer)) for t in touches]

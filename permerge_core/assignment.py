@@ -13,6 +13,9 @@ top of their row or column, so we:
 4. add any entry that breaks the bound (and those close to breaking it) to the candidates and
    solve again.
 
+Matrices below `SPARSE_FROM` (BERT-base's FFN is above it, its attention and residual below)
+go straight to the dense solver, which is as fast there and releases the GIL.
+
 The answer is the same optimum a dense solver finds, up to `TOLERANCE` per unit (far below the
 7 significant digits a float32 correlation carries); with ties, it may pick another of the equal
 optima. Whatever goes wrong (no full matching among the candidates, no proof after a few
@@ -40,7 +43,15 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-SPARSE_FROM = 1024  # below this size the dense solver takes well under a second
+# Below this size: scipy's dense solver, in the caller's thread. It releases the GIL, so the
+# matching stage's threads solve side by side without worker processes. On 768- and
+# 1,024-wide FFN correlations it took about as long as the sparse path (random-init pair)
+# or half as long (the bundled trained pair), and the sparse path in workers added the
+# pool's start-up and a round trip per matrix: the trained pair's matching stage took 1.5
+# to 2.4 s that way, 0.9 to 1.6 s dense (2 cores under load; benchmarks' `matching` workload
+# times a 4-layer 1,024-FFN pair). The sparse path pays from BERT-base's 3,072-wide spaces,
+# where the dense solver takes seconds.
+SPARSE_FROM = 2048
 CANDIDATES = 16  # best entries kept per row and per column
 # After a failed proof, every entry within this much (× the largest |score|) of breaking the
 # bound joins the candidates, not only the broken ones: those are the likeliest to break next.

@@ -5,6 +5,10 @@ their paths), the data, and the settings. Each entry stores its own key fields a
 version; an entry that is unreadable, truncated, from another format or for other inputs is
 ignored and recomputed. Writes go to a temporary file that is renamed into place, so a crash
 or two concurrent writers never leave a half-written entry behind.
+
+A cache folder that cannot be created or written (a path below a file, a read-only disk, a
+full one) never stops a run: the cache turns itself off with one warning saying why, and the
+run goes on computing everything in memory.
 """
 
 from __future__ import annotations
@@ -31,8 +35,29 @@ def key_of(kind: str, fields: dict) -> str:
 
 class DiskCache:
     def __init__(self, root: str | Path | None):
-        self.root = Path(root) if root else None
-        self.events: list[str] = []  # what happened, for the status line and tests
+        self.root = Path(root).expanduser() if root else None
+        self.events: list[str] = []  # what happened, for the report's notes and tests
+        self.warning: str | None = None  # why the cache is off, when it turned itself off
+        if self.root is not None:
+            try:  # find out now, not after the first expensive stage
+                self.root.mkdir(parents=True, exist_ok=True)
+                fd, probe = tempfile.mkstemp(prefix=".permerge-probe-", dir=self.root)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as err:
+                self._turn_off(err)
+
+    def _turn_off(self, err: OSError) -> None:
+        """Stop using the disk (once, with one warning); the run goes on without it."""
+        if self.root is None:
+            return
+        reason = err.strerror or type(err).__name__
+        self.warning = (
+            f"disk cache off: the cache folder {self.root} cannot be used ({reason}), so nothing is cached between runs. "
+            "Fix: set PERMERGE_CACHE (or --cache-dir) to a folder you can write to, or pass --no-cache."
+        )
+        self.events.append(self.warning)
+        self.root = None
 
     @property
     def enabled(self) -> bool:
@@ -46,12 +71,18 @@ class DiskCache:
         return self.root / f"{kind}-{key_of(kind, fields)}{suffix}"
 
     def _write_atomic(self, path: Path, write) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as err:  # the folder went away or became read-only since the start
+            self._turn_off(err)
+            return
         os.close(fd)
         try:
             write(tmp)
             os.replace(tmp, path)
+        except OSError as err:  # a full disk, say: the result is still good, only not kept
+            self._turn_off(err)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

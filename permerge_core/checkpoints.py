@@ -24,8 +24,12 @@ from .errors import CheckpointError, IncompatiblePairError
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODELS = ASSETS / "models"
 BUNDLED_CLASSIFIERS = ASSETS / "classifiers"  # the seed models fine-tuned on the bundled task
+BUNDLED_DECODERS = ASSETS / "decoders"  # GPT-2 decoders that differ only in their seed
 BUNDLED_TASK = ASSETS / "tasks" / "source"  # train.tsv (matching) and eval.tsv (evaluation)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Files that hold a tokenizer's vocabulary; a folder with none has no tokenizer (transformers
+# would still build one from config.json: an empty vocabulary of five special tokens).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 HUB_ALLOW = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer*", "vocab*", "special_tokens_map.json", "merges.txt"]
 
 
@@ -40,7 +44,7 @@ class Checkpoint:
     architecture: str  # the class it is loaded as
     config: object  # transformers PretrainedConfig
     model: torch.nn.Module  # float32, eval mode
-    tokenizer: object
+    tokenizer: object  # None when the folder has none: validate_pair says which and how to fix it
     fingerprint: str  # sha256 over config and weights: identifies the content, not the path
     stored_dtype: str
 
@@ -79,6 +83,7 @@ class Checkpoint:
             "hidden": self.hidden,
             "heads": self.num_heads,
             "ffn": self.ffn,
+            "positions": self.shape.positions,
             "vocab": self.config.vocab_size,
             "parameters": self.num_parameters,
             "stored_dtype": self.stored_dtype,
@@ -194,25 +199,8 @@ def _choose_head(family: Family, architectures: list[str] | None, keys: set[str]
     return family.head_for_keys(keys)
 
 
-def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
-    """Old checkpoints' tensor names (e.g. LayerNorm gamma/beta) become today's; bare encoders lack the prefix."""
-    out = {}
-    for key, value in state.items():
-        for old, new in family.renamed:
-            key = key.replace(old, new)
-        if head.kind == "base" and key.startswith(family.base_prefix):
-            key = key[len(family.base_prefix):]
-        out[key] = value
-    return out
-
-
-def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, device: str = "cpu") -> Checkpoint:
-    """Load a Hugging Face-format folder (or hub id) as a float32 model in eval mode."""
-    import transformers
-    from transformers import AutoConfig, AutoTokenizer
-
-    source = str(source)
-    folder = resolve_source(source)
+def _read_config(folder: Path) -> tuple[dict, Family]:
+    """config.json of a checkpoint folder as a dict, and the supported family it belongs to."""
     config_file = folder / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{folder} has no config.json, so it is not a Hugging Face checkpoint folder.", "Give the folder that save_pretrained() wrote.")
@@ -227,6 +215,58 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
             f"Model type {model_type!r} ({', '.join(raw_config.get('architectures') or ['no architecture'])}) is not supported.",
             f"Supported families: {', '.join(FAMILIES)} ({', '.join(supported_architectures())}).",
         )
+    return raw_config, family
+
+
+def read_head(source: str | Path) -> Head:
+    """The head a checkpoint is loaded with, chosen as `load_checkpoint` chooses it but without
+    loading the model: from config.json's architectures, or, where it names none, from the
+    tensor names (a safetensors file's header; only a pytorch_model.bin is read whole)."""
+    folder = resolve_source(str(source))
+    raw_config, family = _read_config(folder)
+    architectures = raw_config.get("architectures")
+    return _choose_head(family, architectures, set() if architectures else _tensor_names(folder))
+
+
+def _tensor_names(folder: Path) -> set[str]:
+    file = folder / WEIGHT_FILES[0]
+    if file.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return set(handle.keys())
+        except Exception:  # damaged: read_state_dict says how
+            pass
+    return set(read_state_dict(folder)[0])
+
+
+def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
+    """Old checkpoints' tensor names (e.g. LayerNorm gamma/beta) become today's; bare encoders
+    lack the prefix, and a head model saved without it (the hub's gpt2) gets it."""
+    unprefixed = head.kind != "base" and not any(k.startswith(family.base_prefix) for k in state)
+    out = {}
+    for key, value in state.items():
+        for old, new in family.renamed:
+            key = key.replace(old, new)
+        if head.kind == "base" and key.startswith(family.base_prefix):
+            key = key[len(family.base_prefix):]
+        elif unprefixed and not (head.detect and key.startswith(head.detect)):
+            key = family.base_prefix + key
+        out[key] = value
+    return out
+
+
+def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, device: str = "cpu") -> Checkpoint:
+    """Load a Hugging Face-format folder (or hub id) as a float32 model in eval mode."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = str(source)
+    folder = resolve_source(source)
+    config_file = folder / "config.json"
+    raw_config, family = _read_config(folder)
+    model_type = raw_config.get("model_type")
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as err:
@@ -234,7 +274,7 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
     state, weights_file = read_state_dict(folder)
     head = _choose_head(family, raw_config.get("architectures"), set(state))
     state = _normalise_keys(state, family, head)
-    stored_dtype = str(next(iter(state.values())).dtype).replace("torch.", "") if state else "unknown"
+    stored_dtype = next((str(v.dtype).replace("torch.", "") for v in state.values() if v.is_floating_point()), "unknown")
     check_finite(state, source)
 
     model_class = getattr(transformers, head.model_class)
@@ -256,21 +296,51 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
             f"{source} lacks {len(missing)} tensor(s) its {head.model_class} needs, e.g. {missing[0]}.",
             "The weights do not belong to this architecture; check config.json's 'architectures'.",
         )
-    if head.kind == "mlm":
+    if head.tied_decoder:
         model.tie_weights()
     model.eval().to(device)
 
-    tok_source = Path(tokenizer) if tokenizer else folder
-    try:
-        tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
-    except Exception as err:
+    tok_source = Path(tokenizer).expanduser() if tokenizer else folder
+    tok = None
+    if has_tokenizer_files(tok_source):
+        try:
+            tok = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=False)
+        except Exception as err:
+            raise CheckpointError(
+                f"No usable tokenizer in {tok_source} ({type(err).__name__}).",
+                "Give the tokenizer folder explicitly (--tokenizer PATH in the CLI, 'Tokenizer folder' in the app).",
+            ) from None
+    elif tokenizer:
         raise CheckpointError(
-            f"No usable tokenizer in {tok_source} ({type(err).__name__}).",
-            "Give the tokenizer folder explicitly (--tokenizer PATH in the CLI, 'Tokenizer folder' in the app).",
-        ) from None
+            f"The tokenizer folder {tok_source} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}).",
+            "Give the folder the models' tokenizer was saved in (e.g. one of the model folders that has tokenizer.json).",
+        )
     digest = hashlib.sha256(config_file.read_bytes())
     digest.update(_file_digest(weights_file).encode())
     return Checkpoint(source, folder, family, head, head.model_class, config, model, tok, digest.hexdigest(), stored_dtype)
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _check_tokenizers(a: Checkpoint, b: Checkpoint) -> None:
+    """A folder without a tokenizer is named, with the fix, before vocabularies are compared."""
+    lacking = [(name, c, other) for name, c, other in (("A", a, b), ("B", b, a)) if c.tokenizer is None]
+    if len(lacking) == 2:
+        raise CheckpointError(
+            f"Neither model's folder has a tokenizer (none of {', '.join(TOKENIZER_FILES)} in {a.path} or {b.path}).",
+            "Give the folder of the tokenizer both models were trained with: --tokenizer PATH in the CLI, 'Tokenizer folder' in the app.",
+        )
+    if lacking:
+        name, c, other = lacking[0]
+        present = ", ".join(f.name for f in sorted(other.path.glob("tokenizer*")) + sorted(other.path.glob("vocab*")) + sorted(other.path.glob("*.model"))) or "its tokenizer files"
+        raise CheckpointError(
+            f"Model {name}'s folder {c.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, …).",
+            f"Copy the tokenizer files of model {'B' if name == 'A' else 'A'}'s folder ({present}) into {c.path}, "
+            f"or use that tokenizer for both models (--tokenizer {other.path} in the CLI, 'Tokenizer folder' in the app's sidebar), "
+            "if both were trained with it.",
+        )
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
@@ -296,6 +366,7 @@ def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
     differ("hidden size", a.hidden, b.hidden)
     differ("number of attention heads", a.num_heads, b.num_heads)
     differ("FFN size", a.ffn, b.ffn)
+    differ("number of positions", a.shape.positions, b.shape.positions, "Pick two checkpoints with the same maximum sequence length (n_positions).")
     differ("vocabulary size", a.config.vocab_size, b.config.vocab_size)
     if a.head.kind == "classification":
         differ("number of labels", a.config.num_labels, b.config.num_labels, "Both classifiers must be fine-tuned on the same task.")
@@ -304,6 +375,7 @@ def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
         generic = all(n.startswith("LABEL_") for n in names_a + names_b)
         if not generic:
             differ("label names", names_a, names_b, "Both classifiers must be fine-tuned on the same task with the same label order.")
+    _check_tokenizers(a, b)
     vocab_a, vocab_b = a.tokenizer.get_vocab(), b.tokenizer.get_vocab()
     if vocab_a != vocab_b:
         only_a = sorted(set(vocab_a) - set(vocab_b))[:3]
@@ -332,6 +404,13 @@ def bundled_classifiers() -> list[Path]:
     if not BUNDLED_CLASSIFIERS.is_dir():
         return []
     return sorted(p for p in BUNDLED_CLASSIFIERS.iterdir() if (p / "config.json").exists())
+
+
+def bundled_decoders() -> list[Path]:
+    """The bundled decoder seed pair (GPT-2), in seed order; empty until it is added."""
+    if not BUNDLED_DECODERS.is_dir():
+        return []
+    return sorted(p for p in BUNDLED_DECODERS.iterdir() if (p / "config.json").exists())
 
 
 def is_bundled_classifier(path: str | Path) -> bool:

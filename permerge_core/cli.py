@@ -1,4 +1,4 @@
-"""Command line: `python -m permerge_core align|grid|train|finetune ...`.
+"""Command line: `python -m permerge_core align|plane|ablate|grid|train|finetune ...`.
 
 The CLI is the scriptable contract the app and the tests share. Bad input exits non-zero
 with one clear line on stderr, never a traceback.
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PermergeError
+from .errors import PermergeError, SettingsError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,28 +73,52 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _grid_points(text: str) -> int:
+    from .plane import MAX_GRID
+
+    value = _positive_int(text)
+    if not 2 <= value <= MAX_GRID:
+        raise argparse.ArgumentTypeError(f"must be 2 to {MAX_GRID}, got {value}")
+    return value
+
+
+def _margin(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    return value
+
+
+def _add_inputs(parser: argparse.ArgumentParser, outputs: str) -> None:
+    """The flags `align` and `plane` share: the pair, the data, every setting, the cache."""
+    parser.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
+    parser.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
+    parser.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
+    parser.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
+    add_settings(parser)
+    parser.add_argument("--out", default="runs/latest", help=f"folder for {outputs}")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
+    parser.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
+    parser.add_argument("--label-column", default="label", help="classifiers: column with the label")
+    parser.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
+    parser.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m permerge_core", description="Align two transformer checkpoints by permutation and measure the loss barrier.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     align = sub.add_parser("align", help="align B to A and compute the loss path")
-    align.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
-    align.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
-    align.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
-    align.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
-    align.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
-    add_settings(align)
-    align.add_argument("--out", default="runs/latest", help="folder for report.json and curve.csv")
-    align.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    align.add_argument("--cache-dir", default=None)
+    _add_inputs(align, "report.json and curve.csv")
     align.add_argument("--save-merged", default=None, help="write the merged model at --merge-lambda here")
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
-    align.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
-    align.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
-    align.add_argument("--label-column", default="label", help="classifiers: column with the label")
-    align.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
-    align.add_argument("--quiet", action="store_true")
 
     grid = sub.add_parser(
         "grid", help="every pair of several checkpoints (B aligned to A), in this process or as Ray tasks",
@@ -122,12 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
     grid.add_argument("--quiet", action="store_true")
 
-    train = sub.add_parser("train", help="pre-train a small BERT masked LM from scratch")
-    from .training import TrainConfig
+    from .plane import DEFAULT_EVAL_TOKENS, DEFAULT_GRID, DEFAULT_MARGIN, MAX_GRID
+
+    plane = sub.add_parser("plane", help="the loss over the plane through A, B and B′ (B aligned to A)")
+    _add_inputs(plane, "plane.json and plane.csv")
+    plane.add_argument("--grid", type=_grid_points, default=DEFAULT_GRID, help=f"points per axis, 2 to {MAX_GRID}: N² evaluations (default {DEFAULT_GRID})")
+    plane.add_argument("--margin", type=_margin, default=DEFAULT_MARGIN,
+                       help=f"how far past A, B and B′ the plane extends, in plane units (default {DEFAULT_MARGIN})")
+    plane.set_defaults(eval_tokens=DEFAULT_EVAL_TOKENS)  # N² evaluations: a smaller budget than a path's
+
+    from .ablation import DEFAULT_BUDGETS, DEFAULT_RESAMPLES
+
+    ablate = sub.add_parser("ablate", help="how much matching text is enough: barriers and agreement over doubling token budgets",
+                            description="Activation matching at token budgets that double from --start-tokens to --stop-tokens, "
+                                        "--resamples disjoint slices of the matching text per budget (where it is long enough); "
+                                        "writes ablation.json and ablation.csv. Model, data and merge flags are align's.")
+    _add_inputs(ablate, "ablation.json and ablation.csv")
+    ablate.add_argument("--start-tokens", type=_positive_int, default=DEFAULT_BUDGETS[0], help="smallest matching budget")
+    ablate.add_argument("--stop-tokens", type=_positive_int, default=DEFAULT_BUDGETS[-1], help="largest matching budget (budgets double up to it)")
+    ablate.add_argument("--budgets", type=_positive_int, nargs="+", default=None, metavar="N", help="explicit budgets instead of the doubling")
+    ablate.add_argument("--resamples", type=_positive_int, default=DEFAULT_RESAMPLES, help="resamples (slices of the text) per budget")
+    ablate.set_defaults(out="runs/ablation")
+
+    train = sub.add_parser("train", help="pre-train a small BERT masked LM or GPT-2 decoder from scratch")
+    from .training import OBJECTIVES, TrainConfig
 
     tdef = TrainConfig(seed=0, out="")
     train.add_argument("--seed", type=int, required=True)
     train.add_argument("--out", required=True)
+    train.add_argument("--family", choices=list(OBJECTIVES), default=tdef.family, help="bert: masked LM; gpt2: causal decoder")
     for name in ("layers", "hidden", "heads", "ffn", "steps", "batch_size", "warmup", "max_length", "eval_every", "save_every", "eval_tokens"):
         train.add_argument(f"--{name.replace('_', '-')}", type=_positive_int, default=getattr(tdef, name))
     train.add_argument("--lr", type=float, default=tdef.lr)
@@ -136,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive_int, default=None)
     train.add_argument("--train-data", default=tdef.train_data)
     train.add_argument("--eval-data", default=tdef.eval_data)
-    train.add_argument("--tokenizer", default=tdef.tokenizer)
+    train.add_argument("--tokenizer", default=None, help="default: the family's bundled tokenizer")
     train.add_argument(
         "--init-from", default=None, metavar="DIR",
         help="continue an earlier, finished run (its --out): its weights, a fresh schedule, data read on from where it stopped",
@@ -165,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "align":
             return _align(args)
+        if args.command == "plane":
+            return _plane(args)
+        if args.command == "ablate":
+            return _ablate(args)
         if args.command == "grid":
             return _grid(args)
         if args.command == "train":
@@ -207,19 +258,18 @@ def _train(args) -> int:
     return 0
 
 
-def _align(args) -> int:
+def _pipeline(args, log):
+    """The pipeline and settings that the shared flags (`_add_inputs`) describe."""
     from .pipeline import Pipeline, default_pair
-    from .report import write_outputs
     from .settings import SETTINGS, AlignSettings, TaskSpec
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _check_out_folder(Path(args.out))  # before loading anything: a bad --out would only fail at the very end
     model_a, model_b = args.model_a, args.model_b
     if model_a is None or model_b is None:
         default_a, default_b = default_pair()
         model_a = model_a or default_a
         model_b = model_b or default_b
     settings = AlignSettings(**{spec.name: getattr(args, spec.name) for spec in SETTINGS})
-    started = time.time()
     pipeline = Pipeline(
         model_a,
         model_b,
@@ -230,6 +280,19 @@ def _align(args) -> int:
         progress=_progress_printer(log),
         task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
     )
+    return pipeline, settings
+
+
+def _log(args):
+    return (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def _align(args) -> int:
+    from .report import write_outputs
+
+    log = _log(args)
+    started = time.time()
+    pipeline, settings = _pipeline(args, log)
     report = pipeline.run(settings)
     out = Path(args.out)
     write_outputs(report, out)
@@ -237,7 +300,10 @@ def _align(args) -> int:
         pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
         log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
     for note in report.get("notes", []):
-        log(f"note: {note}")
+        if note == pipeline.cache.warning:  # shown even with --quiet: something the user should fix
+            print(f"permerge: warning: {note}", file=sys.stderr, flush=True)
+        else:
+            log(f"note: {note}")
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
     return 0
@@ -250,7 +316,8 @@ def _grid(args) -> int:
     from .cache import default_cache_dir
     from .settings import SETTINGS, AlignSettings, TaskSpec
 
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = _log(args)
+    _check_out_folder(Path(args.out))
     base = AlignSettings(**{spec.name: getattr(args, spec.name) for spec in SETTINGS})
     cuda = base.device.startswith("cuda")
     # The driver of a Ray cluster need not have a GPU: the workers check the device.
@@ -281,6 +348,70 @@ def _grid(args) -> int:
     return 1 if failed else 0
 
 
+def _plane(args) -> int:
+    from .plane import write_plane
+
+    log = _log(args)
+    started = time.time()
+    pipeline, settings = _pipeline(args, log)
+    plane = pipeline.plane(settings, args.grid, args.margin)
+    out = write_plane(pipeline, settings, plane, args.out, args.grid, args.margin)
+    if pipeline.cache.warning:  # shown even with --quiet, as for align
+        print(f"permerge: warning: {pipeline.cache.warning}", file=sys.stderr, flush=True)
+    for note in pipeline.notes:
+        log(f"note: {note}")
+    b, points = plane["basis"], plane["points"]
+    print(
+        f"plane through A, B and B′: {args.grid}×{args.grid} points, x {plane['x'][0]:.2f}…{plane['x'][-1]:.2f}, "
+        f"y {plane['y'][0]:.2f}…{plane['y'][-1]:.2f}, {settings.eval_tokens:,} evaluation tokens\n"
+        f"|u| = |B′ − A| = {b['norm_u']:.4g}, |B − A| = {b['distance_b']:.4g}, |v| = {b['norm_v']:.4g}, "
+        f"angle(B − A, u) = {b['angle_degrees']:.1f}°, B at x = {b['x_b']:.3f}\n"
+        f"loss: A {points['a']['loss']:.4f}  B {points['b']['loss']:.4f}  B′ {points['b_prime']['loss']:.4f}  "
+        f"grid {min(v for row in plane['grid'] for v in row):.4f}…{max(v for row in plane['grid'] for v in row):.4f}\n"
+        f"done in {time.time() - started:.1f} s"
+    )
+    print(f"wrote {out / 'plane.json'} and {out / 'plane.csv'}")
+    return 0
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an --out that cannot become a folder: the path, or a folder above it, is a file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SettingsError(
+                    f"--out {out}: {path} is a file, but the outputs (report.json and curve.csv, or plane.json and plane.csv) are written into a folder.",
+                    "Give --out a new or existing folder path (or move that file away).",
+                )
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise SettingsError(f"--out {out}: {path} is not writable here.", "Give --out a folder you can write to.")
+            return
+
+
+def _ablate(args) -> int:
+    from .ablation import doubling, run_ablation, write_ablation
+
+    log = _log(args)
+    started = time.time()
+    budgets = args.budgets or doubling(args.start_tokens, args.stop_tokens)
+    pipeline, settings = _pipeline(args, log)
+    result = run_ablation(pipeline, settings, budgets, args.resamples)
+    out = Path(args.out)
+    write_ablation(result, out)
+    for note in result["notes"]:
+        log(f"note: {note}")
+    print(f"vanilla barrier {result['vanilla_barrier']:.4f}; permuted barrier and agreement with the largest budget "
+          f"({result['resamples']} resample(s) per budget):")
+    for row in result["rows"]:
+        b, kinds = row["barrier"], row["agreement_by_kind"]
+        heads = "" if row["head_agreement_mean"] is None else f"  heads {row['head_agreement_mean']:.0%}"
+        print(f"  {row['budget']:>8,} tokens{'' if row['disjoint'] else ' (overlapping)'}: barrier {b['mean']:.4f} ± {b['std']:.4f}  "
+              + "  ".join(f"{k} {v:.0%}" for k, v in kinds.items()) + heads + f"  {row['seconds']:.1f} s")
+    print(f"done in {time.time() - started:.1f} s")
+    print(f"wrote {out / 'ablation.json'} and {out / 'ablation.csv'}")
+    return 0
+
+
 def _progress_printer(log):
     last = {"stage": None, "shown": -1.0}
 
@@ -293,6 +424,30 @@ def _progress_printer(log):
     return progress
 
 
+def _matching_lines(report: dict) -> list[str]:
+    """What the matcher did (weights: sweeps, objective, time) and, for `both`, how the two agree."""
+    lines = []
+    info = report.get("matching", {})
+    if info.get("matcher") == "weights":
+        lines.append(_weights_line(info))
+    comparison = report.get("comparison")
+    if comparison:
+        lines.append(_weights_line(comparison["weights"]["matching"]))
+        b = comparison["barrier"]
+        agree = ", ".join(f"{kind} {value:.0%}" for kind, value in comparison["agreement_by_kind"].items())
+        heads = [h["agreement"] for h in comparison["head_assignment"].values()]
+        lines.append(f"matchers compared: barrier activations {b['activations']:.4f}  weights {b['weights']:.4f}; "
+                     f"units paired alike: {agree or 'nothing permuted'}"
+                     + (f"; head assignments alike: {sum(heads) / len(heads):.0%}" if heads else ""))
+    return lines
+
+
+def _weights_line(info: dict) -> str:
+    objective = info["objective"]
+    return (f"weight matching: {info['sweeps']} sweep(s){'' if info['converged'] else ' (stopped at the cap, not converged)'}, "
+            f"objective {objective[0]:.6g} → {objective[-1]:.6g}, {info['seconds']:.2f} s, no data read")
+
+
 def _summary(report: dict, seconds: float) -> str:
     b = report["barrier"]
     e = report["endpoint_loss"]
@@ -302,12 +457,13 @@ def _summary(report: dict, seconds: float) -> str:
         f"settings: ffn={'on' if s['ffn'] else 'off'} attention={s['attention']} residual={s['residual']} "
         f"{'|corr|' if s['absolute'] else 'signed corr'}, {s['lambdas']} λ points",
         (
-            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  (masked-LM nats, {report['eval']['num_predictions']:,} masked tokens)"
+            f"endpoint loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['loss']} in nats, {report['eval']['num_predictions']:,} {report['eval']['predicted']})"
             if "metric_curves" not in report
             else f"endpoint task loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['num_predictions']:,} labelled examples); "
             + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())
         ),
         f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}  (lower is better)",
+        *_matching_lines(report),
         f"B' computes the same function as B: {'yes' if report['function_preserving'] else 'NO (non-preserving mode)'}; "
         f"max |Δlogit| = {report['max_abs_logit_diff']:.2e}",
         f"done in {seconds:.1f} s",

@@ -34,7 +34,7 @@ def encode_matching(m: Matching) -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"heads/{layer}/{part}"] = torch.as_tensor(np.ascontiguousarray(getattr(h, part)))
     if m.residual_score is not None:
         tensors["residual_score"] = torch.as_tensor(m.residual_score)
-    return tensors, {"settings": m.settings}
+    return tensors, {"settings": m.settings, "info": m.info}
 
 
 def decode_matching(tensors: dict, meta: dict) -> Matching:
@@ -46,4 +46,4 @@ def decode_matching(tensors: dict, meta: dict) -> Matching:
         if not np.array_equal(np.sort(perm), np.arange(len(perm))):
             raise ValueError(f"{name} is not a permutation")
     score = tensors["residual_score"].numpy() if "residual_score" in tensors else None
-    return Matching(perms, heads, meta["settings"], score)
+    return Matching(perms, heads, meta["settings"], score, meta.get("info", {}))

@@ -1,13 +1,17 @@
-"""Text in, token batches out, and the masked-LM masks drawn once from a seed.
+"""Text in, token batches out, and what a language model is scored on: masked-LM masks drawn
+once from a seed, or every token's successor.
 
 Text files hold one passage per line. Passages are tokenised, split where longer than the
 model's maximum length (and the split is reported), cut to an exact token budget, sorted by
 length so that batches carry little padding, and padded per batch. Sorting is safe because
-every consumer (running sums, summed losses) is order-independent.
+every consumer (running sums, summed losses) is order-independent. Causal LMs read the text
+packed instead (`packed_blocks`): every line followed by the end-of-text token, one stream cut
+into blocks of the maximum length, as they are trained.
 
-Two packings (`PACKINGS`): `lines`, each passage its own sequence, and `blocks`, the paper's
-evaluation protocol (transformers' `run_mlm` way): all passages' ids concatenated and cut into
-full-length blocks, each wrapped in the tokenizer's special tokens.
+Masked LMs' evaluation text has two packings (`PACKINGS`, the `eval_packing` setting): `lines`,
+each passage its own sequence, and `blocks`, the paper's protocol (transformers' `run_mlm`
+way): all passages' ids concatenated and cut into full-length blocks, each wrapped in the
+tokenizer's special tokens.
 """
 
 from __future__ import annotations
@@ -83,13 +87,24 @@ def tokenize(
     batch_size: int = 32,
     packing: str = "lines",
 ) -> TokenBatches:
-    """Tokenise passages into at most `max_tokens` real tokens, in padded batches.
+    """Tokenise passages into at most `max_tokens` real tokens, in padded batches (`packing`:
+    see `token_sequences`)."""
+    sequences, used, notes = token_sequences(tokenizer, passages, max_tokens, max_length, packing)
+    if used < max_tokens:
+        notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
+    return batch_sequences(sequences, tokenizer, batch_size, notes)
 
-    `lines`: each passage is one sequence (split where it is longer than `max_length`).
-    `blocks`: the passages' ids, without special tokens, are concatenated and cut into blocks
-    of `max_length` − (number of special tokens) ids, each wrapped in the special tokens
-    ([CLS] … [SEP] for BERT, <s> … </s> for RoBERTa, nothing for a tokenizer that adds none);
-    only the last block (where the text or the budget ends) can be shorter."""
+
+def token_sequences(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128,
+                    packing: str = "lines") -> tuple[list[list[int]], int, list[str]]:
+    """The first `max_tokens` tokens of the text as model inputs, in text order, the last one
+    cut to fit. Returns (sequences, tokens used, notes).
+
+    `lines`: each passage wrapped in the tokenizer's special tokens ([CLS] … [SEP]) and split
+    where longer than `max_length`. `blocks`: the passages' ids, without special tokens,
+    concatenated and cut into blocks of `max_length` − (number of special tokens) ids, each
+    wrapped in the special tokens ([CLS] … [SEP] for BERT, <s> … </s> for RoBERTa, nothing for
+    a tokenizer that adds none); only the last block can be shorter."""
     if max_tokens <= 0:
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 3:
@@ -98,7 +113,7 @@ def tokenize(
         raise DataError(f"Unknown packing {packing!r}.", f"Use one of: {', '.join(PACKINGS)}.")
     prefix, suffix = special_wrapping(tokenizer)
     body = max_length - len(prefix) - len(suffix)
-    encoded = [ids for ids in tokenizer(passages, add_special_tokens=False, verbose=False)["input_ids"] if ids]  # (we split long ones)
+    encoded = tokenizer(passages, add_special_tokens=False, verbose=False)["input_ids"]  # (long ones are split here)
     if packing == "blocks":
         stream = [i for ids in encoded for i in ids]
         encoded = [stream[k : k + body] for k in range(0, len(stream), body)]
@@ -106,6 +121,8 @@ def tokenize(
     split_lines = 0
     used = 0
     for ids in encoded:
+        if not ids:
+            continue
         chunks = [ids[k : k + body] for k in range(0, len(ids), body)]
         split_lines += len(chunks) > 1
         for chunk in chunks:
@@ -122,14 +139,12 @@ def tokenize(
     notes = []
     if split_lines:
         notes.append(f"{split_lines} passage(s) longer than {max_length} tokens were split into several sequences.")
-    if used < max_tokens:
-        notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
-    input_ids, attention_mask = _padded(sorted(sequences, key=len), tokenizer, batch_size)
-    return TokenBatches(input_ids, attention_mask, used, len(sequences), notes)
+    return sequences, used, notes
 
 
-def _padded(sequences: list[list[int]], tokenizer, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Consecutive groups of `batch_size` sequences, each padded to its longest, with masks."""
+def batch_sequences(sequences: list[list[int]], tokenizer, batch_size: int = 32, notes: list[str] | None = None) -> TokenBatches:
+    """Sequences sorted by length (little padding) and padded per batch."""
+    sequences = sorted(sequences, key=len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids, attention_mask = [], []
     for start in range(0, len(sequences), batch_size):
@@ -142,7 +157,45 @@ def _padded(sequences: list[list[int]], tokenizer, batch_size: int) -> tuple[lis
             mask[row, : len(seq)] = 1
         input_ids.append(ids)
         attention_mask.append(mask)
-    return input_ids, attention_mask
+    return TokenBatches(input_ids, attention_mask, sum(map(len, sequences)), len(sequences), list(notes or []))
+
+
+def packed_blocks(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128, batch_size: int = 32) -> TokenBatches:
+    """The standard causal-LM layout: each passage tokenised without special tokens and
+    followed by the end-of-text token, all concatenated, cut to `max_tokens` and into blocks
+    of `max_length` (the last block may be shorter, and is padded), in text order."""
+    if max_tokens <= 0:
+        raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
+    if max_length < 2:
+        raise DataError(f"Blocks of {max_length} token(s) leave nothing to predict.", "Use a length of at least 8.")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("The tokenizer has no end-of-text (eos) token, so the text cannot be packed into blocks.",
+                        "Use the tokenizer the decoder was trained with.")
+    stream: list[int] = []
+    for ids in tokenizer(passages, add_special_tokens=False)["input_ids"]:
+        if ids:
+            stream += ids + [eos]
+        if len(stream) >= max_tokens:
+            break
+    if not stream:
+        raise DataError("The text contains no tokens the tokenizer can use.", "Give text in the model's language.")
+    notes = [] if len(stream) >= max_tokens else [f"Asked for {max_tokens:,} tokens; the text has only {len(stream):,}, so all of them are used."]
+    stream = stream[:max_tokens]
+    blocks = [stream[k : k + max_length] for k in range(0, len(stream), max_length)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    input_ids, attention_mask = [], []
+    for start in range(0, len(blocks), batch_size):
+        group = blocks[start : start + batch_size]
+        width = max(len(b) for b in group)
+        ids = torch.full((len(group), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, block in enumerate(group):
+            ids[row, : len(block)] = torch.tensor(block)
+            mask[row, : len(block)] = 1
+        input_ids.append(ids)
+        attention_mask.append(mask)
+    return TokenBatches(input_ids, attention_mask, len(stream), len(blocks), notes)
 
 
 def length_limit(tokenizer) -> int | None:
@@ -218,3 +271,27 @@ def masked_batches(batches: TokenBatches, tokenizer, vocab_size: int, seed: int 
     if sum(int(b.positions.sum()) for b in out) == 0:
         raise DataError("No token was selected for masking: the evaluation text is too short.", "Give more evaluation text or a larger token budget.")
     return out
+
+
+def next_token_batches(batches: TokenBatches) -> list[MaskedBatch]:
+    """Causal-LM scoring: every real token that has a real successor predicts it. The inputs
+    are the text itself; `positions` marks the predicting tokens, `targets` their successors."""
+    out = []
+    for ids, mask in batches:
+        real = mask.bool()
+        positions = torch.zeros_like(real)
+        positions[:, :-1] = real[:, :-1] & real[:, 1:]  # right-padded rows: the last real token predicts nothing
+        out.append(MaskedBatch(ids, mask, positions, ids[:, 1:][positions[:, :-1]]))
+    if sum(int(b.positions.sum()) for b in out) == 0:
+        raise DataError("No token has a successor to predict: the evaluation text is too short.", "Give more evaluation text or a larger token budget.")
+    return out
+
+
+def prediction_batches(targets: str, batches: TokenBatches, tokenizer, vocab_size: int, seed: int = 0) -> list[MaskedBatch]:
+    """The positions a language model is scored at, and their targets, for a head's
+    `Prediction.targets`: "masked" (BERT's masks, drawn once from `seed`) or "next"."""
+    if targets == "next":
+        return next_token_batches(batches)
+    if targets == "masked":
+        return masked_batches(batches, tokenizer, vocab_size, seed=seed)
+    raise ValueError(f"unknown prediction targets {targets!r}")

@@ -172,8 +172,8 @@ def _attention_at(module, hidden: torch.Tensor, attention_mask, positions) -> to
 
 @dataclass(frozen=True)
 class MlmResult:
-    loss: float  # mean cross-entropy over masked positions, nats
-    accuracy: float  # fraction of masked positions predicted exactly
+    loss: float  # mean cross-entropy over the predicted (masked, or next-token) positions, nats
+    accuracy: float  # fraction of those positions predicted exactly
     num_predictions: int
 
 
@@ -220,7 +220,8 @@ def row_chunks(batch: MaskedBatch, ffn_width: int, budget: int | None = None):
 
 @torch.no_grad()
 def mlm_loss(model, mlm_module: str, batches: list[MaskedBatch], device: str = "cpu") -> MlmResult:
-    """Mean masked-LM cross-entropy and accuracy over fixed, pre-drawn masks."""
+    """Mean cross-entropy and accuracy at fixed positions: masked-LM masks drawn once, or for
+    a causal LM every token that predicts its successor (`data.prediction_batches`)."""
     model.eval()
     ffn_width, budget = chunk_sizes(model, device)
     chunks = [chunk for whole in batches for chunk in row_chunks(whole, ffn_width, budget) if chunk.positions.any()]

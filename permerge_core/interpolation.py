@@ -67,6 +67,30 @@ class Interpolator:
         self.lam = lam
         return self.work
 
+    def combine(self, weight_a: float, weight_far: float, weight_b: float) -> torch.nn.Module:
+        """Make the working model weight_a·A + weight_far·B′ + weight_b·B (B as stored, not
+        gathered) and return it: any point of the plane through A, B and B′ (plane.py).
+
+        The far end is filled first and A added last, as in `set`, so (1−λ, λ, 0) gives the
+        same θ(λ); a weight of exactly 0 adds nothing, so (0, 0, 1) is bitwise B."""
+        weight_a, weight_far, weight_b = float(weight_a), float(weight_far), float(weight_b)
+
+        @torch.no_grad()  # (grad mode is per thread)
+        def fill(group):
+            for target, a, b, gather in group:
+                if gather:
+                    reindex(b, gather, out=target)
+                    target.mul_(weight_far)
+                    if weight_b:
+                        target.add_(b, alpha=weight_b)
+                else:  # this tensor is the same in B and B′
+                    torch.mul(b, weight_far + weight_b, out=target)
+                target.add_(a, alpha=weight_a)
+
+        map_chunks(fill, self._groups, self._device)
+        self.lam = None
+        return self.work
+
 
 def _balanced_groups(pairs: list, count: int) -> list[list]:
     """`pairs` in at most `count` groups of about equal total size (largest first, each into

@@ -8,7 +8,7 @@ matched correlations; correlations are signed by default (a permutation cannot f
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -76,6 +76,7 @@ class Matching:
     heads: dict[int, HeadMatching]
     settings: dict
     residual_score: np.ndarray | None = None  # the matrix the residual assignment used
+    info: dict = field(default_factory=dict)  # how it was found: matcher, sweeps, objective, seconds (JSON-able)
 
     @property
     def function_preserving(self) -> bool:
@@ -177,7 +178,7 @@ def compute_matching(
         score, perm = memo[("residual", residual, absolute)]
         perms["residual"] = perm.copy()
     settings = {"ffn": ffn, "attention": attention, "residual": residual, "absolute": absolute}
-    return Matching(perms, heads, settings, score)
+    return Matching(perms, heads, settings, score, {"matcher": "activations"})
 
 
 def _solve(memo: dict, jobs: dict) -> None:

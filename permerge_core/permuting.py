@@ -2,12 +2,15 @@
 
 `permutation_plan` turns a Matching into a list of (tensor name, axis, permutation);
 `permute_state_dict` applies it with one generic loop. A tensor touched on two axes (a
-Linear between two permuted spaces) gets both, which commute.
+Linear between two permuted spaces) gets both, which commute. Touches of equal blocks of one
+axis (the q, k and v thirds of a fused projection) make one index for that axis, each block
+reindexed within itself.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,38 +31,51 @@ def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[st
     def add(touches, perm, relative=True):
         for t in touches:
             name = prefix + t.name if relative else t.name
-            plan.append((Touch(name, t.axis, t.node, t.optional), perm))
+            plan.append((replace(t, name=name), perm))
 
     for i in range(num_layers):
         add(expand(enc.ffn, i), perms[f"layer.{i}.ffn"])
         add(expand(enc.attention, i), perms[f"layer.{i}.attention"])
-    for t in expand(enc.embeddings, None):
+    for t in expand(enc.embeddings + enc.final, None):
         add([t], residual_for_node(family.residual_node(t.node, None, num_layers)))
     for i in range(num_layers):
         for t in expand(enc.residual_per_layer, i):
             add([t], residual_for_node(family.residual_node(t.node, i, num_layers)))
     for t in head.residual:
         add([t], residual_for_node(family.residual_node(t.node, None, num_layers)), relative=False)
-    seen = set()
+    seen: dict[tuple[str, int], set] = {}
     for t, _ in plan:
-        if (t.name, t.axis) in seen:
+        parts = seen.setdefault((t.name, t.axis), set())
+        if t.part in parts or (parts and (t.part is None or None in parts)):
             raise ValueError(f"family {family.name} touches {t.name} axis {t.axis} twice")
-        seen.add((t.name, t.axis))
+        parts.add(t.part)
     return plan
 
 
 def touches_by_tensor(state: dict[str, torch.Tensor], plan) -> dict[str, list[tuple[int, torch.Tensor]]]:
     """Tensor name → [(axis, index)] for every planned tensor of `state`, in the plan's order
-    (optional tensors the model lacks are skipped)."""
-    touches: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    (optional tensors the model lacks are skipped). A touch of block k of n along an axis
+    sets that block's slice of the axis's index (the rest stay in place)."""
+    indices: dict[str, dict[int, torch.Tensor]] = {}
     for touch, perm in plan:
         if touch.name not in state:
             if touch.optional:
                 continue
             raise KeyError(f"tensor {touch.name} is not in the model")
-        index = torch.as_tensor(perm, dtype=torch.long, device=state[touch.name].device)
-        touches.setdefault(touch.name, []).append((touch.axis, index))
-    return touches
+        tensor = state[touch.name]
+        perm = torch.as_tensor(perm, dtype=torch.long, device=tensor.device)
+        by_axis = indices.setdefault(touch.name, {})
+        if touch.part is None:
+            by_axis[touch.axis] = perm
+            continue
+        k, count = touch.part
+        length = tensor.shape[touch.axis]
+        block = length // count
+        if length % count or len(perm) != block:
+            raise ValueError(f"{touch.name} axis {touch.axis} ({length}) does not split into {count} blocks of {len(perm)}")
+        index = by_axis.setdefault(touch.axis, torch.arange(length, device=tensor.device))
+        index[k * block : (k + 1) * block] = perm + k * block
+    return {name: list(by_axis.items()) for name, by_axis in indices.items()}
 
 
 def reindex(tensor: torch.Tensor, touches, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,6 +85,14 @@ def reindex(tensor: torch.Tensor, touches, out: torch.Tensor | None = None) -> t
     for ax, ix in first:
         tensor = tensor.index_select(ax, ix)
     return torch.index_select(tensor, axis, index, out=out) if out is not None else tensor.index_select(axis, index)
+
+
+def touched_units(tensor: torch.Tensor, touch: Touch) -> torch.Tensor:
+    """The units of `tensor` that `touch` permutes, as a matrix [units, everything else]: the
+    touched axis first, every other axis flattened (a bias or a LayerNorm vector is one
+    column). Row i is what moves when the touch's permutation moves unit i; weight matching
+    (`weight_matching.py`) compares A's and B's rows."""
+    return tensor.movedim(touch.axis, 0).reshape(tensor.shape[touch.axis], -1)
 
 
 def permuted_tensors(state: dict[str, torch.Tensor], plan):

@@ -4,8 +4,11 @@ Stages and what each depends on (and so what invalidates it):
 
     statistics  ← A, B, matching text, token budget, batch layout, special-token option
     matching    ← statistics + ffn/attention/residual modes + signed/absolute
+                  (matcher `weights`: A, B + the modes only; no statistics, no text)
     B′          ← matching
     curves      ← B′ (vanilla: B) + evaluation text, token budget, mask seed, λ grid
+    plane       ← A, B, B′ + evaluation text, token budget, mask seed, grid and margin
+    spreads     ← the curves' inputs (activations along a path, not losses)
 
 Each stage is memoised in memory and, where it is worth it, on disk (`cache.py`), so
 changing only the merge settings or the λ grid never recollects statistics.
@@ -17,6 +20,7 @@ import json
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -24,8 +28,11 @@ from typing import Callable
 
 from . import cache as cache_mod
 from . import codec
+from . import plane as plane_mod
+from .activations import spread_ratios, unit_spreads
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
-from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, masked_batches, read_passages, special_token_ids, text_fingerprint, tokenize
+from .data import (DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, packed_blocks, prediction_batches, read_passages, special_token_ids,
+                   text_fingerprint, tokenize)
 from .errors import PermergeError, SettingsError
 from .evaluation import max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
@@ -33,8 +40,9 @@ from .matching import Matching, compute_matching
 from .permuting import plan_for_matching
 from .statistics import Statistics, collect_statistics, space_dims
 from .report import build_report
-from .settings import AlignSettings, TaskSpec
+from .settings import BOTH, WEIGHTS, AlignSettings, TaskSpec
 from .tasks import FORMATS, encode, input_texts, is_glue, label_names, load_labelled, task_eval
+from .weight_matching import match_weights
 
 __all__ = ["AlignSettings", "Pipeline", "TaskSpec", "default_pair"]
 
@@ -131,7 +139,14 @@ class Pipeline:
         }
 
     def matching_fields(self, s: AlignSettings) -> dict:
-        return {**self.stats_fields(s), **s.merge_fields()}
+        """What a matching depends on. Weight matching reads no text, so no statistics fields.
+        An activation matching (applied by `activations` and `both` alike) keeps the key it had
+        before there was a choice of matcher, so earlier cache entries stay valid."""
+        merge = s.merge_fields()
+        if s.matcher == WEIGHTS:
+            return {**self._pair_fields(), **merge}
+        merge.pop("matcher")
+        return {**self.stats_fields(s), **merge}
 
     def curve_fields(self, s: AlignSettings, which: str) -> dict:
         """A curve depends on the evaluation data and λ grid, and a permuted one on B′ too."""
@@ -149,15 +164,25 @@ class Pipeline:
             "mask_seed": s.mask_seed,
             **self._length_field(s),
         }
-        if self.labelled is None:  # classifiers are evaluated per example, whatever the packing
+        if self.packing_applies:
             fields["eval_packing"] = s.eval_packing
         return fields
 
+    @property
+    def packing_applies(self) -> bool:
+        """Whether `eval_packing` shapes the evaluation: masked LMs only (classifiers are scored
+        per example, decoders always read packed text)."""
+        return self.labelled is None and not self.a.family.packed_text
+
     def sequence_length(self, s: AlignSettings) -> int:
-        """The longest sequence built from text: `max_length`, or less where A's tokenizer says
-        the model takes fewer positions (blocks would otherwise run past its position table)."""
-        limit = length_limit(self.a.tokenizer)
-        return min(s.max_length, limit) if limit else s.max_length
+        """The longest sequence made from text: `max_length`, or, for families that read one
+        passage or block per sequence, less where the models have fewer positions or A's
+        tokenizer takes fewer tokens (full-length blocks would otherwise run past them).
+        Decoders keep `max_length` and are refused with a fix if it is too long."""
+        if self.a.family.packed_text:
+            return s.max_length
+        limits = [n for n in (self.a.family.usable_positions(self.a.config), length_limit(self.a.tokenizer)) if n]
+        return min([s.max_length, *limits])
 
     def _length_field(self, s: AlignSettings) -> dict:
         """The cut length, in a stage's key only where it is not `max_length` itself (so that
@@ -175,7 +200,7 @@ class Pipeline:
                 return self._memo[memo_key]
             stats = self._load_stats(fields)
             if stats is None:
-                batches = tokenize(self.a.tokenizer, self.match_passages, s.match_tokens, self.sequence_length(s), s.batch_size)
+                batches = self._token_batches(self.match_passages, s.match_tokens, s, "matching")
                 self.a.model.to(s.device)
                 self.b.model.to(s.device)
                 stats = collect_statistics(
@@ -218,7 +243,12 @@ class Pipeline:
             if memo_key in self._memo:
                 return self._memo[memo_key]
             matching = self._load_matching(fields, s)
-            if matching is None:
+            if matching is None and s.matcher == WEIGHTS:
+                self.progress("matching", 0.0, "weight matching (no data)")
+                matching = match_weights(self.a.model, self.b.model, self.b.family, self.b.head, self.b.num_layers, self.a.num_heads,
+                                         s.ffn, s.attention, s.residual, progress=self.progress)
+                self._save_matching(fields, matching)
+            elif matching is None:
                 stats = self.statistics(s)
                 self.progress("matching", 0.0, "solving assignments")
                 matching = compute_matching(stats, self.a.num_heads, s.ffn, s.attention, s.residual, s.absolute)
@@ -254,7 +284,10 @@ class Pipeline:
 
     def _interpolator_for(self, s: AlignSettings, which: str) -> Interpolator:
         """The one working model, with A and B (vanilla) or A and B′ (permuted) as its ends."""
-        plan = self.permutation_plan(s) if which == "permuted" else None
+        return self._interpolator_with(self.permutation_plan(s) if which == "permuted" else None, s)
+
+    def _interpolator_with(self, plan, s: AlignSettings) -> Interpolator:
+        """The working model with A and B gathered through `plan` (None: B as trained) as its ends."""
         if self._interpolator is None:
             self._interpolator = Interpolator(self.a.model, self.b.model, plan=plan)
         else:
@@ -262,27 +295,47 @@ class Pipeline:
         self._interpolator.work.to(s.device)
         return self._interpolator
 
+    def _token_batches(self, passages: list[str], budget: int, s: AlignSettings, what: str):
+        """Token batches as the family reads text (one passage per sequence, or packed), checked
+        against the models' position table."""
+        if self.a.family.packed_text:
+            batches = packed_blocks(self.a.tokenizer, passages, budget, s.max_length, s.batch_size)
+        else:
+            packing = s.eval_packing if what == "evaluation" and self.packing_applies else "lines"
+            batches = tokenize(self.a.tokenizer, passages, budget, self.sequence_length(s), s.batch_size, packing=packing)
+            if self.sequence_length(s) < s.max_length:
+                batches.notes.append(f"Sequences are cut at {self.sequence_length(s)} tokens, the most these models take "
+                                     f"(maximum length {s.max_length} was asked).")
+        usable = self.a.family.usable_positions(self.a.config)
+        longest = max(ids.shape[1] for ids in batches.input_ids)
+        if usable is not None and longest > usable:
+            raise SettingsError(
+                f"The {what} text makes sequences of {longest} tokens, but the models have only {usable} positions.",
+                f"Set the maximum length to {usable} or less.",
+            )
+        return batches
+
     def eval_set(self, s: AlignSettings):
+        """(token batches, what the head is scored on, or None for a head without a loss)."""
         memo_key = ("eval", json.dumps(self.eval_fields(s), sort_keys=True))
         with self._lock:
             if memo_key not in self._memo:
-                batches = tokenize(self.a.tokenizer, self.eval_passages, s.eval_tokens, self.sequence_length(s), s.batch_size, packing=s.eval_packing)
-                if self.sequence_length(s) < s.max_length:
-                    batches.notes.append(f"Sequences are cut at {self.sequence_length(s)} tokens, the most A's tokenizer takes "
-                                         f"(max length {s.max_length} was asked).")
-                masked = masked_batches(batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
-                self._memo[memo_key] = (batches, masked)
+                batches = self._token_batches(self.eval_passages, s.eval_tokens, s, "evaluation")
+                prediction = self.a.head.prediction
+                scored = None if prediction is None else prediction_batches(
+                    prediction.targets, batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
+                self._memo[memo_key] = (batches, scored)
             return self._memo[memo_key]
 
     def _require_mlm(self) -> None:
-        if self.a.head.kind not in ("mlm", "classification"):
+        if self.a.head.prediction is None and self.a.head.kind != "classification":
             raise SettingsError(
-                f"Loss paths are computed for masked-LM checkpoints; these are {self.a.architecture}.",
-                "Use masked-LM checkpoints (e.g. BertForMaskedLM) or sequence classifiers with labelled data.",
+                f"Loss paths are computed for language-model heads and classifiers; these are {self.a.architecture}.",
+                "Use language-model checkpoints (e.g. BertForMaskedLM, GPT2LMHeadModel) or sequence classifiers with labelled data.",
             )
 
     def equivalence(self, s: AlignSettings) -> float:
-        """max |logit(B′) − logit(B)| on the first evaluation batch."""
+        """max |logit(B′) − logit(B)| on the last (longest) evaluation batch."""
         fields = {**self.matching_fields(s), **self.eval_fields(s)}
         memo_key = ("equiv", json.dumps(fields, sort_keys=True))
         with self._lock:
@@ -292,7 +345,9 @@ class Pipeline:
                 else:
                     batches, _ = self.eval_set(s)
                 b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
-                self._memo[memo_key] = max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device)
+                # (a bare model has no logits: its last hidden state is compared in A's order)
+                last = self.matching(s).residual_perm(self.a.family.residual_layout.count(self.a.num_layers) - 1)
+                self._memo[memo_key] = max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device, hidden_perm=last)
             return self._memo[memo_key]
 
     def curve(self, s: AlignSettings, which: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
@@ -312,19 +367,139 @@ class Pipeline:
                         on_point(point)
                 self.progress(f"loss path ({which})", 1.0, "cached")
                 return cached
-            interpolator = self._interpolator_for(s, which)
-            grid = lambda_grid(s.lambdas)
-            points = []
-            for k, lam in enumerate(grid):
-                self.progress(f"loss path ({which})", k / len(grid), f"λ = {lam:.2f}")
-                point = {"lambda": lam, **(self._endpoint_a(s) if lam == 1.0 else self._evaluate(interpolator.set(lam), s))}
-                points.append(point)
-                if on_point:
-                    on_point(point)
-            self.progress(f"loss path ({which})", 1.0, "done")
+            points = self.path(s, self.permutation_plan(s) if which == "permuted" else None, which, on_point)
             self._memo[memo_key] = points
             self.cache.save_json("curve", fields, points)
             return points
+
+    def path(self, s: AlignSettings, plan, label: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
+        """Loss and metrics at every λ of the grid between A and B gathered through `plan` (None:
+        B as trained), not cached: `curve` caches the two paths of the settings; the data
+        ablation (`ablation.py`) walks one path per matching it studies."""
+        self._require_mlm()
+        with self._lock:
+            interpolator = self._interpolator_with(plan, s)
+            grid = lambda_grid(s.lambdas)
+            points = []
+            for k, lam in enumerate(grid):
+                self.progress(f"loss path ({label})", k / len(grid), f"λ = {lam:.2f}")
+                # θ(1) too is evaluated, not taken from L(A): "λ=1 is A" must be a check that can fail.
+                point = {"lambda": lam, **self._evaluate(interpolator.set(lam), s)}
+                points.append(point)
+                if on_point:
+                    on_point(point)
+            self.progress(f"loss path ({label})", 1.0, "done")
+            return points
+
+    def plane_basis(self, s: AlignSettings) -> plane_mod.Basis:
+        """Where A, B and B′ sit relative to each other (PermergeError if they span no plane)."""
+        memo_key = ("basis", json.dumps(self.matching_fields(s), sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+                self._memo[memo_key] = plane_mod.basis(self.a.model, self.b.model, b_prime)
+            return self._memo[memo_key]
+
+    def plane(self, s: AlignSettings, grid: int = plane_mod.DEFAULT_GRID, margin: float = plane_mod.DEFAULT_MARGIN,
+              on_point: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+              axes: tuple[list[float], list[float]] | None = None) -> dict:
+        """The loss over a grid of the plane through A, B and B′ (plane.py), filled coarse to
+        fine, plus the exact losses at the three models. `on_point` gets the plane so far after
+        each point. When `should_stop()` turns true the plane so far is returned (complete:
+        False); its points are kept in memory, so the next call goes on from there. `axes`
+        replaces the grid's (x, y) values, which `grid` and `margin` give otherwise."""
+        self._require_mlm()
+        s.validate()
+        basis = self.plane_basis(s)
+        xs, ys = axes if axes is not None else plane_mod.axes(basis, grid, margin)
+        shape = {"x": list(xs), "y": list(ys)} if axes is not None else {"grid": grid, "margin": margin}
+        fields = {**self.eval_fields(s), **self.matching_fields(s), "plane": shape}
+        memo_key = ("plane", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            done = self._memo.get(memo_key) or self.cache.load_json("plane", fields)
+            if done is not None:
+                self._memo[memo_key] = done
+                self.progress("plane", 1.0, "cached")
+                if on_point:
+                    on_point(done)
+                return done
+            cells = self._memo.setdefault(("plane cells", memo_key[1]), {})  # what an interrupted run left
+            points = self._memo.get(("plane points", memo_key[1]))
+            interpolator = self._interpolator_for(s, "permuted")
+            order = plane_mod.fill_order(len(xs), len(ys))
+            for k, (i, j) in enumerate(order):
+                if should_stop is not None and should_stop():
+                    return plane_mod.assemble(xs, ys, cells, basis, points)
+                if points is None:  # the three models first: a partial plane has its colour scale's reference
+                    self.progress("plane", 0.0, "the three models")
+                    at = plane_mod.point_coordinates(basis)
+                    exact = {
+                        "a": self.loss_of_a(s),  # A's own model
+                        "b": self._evaluate(interpolator.combine(0.0, 0.0, 1.0), s),  # bitwise B
+                        "b_prime": self._evaluate(interpolator.combine(0.0, 1.0, 0.0), s),  # bitwise B′
+                    }
+                    points = self._memo[("plane points", memo_key[1])] = {n: {"x": at[n][0], "y": at[n][1], **v} for n, v in exact.items()}
+                if (i, j) in cells:
+                    continue
+                self.progress("plane", k / len(order), f"point {k + 1} of {len(order)}")
+                cells[(i, j)] = self._evaluate(interpolator.combine(*plane_mod.coefficients(xs[i], ys[j], basis.x_b)), s)
+                if on_point:
+                    on_point(plane_mod.assemble(xs, ys, cells, basis, points))
+            result = plane_mod.assemble(xs, ys, cells, basis, points)
+            self._memo[memo_key] = result
+            self._memo.pop(("plane cells", memo_key[1]), None)
+            self._memo.pop(("plane points", memo_key[1]), None)
+            self.cache.save_json("plane", fields, result)
+            if on_point:
+                on_point(result)
+            return result
+
+    def seconds_per_evaluation(self, s: AlignSettings) -> float:
+        """How long one model's loss takes with these settings, timed once on θ(½) of the
+        vanilla path (a permuted point costs the same but for a few percent of gathering)."""
+        memo_key = ("timing", json.dumps({**self.eval_fields(s), "device": s.device}, sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                model = self._interpolator_for(s, "vanilla").set(0.5)
+                if self.labelled is None:  # tokenising is not part of a point
+                    self.eval_set(s)
+                else:
+                    self.task_batches(s)
+                started = time.perf_counter()
+                self._evaluate(model, s)
+                self._memo[memo_key] = time.perf_counter() - started
+            return self._memo[memo_key]
+
+    def activation_spreads(self, s: AlignSettings, which: str, compute: bool = True) -> dict | None:
+        """Each FFN intermediate's and residual node's unit spread along a path, relative to
+        the interpolation of its endpoints' (activations.py), at every λ of the grid. With
+        `compute` False: None unless it is already in memory or on disk."""
+        if which not in ("vanilla", "permuted"):
+            raise ValueError(which)
+        s.validate()
+        fields = {**self.curve_fields(s, which), "measure": "unit spread"}
+        memo_key = ("spread", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            done = self._memo.get(memo_key) or self.cache.load_json("spread", fields)
+            if done is None and not compute:
+                return None
+            if done is None:
+                if self.labelled is not None:
+                    b = self.task_batches(s)
+                    inputs = [dict(input_ids=i, attention_mask=m, token_type_ids=t) for i, m, t in zip(b.input_ids, b.attention_mask, b.token_type_ids)]
+                else:
+                    inputs = [dict(input_ids=i, attention_mask=m) for i, m in self.eval_set(s)[0]]
+                interpolator = self._interpolator_for(s, which)
+                grid = lambda_grid(s.lambdas)
+                spreads = []
+                for k, lam in enumerate(grid):
+                    self.progress(f"activations ({which})", k / len(grid), f"λ = {lam:.2f}")
+                    spreads.append(unit_spreads(interpolator.set(lam), self.a.family, self.a.num_layers, inputs, s.device))
+                self.progress(f"activations ({which})", 1.0, "done")
+                done = spread_ratios(spreads, grid)
+                self.cache.save_json("spread", fields, done)
+            self._memo[memo_key] = done
+            return done
 
     def _evaluate(self, model, s: AlignSettings) -> dict:
         """Loss and metrics of one model on the evaluation data: masked-LM or task."""
@@ -341,12 +516,14 @@ class Pipeline:
             self._memo[memo_key] = encode(self.a.tokenizer, self.labelled, None, s.max_length, s.batch_size)
         return self._memo[memo_key]
 
-    def _endpoint_a(self, s: AlignSettings) -> dict:
-        """L(A), shared by both curves: θ(1) is bitwise A whatever B′ is."""
+    def loss_of_a(self, s: AlignSettings) -> dict:
+        """L(A) from A's own model, never from the working model: the report's endpoint, an
+        independent check on the curves' θ(1) points (bitwise A, so equal when all is well)."""
         memo_key = ("loss_a", json.dumps(self.eval_fields(s), sort_keys=True))
-        if memo_key not in self._memo:
-            self._memo[memo_key] = self._evaluate(self.a.model, s)
-        return self._memo[memo_key]
+        with self._lock:
+            if memo_key not in self._memo:
+                self._memo[memo_key] = self._evaluate(self.a.model, s)
+            return self._memo[memo_key]
 
     # ---- status --------------------------------------------------------------------------
     def stage_status(self, s: AlignSettings) -> dict[str, str]:
@@ -366,25 +543,34 @@ class Pipeline:
                 return "stale"
             return "missing"
 
-        return {
+        status = {
             "statistics": state("stats", self.stats_fields(s), ".safetensors"),
             "matching": state("matching", self.matching_fields(s), ".safetensors"),
             "vanilla path": state("curve", self.curve_fields(s, "vanilla"), ".json", ("which", "lambdas")),
             "permuted path": state("curve", self.curve_fields(s, "permuted"), ".json", ("which", "lambdas")),
         }
+        if s.matcher == WEIGHTS:  # weight matching needs no statistics
+            del status["statistics"]
+        return status
 
     # ---- the whole run -------------------------------------------------------------------
     def run(self, s: AlignSettings, on_point: Callable[[str, dict], None] | None = None) -> dict:
         s.validate()
         self._require_mlm()
-        stats = self.statistics(s)
+        stats = None if s.matcher == WEIGHTS else self.statistics(s)  # weight matching reads no text
         matching = self.matching(s)
         vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
         permuted = self.curve(s, "permuted", (lambda p: on_point("permuted", p)) if on_point else None)
         if self.labelled is not None:
-            return build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None)
-        batches, masked = self.eval_set(s)
-        return build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
+            report = build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None)
+        else:
+            batches, masked = self.eval_set(s)
+            report = build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
+        if s.matcher == BOTH:
+            from .comparison import compare_matchers
+
+            report["comparison"] = compare_matchers(self, s)
+        return report
 
     def save_merged(self, s: AlignSettings, lam: float, out: str | Path, overwrite: bool = False) -> Path:
         """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer."""

@@ -10,25 +10,33 @@ from pathlib import Path
 from .data import text_fingerprint
 from .evaluation import barrier
 from .matching import matched_statistics
+from .settings import ACTIVATIONS, WEIGHTS
 
 
 def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> dict:
-    """The report of pipeline `p` under settings `s`, from its computed stages."""
+    """The report of pipeline `p` under settings `s`, from its computed stages (`stats` is
+    None under weight matching, which reads no matching text)."""
     loss = lambda curve: [pt["loss"] for pt in curve]  # noqa: E731
     report = {
         "format": "permerge-report/1",
         "models": {"a": p.a.describe(), "b": p.b.describe()},
         "settings": asdict(s),
         "data": {
-            "match": {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)},
+            "match": (
+                {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)}
+                if stats is not None else {"path": None, "tokens": 0, "note": "weight matching reads no matching text"}
+            ),
             "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
         },
         "eval": (
-            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed, "packing": s.eval_packing,
-             "sequences": batches.num_sequences}
+            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed,
+             "loss": p.a.head.prediction.loss, "predicted": p.a.head.prediction.predicted, "sequences": batches.num_sequences,
+             **({"packing": s.eval_packing} if p.packing_applies else {})}
             if masked is not None
             else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
         ),
+        # The matcher applied (`both` applies the activation matching; its comparison is added by the pipeline).
+        "matching": {"matcher": WEIGHTS if s.matcher == WEIGHTS else ACTIVATIONS, **matching.info},
         "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
         "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
         "head_cost": {f"layer.{i}": h.cost.tolist() for i, h in matching.heads.items()},
@@ -41,11 +49,11 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
             "permuted": [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in permuted],
         },
         "barrier": {"vanilla": barrier(loss(vanilla)), "permuted": barrier(loss(permuted))},
-        "endpoint_loss": {"a": vanilla[-1]["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
+        "endpoint_loss": {"a": p.loss_of_a(s)["loss"], "b": vanilla[0]["loss"], "b_prime": permuted[0]["loss"]},
         "function_preserving": matching.function_preserving,
         "max_abs_logit_diff": p.equivalence(s),
-        "matched_correlation": matched_statistics(stats, matching),
-        "notes": list(p.notes) + list(stats.notes) + list(batches.notes) + list(p.cache.events),
+        "matched_correlation": matched_statistics(stats, matching) if stats is not None else None,
+        "notes": list(p.notes) + (list(stats.notes) if stats is not None else []) + list(batches.notes) + list(p.cache.events),
     }
     if masked is None:  # a classifier: every task metric along λ
         names = [k for k in vanilla[0] if k not in ("lambda", "loss")]

@@ -17,6 +17,16 @@ from .modes import ATTENTION, ATTENTION_MODES, RESIDUAL, RESIDUAL_MODES, help_te
 # data.PACKINGS, spelt out: importing data.py would load torch for every `--help`.
 PACKINGS = ("blocks", "lines")
 
+# How B's units are matched to A's (docs/method.md §3 and §12). `both` applies the activation
+# matching and computes the weight matching beside it, for comparison.
+ACTIVATIONS, WEIGHTS, BOTH = "activations", "weights", "both"
+MATCHERS = {
+    ACTIVATIONS: "correlation of both models' activations on the matching text (the paper's method)",
+    WEIGHTS: "inner products of the weights, no data read (weight matching, as in git re-basin)",
+    BOTH: "apply the activation matching and compare it with the weight matching (agreement, both barriers)",
+}
+MATCHER_LABELS = {ACTIVATIONS: "activations (the paper's)", WEIGHTS: "weights (no data)", BOTH: "both (compare)"}
+
 # Where a setting's control sits in the app's sidebar.
 BUDGET = "budget"  # beside the data: token budgets
 MERGE = "merge"  # "Merge settings"
@@ -52,6 +62,8 @@ class AlignSettings:
                              choices=ATTENTION_MODES, labels={m.name: m.label for m in ATTENTION.values()}, always_in_command=True)
     residual: str = setting("first", "Residual stream", "How the residual stream is matched: " + help_text("residual") + ".", group=MERGE, noun="residual mode",
                             choices=RESIDUAL_MODES, labels={m.name: m.label for m in RESIDUAL.values()}, always_in_command=True)
+    matcher: str = setting("activations", "Matcher", "How B's units are matched to A's: " + "; ".join(f"{k}: {v}" for k, v in MATCHERS.items()) + ".",
+                           group=MERGE, choices=tuple(MATCHERS), labels=MATCHER_LABELS, always_in_command=True)
     absolute: bool = setting(False, "Correlation", "Match on |correlation| instead of the signed correlation.", group=MERGE,
                              widget="radio", labels={False: "signed", True: "|absolute|"}, always_in_command=True)
     drop_special: bool = setting(False, "Drop [CLS]/[SEP] from statistics", "Leave the special tokens out of the activation statistics.")
@@ -61,7 +73,7 @@ class AlignSettings:
     eval_packing: str = setting("blocks", "Evaluation packing",
                                 "How masked-LM evaluation text becomes sequences: blocks, the paper's protocol (transformers' run_mlm): "
                                 "the text concatenated and cut into max-length blocks, each wrapped in the special tokens; "
-                                "lines: each passage its own sequence. Classifiers are evaluated per example either way.",
+                                "lines: each passage its own sequence. Classifiers are evaluated per example, decoders on packed text, either way.",
                                 choices=PACKINGS, labels={"blocks": "blocks (the paper's)", "lines": "lines (one passage each)"})
     mask_seed: int = setting(0, "Mask seed", "The masked-LM masks are drawn once from this seed.", minimum=0)
     device: str = setting("cpu", "Device", "Where the models run: cpu or cuda.", choices=("cpu", "cuda"))

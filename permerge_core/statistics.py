@@ -15,7 +15,7 @@ are gathered into buffers reused from slice to slice and consumed in place.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -142,6 +142,13 @@ class SpaceStats:
             self.cross.add_(self.cross_low)
         self.cross_low, self.pending_tokens = None, 0
 
+    def snapshot(self) -> "SpaceStats":
+        """A finished copy of the sums so far (as `compact` would leave them), while these keep
+        accumulating: the statistics of a prefix of the pass, at the cost of one copy."""
+        cross = self.cross.clone() if self.cross_low is None else self.cross + self.cross_low
+        return SpaceStats(self.n, *(getattr(self, p).clone() for p in ("sum_a", "sum_b", "sumsq_a", "sumsq_b")), cross,
+                          self.shift_a.clone(), self.shift_b.clone())
+
     def cross_sum(self) -> torch.Tensor:
         """Σ (x_A − shift_A)(x_B − shift_B)ᵀ as exactly as it is held (float64 while accumulating)."""
         return self.cross if self.cross_low is None else self.cross.double() + self.cross_low.double()
@@ -239,8 +246,9 @@ def space_dims(config, family: Family | None = None) -> dict[str, int]:
     return dims
 
 
-def _captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
-    """(space name, module name, 'input'|'output') for every space of the family."""
+def captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
+    """(space name, module name, 'input'|'output') for every space of the family (also the
+    activation spreads along a path read them, `activations.py`)."""
     enc = family.encoder
     out = []
     for i in range(num_layers):
@@ -254,10 +262,12 @@ def _captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def _register(encoder: torch.nn.Module, captures, on_activation) -> list:
+def register_captures(encoder: torch.nn.Module, points, on_activation) -> list:
+    """Hooks calling on_activation(space, tensor) at each of `points` (from `captures`);
+    returns their handles, for the caller to remove."""
     modules = dict(encoder.named_modules())
     handles = []
-    for space, module_name, io in captures:
+    for space, module_name, io in points:
         module = modules[module_name]
         if io == "input":
             handles.append(module.register_forward_pre_hook(lambda m, args, s=space: on_activation(s, args[0])))
@@ -278,11 +288,17 @@ def collect_statistics(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    snapshot_after: Collection[int] = (),
+    on_snapshot: Callable[[int, Statistics], None] | None = None,
 ) -> Statistics:
-    """Run A and B over the same batches and accumulate the statistics of every space."""
+    """Run A and B over the same batches and accumulate the statistics of every space.
+
+    After each batch index in `snapshot_after`, `on_snapshot(index, statistics so far)` gets a
+    finished copy of the running sums: one pass yields the statistics of several prefixes of
+    the batches (the data ablation's budgets, `ablation.py`)."""
     num_layers = family.shape(config).layers
     stats = {name: SpaceStats.zeros(dim, device) for name, dim in space_dims(config, family).items()}
-    captures = _captures(family, num_layers)
+    points = captures(family, num_layers)
     enc_a = getattr(model_a, "base_model", model_a)
     enc_b = getattr(model_b, "base_model", model_b)
     held_a: dict[str, torch.Tensor] = {}
@@ -309,7 +325,7 @@ def collect_statistics(
     def on_b(space, act):
         stats[space].add_(held_a.pop(space), kept(act, act.shape[-1]), scratch)
 
-    handles = _register(enc_a, captures, on_a) + _register(enc_b, captures, on_b)
+    handles = register_captures(enc_a, points, on_a) + register_captures(enc_b, points, on_b)
     model_a.eval()
     model_b.eval()
     total = len(batches)
@@ -323,6 +339,8 @@ def collect_statistics(
                 enc_b(input_ids=ids_part, attention_mask=mask_part)
                 held_a.clear()
                 tokens += int(rows.numel())
+            if on_snapshot is not None and step in snapshot_after:
+                on_snapshot(step, Statistics({k: v.snapshot() for k, v in stats.items()}, num_layers, tokens, list(batches.notes)))
             if progress:
                 progress("statistics", (step + 1) / total, f"{tokens:,} tokens")
     finally:

@@ -1,9 +1,13 @@
-"""Masked-LM pre-training from scratch, for the bundled seed models.
+"""Pre-training from scratch, for the bundled seed models: BERT masked LMs and GPT-2 decoders.
 
 Models that differ only in `seed` (initialisation, data order, masks, dropout) are exactly
-what the method compares. Everything random is derived from (seed, step), so a run is
+what the method compares. What depends on the family (the model, the training rows, the loss
+and the held-out evaluation) is one `Objective` per family; the loop, the seeded data order,
+the schedule, saving, resuming, --init-from and the export are shared. Everything random is derived from (seed, step), so a run is
 deterministic for a given seed and device, and resuming from the last checkpoint continues
-the very same run. Only masked positions go through the vocabulary projection.
+the very same run. BERT: only masked positions go through the vocabulary projection. GPT-2:
+the training text is packed into blocks of `max_length` tokens, every line ending in the
+end-of-text token (standard causal-LM packing); the loss is next-token cross-entropy.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +28,14 @@ from .evaluation import mlm_logits_at, mlm_loss
 from .errors import SettingsError
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
+DEFAULT_BPE_TOKENIZER = DEFAULT_TOKENIZER.parent / "tokenizer-bpe"
 
 
 @dataclass
 class TrainConfig:
     seed: int
     out: str
+    family: str = "bert"  # a key of OBJECTIVES
     layers: int = 4
     hidden: int = 256
     heads: int = 4
@@ -43,17 +50,23 @@ class TrainConfig:
     device: str = "cpu"
     train_data: str = str(CORPUS / "train.txt")
     eval_data: str = str(CORPUS / "eval.txt")
-    tokenizer: str = str(DEFAULT_TOKENIZER)
+    tokenizer: str | None = None  # None: the family's bundled tokenizer
     eval_every: int = 500
     eval_tokens: int = 16384
     save_every: int = 250
     save_dtype: str = "float16"
     init_from: str | None = None  # an earlier run's --out: start from its weights, new schedule
 
+    def __post_init__(self):
+        if self.family not in OBJECTIVES:
+            raise SettingsError(f"Unknown model family {self.family!r}.", f"Use one of: {', '.join(OBJECTIVES)}.")
+        if self.tokenizer is None:
+            self.tokenizer = str(OBJECTIVES[self.family].tokenizer)
+
 
 # Settings a continued run must share with the run it starts from: they fix the model's shape,
 # its vocabulary and the text it has learned from.
-_SHAPE_FIELDS = ("layers", "hidden", "heads", "ffn", "max_length", "tokenizer", "train_data", "seed")
+_SHAPE_FIELDS = ("family", "layers", "hidden", "heads", "ffn", "max_length", "tokenizer", "train_data", "seed")
 
 
 def _stream_seed(seed: int, stream: int, step: int) -> int:
@@ -62,6 +75,11 @@ def _stream_seed(seed: int, stream: int, step: int) -> int:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, pad_id: int):
+    """A freshly initialised model of the run's family, seeded by the run's seed."""
+    return OBJECTIVES[cfg.family].build(cfg, vocab_size, pad_id)
+
+
+def _build_bert(cfg: TrainConfig, vocab_size: int, pad_id: int):
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(
@@ -77,6 +95,132 @@ def build_model(cfg: TrainConfig, vocab_size: int, pad_id: int):
     )
     torch.manual_seed(_stream_seed(cfg.seed, 0, 0))
     return BertForMaskedLM(config)
+
+
+def _build_gpt2(cfg: TrainConfig, vocab_size: int, eot_id: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=cfg.max_length,
+        n_embd=cfg.hidden,
+        n_layer=cfg.layers,
+        n_head=cfg.heads,
+        n_inner=cfg.ffn,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=eot_id,
+    )
+    torch.manual_seed(_stream_seed(cfg.seed, 0, 0))
+    return GPT2LMHeadModel(config)  # lm_head tied to the token embeddings (the default)
+
+
+# ------------------------------------------------------------------ BERT: masked LM
+
+def _bert_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
+    """One unpadded row per passage (cut at max_length), and the number of tokens."""
+    batches = tokenize(tokenizer, read_passages(cfg.train_data), 10**12, cfg.max_length, batch_size=1)
+    return [ids[0] for ids in batches.input_ids], batches.num_tokens
+
+
+def _bert_eval_set(cfg: TrainConfig, tokenizer):
+    return masked_batches(
+        tokenize(tokenizer, read_passages(cfg.eval_data), cfg.eval_tokens, cfg.max_length, 64), tokenizer, len(tokenizer), seed=1234
+    )
+
+
+def _bert_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -> tuple[torch.Tensor, int]:
+    """Masked-LM loss of one batch of rows (padded here), and how many real tokens it had."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, seq in enumerate(rows):
+        ids[r, : len(seq)] = seq
+        mask[r, : len(seq)] = 1
+    batch = draw_mlm_masks(
+        ids, mask, special_token_ids(tokenizer), tokenizer.mask_token_id, len(tokenizer),
+        torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, data_step)),
+    )
+    torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
+    logits = mlm_logits_at(
+        model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device),
+        tail_at_positions=False,  # keeps training bit-identical to the runs that made assets/models
+    )
+    return F.cross_entropy(logits.float(), batch.targets.to(cfg.device)), int(mask.sum())
+
+
+def _bert_evaluate(model, eval_set, device: str) -> tuple[float, float]:
+    result = mlm_loss(model, "cls", eval_set, device)
+    return result.loss, result.accuracy
+
+
+# ------------------------------------------------------------ GPT-2: next-token LM
+
+def packed_ids(tokenizer, path: str) -> torch.Tensor:
+    """All lines of a text file as one id stream, each line followed by the end-of-text token."""
+    if tokenizer.eos_token_id is None:
+        raise SettingsError("The tokenizer has no end-of-text (eos) token.", "Use a GPT-2 style tokenizer such as assets/tokenizer-bpe.")
+    encoded = tokenizer(read_passages(path), add_special_tokens=False)["input_ids"]
+    return torch.tensor([i for ids in encoded for i in ids + [tokenizer.eos_token_id]], dtype=torch.long)
+
+
+def _gpt2_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
+    """The packed training stream cut into whole blocks of max_length ids (the rest dropped)."""
+    stream = packed_ids(tokenizer, cfg.train_data)
+    blocks = len(stream) // cfg.max_length
+    if blocks == 0:
+        raise SettingsError(f"{cfg.train_data} has fewer than {cfg.max_length} tokens.", "Give more training text or a smaller --max-length.")
+    return list(stream[: blocks * cfg.max_length].view(blocks, cfg.max_length)), len(stream)
+
+
+def _gpt2_eval_set(cfg: TrainConfig, tokenizer) -> list[torch.Tensor]:
+    """The first eval_tokens ids of the packed eval text, in blocks of max_length (the last may be shorter)."""
+    stream = packed_ids(tokenizer, cfg.eval_data)[: cfg.eval_tokens]
+    return [block for block in stream.split(cfg.max_length) if len(block) >= 2]
+
+
+def _gpt2_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over every predicted position of a batch of full blocks."""
+    ids = torch.stack(rows).to(cfg.device)
+    torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
+    logits = model(input_ids=ids).logits[:, :-1]
+    return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten()), int(ids.numel())
+
+
+@torch.no_grad()
+def _gpt2_evaluate(model, eval_set: list[torch.Tensor], device: str) -> tuple[float, float]:
+    """Mean next-token loss (nats) and accuracy over all predicted positions of the eval blocks."""
+    model.eval()
+    total, hits, count = torch.zeros((), dtype=torch.float64), 0, 0
+    for block in eval_set:
+        ids = block.unsqueeze(0).to(device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        targets = ids[0, 1:]
+        total += F.cross_entropy(logits, targets, reduction="sum").double().cpu()
+        hits += int((logits.argmax(-1) == targets).sum())
+        count += int(targets.numel())
+    return float(total / count), hits / count
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What `train` does differently per model family."""
+
+    tokenizer: Path  # the bundled default
+    build: Callable  # (cfg, vocab_size, pad_id) -> seeded model
+    rows: Callable  # (cfg, tokenizer) -> (training rows, token count)
+    eval_set: Callable  # (cfg, tokenizer) -> fixed held-out data
+    batch_loss: Callable  # (model, rows, tokenizer, cfg, data_step) -> (loss, tokens in the batch)
+    evaluate: Callable  # (model, eval_set, device) -> (loss, accuracy)
+
+
+OBJECTIVES = {
+    "bert": Objective(DEFAULT_TOKENIZER, _build_bert, _bert_rows, _bert_eval_set, _bert_batch_loss, _bert_evaluate),
+    "gpt2": Objective(DEFAULT_BPE_TOKENIZER, _build_gpt2, _gpt2_rows, _gpt2_eval_set, _gpt2_batch_loss, _gpt2_evaluate),
+}
 
 
 def _schedule(cfg: TrainConfig):
@@ -98,20 +242,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "training_state.pt"
+    objective = OBJECTIVES[cfg.family]
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     vocab_size = len(tokenizer)
 
-    train_batches = tokenize(tokenizer, read_passages(cfg.train_data), 10**12, cfg.max_length, batch_size=1)
-    sequences = [ids[0] for ids in train_batches.input_ids]  # batch_size=1: one unpadded row each
-    eval_set = masked_batches(
-        tokenize(tokenizer, read_passages(cfg.eval_data), cfg.eval_tokens, cfg.max_length, 64),
-        tokenizer,
-        vocab_size,
-        seed=1234,
-    )
-    special_ids = special_token_ids(tokenizer)
+    sequences, num_tokens = objective.rows(cfg, tokenizer)
+    eval_set = objective.eval_set(cfg, tokenizer)
     batches_per_epoch = len(sequences) // cfg.batch_size
-    log(f"{len(sequences):,} training sequences, {train_batches.num_tokens:,} tokens; {batches_per_epoch} batches/epoch")
+    if batches_per_epoch == 0:
+        raise SettingsError(f"{cfg.train_data} makes {len(sequences)} training rows, fewer than one batch of {cfg.batch_size}.", "Give more text or a smaller --batch-size.")
+    log(f"{len(sequences):,} training sequences, {num_tokens:,} tokens; {batches_per_epoch} batches/epoch")
 
     model = build_model(cfg, vocab_size, tokenizer.pad_token_id).to(cfg.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -127,7 +267,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     data_offset = _source_steps(cfg)  # a continued run reads on from where its source stopped
     if state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location=cfg.device)
-        saved = state["config"]
+        saved = {"family": "bert"} | state["config"]  # states from before the family setting
         wanted = asdict(cfg) | {"out": saved["out"]}
         # Before the end of warm-up the schedule does not depend on the total step count, so a
         # run may be shortened or lengthened there and still equal a fresh run of the new length.
@@ -155,47 +295,32 @@ def train(cfg: TrainConfig, log=print) -> dict:
             order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(_stream_seed(cfg.seed, 1, epoch)))
             epoch_order = (epoch, order)
         rows = [sequences[k] for k in epoch_order[1][index * cfg.batch_size : (index + 1) * cfg.batch_size].tolist()]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, seq in enumerate(rows):
-            ids[r, : len(seq)] = seq
-            mask[r, : len(seq)] = 1
-        batch = draw_mlm_masks(
-            ids, mask, special_ids, tokenizer.mask_token_id, vocab_size,
-            torch.Generator().manual_seed(_stream_seed(cfg.seed, 2, data_step)),
-        )
-        torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
-        logits = mlm_logits_at(
-            model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device),
-            tail_at_positions=False,  # keeps training bit-identical to the runs that made assets/models
-        )
-        loss = F.cross_entropy(logits.float(), batch.targets.to(cfg.device))
+        loss, batch_tokens = objective.batch_loss(model, rows, tokenizer, cfg, data_step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         step += 1
-        tokens_seen += int(mask.sum())
+        tokens_seen += batch_tokens
         running += loss.item()
         running_n += 1
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            held_out = mlm_loss(model, "cls", eval_set, cfg.device)
+            held_out_loss, held_out_accuracy = objective.evaluate(model, eval_set, cfg.device)
             elapsed = time.time() - started
             record = {
                 "step": step,
                 "tokens": tokens_seen,
                 "train_loss": running / running_n,
-                "held_out_loss": held_out.loss,
-                "held_out_accuracy": held_out.accuracy,
+                "held_out_loss": held_out_loss,
+                "held_out_accuracy": held_out_accuracy,
                 "lr": scheduler.get_last_lr()[0],
                 "seconds": round(elapsed, 1),
             }
             history.append(record)
             log(
                 f"step {step}/{cfg.steps}  tokens {tokens_seen/1e6:.1f}M  train {record['train_loss']:.3f}  "
-                f"held-out {held_out.loss:.3f} (acc {held_out.accuracy:.3f})  {tokens_seen/elapsed:,.0f} tok/s"
+                f"held-out {held_out_loss:.3f} (acc {held_out_accuracy:.3f})  {tokens_seen/elapsed:,.0f} tok/s"
             )
             running, running_n = 0.0, 0
         if step % cfg.save_every == 0 or step == cfg.steps:
@@ -231,7 +356,7 @@ def _init_from(cfg: TrainConfig, model, log) -> None:
     """
     state = torch.load(Path(cfg.init_from) / "training_state.pt", weights_only=True, map_location=cfg.device)
     source = state["config"]
-    differing = [k for k in _SHAPE_FIELDS if source.get(k) != getattr(cfg, k)]
+    differing = [k for k in _SHAPE_FIELDS if ({"family": "bert"} | source).get(k) != getattr(cfg, k)]
     if differing:
         raise SettingsError(
             f"--init-from {cfg.init_from} was trained with other {', '.join(differing)}.",
@@ -266,19 +391,17 @@ def export_checkpoint(cfg: TrainConfig, log=print) -> dict:
 
     out = Path(cfg.out)
     state = torch.load(out / "training_state.pt", weights_only=True, map_location="cpu")
+    cfg = TrainConfig(**(state["config"] | {"out": cfg.out}))  # the run's own settings, family included
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
-    model = build_model(TrainConfig(**(state["config"] | {"out": cfg.out})), len(tokenizer), tokenizer.pad_token_id)
+    model = build_model(cfg, len(tokenizer), tokenizer.pad_token_id)
     model.load_state_dict(state["model"])
-    eval_set = masked_batches(
-        tokenize(tokenizer, read_passages(cfg.eval_data), cfg.eval_tokens, cfg.max_length, 64), tokenizer, len(tokenizer), seed=1234
-    )
-    cfg = TrainConfig(**(state["config"] | {"out": cfg.out}))
+    eval_set = OBJECTIVES[cfg.family].eval_set(cfg, tokenizer)
     return _export(cfg, model, tokenizer, eval_set, state["step"], state["tokens_seen"], state["elapsed"], json.loads(state["history"]), log)
 
 
 def _export(cfg, model, tokenizer, eval_set, step, tokens_seen, elapsed, history, log) -> dict:
     out = Path(cfg.out)
-    final = mlm_loss(model, "cls", eval_set, cfg.device)
+    final_loss, final_accuracy = OBJECTIVES[cfg.family].evaluate(model, eval_set, cfg.device)
     info = {
         "config": asdict(cfg) | {"out": str(out)},
         "steps": step,
@@ -287,7 +410,8 @@ def _export(cfg, model, tokenizer, eval_set, step, tokens_seen, elapsed, history
         "train_seconds": round(elapsed, 1),
         "hardware": _hardware(cfg.device),
         "torch": torch.__version__,
-        "held_out_loss_training_eval_set": final.loss,
+        "held_out_loss_training_eval_set": final_loss,
+        "held_out_accuracy_training_eval_set": final_accuracy,
         "history": history,
         "earlier_runs": [
             {k: run[k] for k in ("config", "steps", "tokens_seen", "train_seconds", "hardware", "held_out_loss_training_eval_set")}
@@ -346,6 +470,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     from .tasks import encode, load_labelled, task_eval
 
     source = load_checkpoint(cfg.model)
+    if source.tokenizer is None:
+        raise SettingsError(f"{cfg.model} has no tokenizer files.", "Copy the tokenizer files the model was trained with (tokenizer.json, …) into its folder.")
     data = load_labelled(cfg.data, cfg.text_column, cfg.label_column, cfg.pair_column, regression=cfg.regression)
     num_labels = 1 if cfg.regression else int(max(data.labels)) + 1
     config = source.config.__class__.from_dict(source.config.to_dict())

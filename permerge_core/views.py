@@ -28,9 +28,10 @@ __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
-    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix",
+    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix", "known_pair_barriers",
     "pair_indices", "stage_status", "status_line", "endpoint_losses", "source_signature",
     "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "short_names", "merged_zip", "pair_barriers",
+    "ablation_table", "comparison_rows", "head_assignment_rows",
 ]
 
 
@@ -427,6 +428,15 @@ def pair_barriers(pipeline, settings) -> dict[str, float]:
     return {which: barrier([p["loss"] for p in pipeline.curve(settings, which)]) for which in ("vanilla", "permuted")}
 
 
+def known_pair_barriers(pipeline, settings) -> dict[str, float] | None:
+    """`pair_barriers` if both of the pair's curves are computed or on disk already (they are
+    read, not computed), else None: the cells a seed matrix can show without any work."""
+    status = pipeline.stage_status(settings)
+    if all(status[path] in ("computed", "cached") for path in ("vanilla path", "permuted path")):
+        return pair_barriers(pipeline, settings)
+    return None
+
+
 # ---- status -----------------------------------------------------------------------------------
 
 def stage_status(pipeline, settings) -> dict[str, str]:
@@ -520,8 +530,8 @@ def short_names(sources: list[str]) -> list[str]:
 
 
 DESCRIBE_FIELDS = [
-    ("family", "family"), ("architecture", "architecture"), ("layers", "layers"), ("hidden", "hidden size"),
-    ("heads", "attention heads"), ("ffn", "FFN size"), ("vocab", "vocabulary"), ("parameters", "parameters"),
+    ("family", "family"), ("architecture", "architecture"), ("head", "head"), ("layers", "layers"), ("hidden", "hidden size"),
+    ("heads", "attention heads"), ("ffn", "FFN size"), ("positions", "positions"), ("vocab", "vocabulary"), ("parameters", "parameters"),
     ("stored_dtype", "stored dtype"), ("source", "source"),
 ]
 
@@ -549,3 +559,37 @@ def equivalence_text(max_diff: float, attention: str, residual: str) -> tuple[bo
         f"{' and '.join(modes)} is not function-preserving: B′ is a different model from B "
         f"(max |Δlogit| = {max_diff:.2g}). Its loss path is an ablation, not a merge of B."
     )
+
+
+# ---- stability ---------------------------------------------------------------------------------
+
+def ablation_table(result: dict) -> list[dict]:
+    """One row per budget of an ablation (`ablation.run_ablation`): barrier spread, agreement
+    with the largest budget by kind of space, head agreement, time."""
+    rows = []
+    for r in result["rows"]:
+        row = {"tokens": r["budget"], "disjoint resamples": r["disjoint"], "barrier mean (nats)": r["barrier"]["mean"],
+               "barrier sd (nats)": r["barrier"]["std"]}
+        row.update({f"{kind} alike": value for kind, value in r["agreement_by_kind"].items()})
+        if r["head_agreement_mean"] is not None:
+            row["heads alike"] = r["head_agreement_mean"]
+        row["seconds to match"] = r["seconds"]
+        rows.append(row)
+    return rows
+
+
+def comparison_rows(comparison: dict, family, num_layers: int) -> list[dict]:
+    """Per space: the fraction of A's units the activation and the weight matching pair with
+    the same B unit (`comparison.compare_matchers`)."""
+    return [{"space": space_label(space, family, num_layers) if space != "residual" else "residual stream", "units alike": value}
+            for space, value in comparison["agreement"].items()]
+
+
+def head_assignment_rows(comparison: dict) -> list[dict]:
+    """Per layer and A head: the B head each matcher assigns, and whether they agree."""
+    rows = []
+    for layer, heads in comparison["head_assignment"].items():
+        for j, (k_act, k_w) in enumerate(zip(heads["activations"], heads["weights"])):
+            rows.append({"layer": int(layer.split(".")[1]), "A head": j, "B head (activations)": k_act, "B head (weights)": k_w,
+                         "alike": "✓" if k_act == k_w else "✗"})
+    return rows

@@ -21,7 +21,11 @@ FAMILY_CLASSES = {
     ("roberta", "mlm"): "RobertaForMaskedLM",
     ("roberta", "base"): "RobertaModel",
     ("roberta", "classification"): "RobertaForSequenceClassification",
+    ("gpt2", "causal-lm"): "GPT2LMHeadModel",
+    ("gpt2", "base"): "GPT2Model",
 }
+GPT2_VOCAB = 300  # the tiny byte-level BPE below: 256 bytes, <|endoftext|> and 43 merges
+EOT = "<|endoftext|>"
 
 
 def make_tokenizer(folder: Path):
@@ -43,12 +47,36 @@ def make_tokenizer(folder: Path):
     return tok
 
 
-def vocab_size() -> int:
-    return 5 + len(set(WORDS)) + 28
+def make_gpt2_tokenizer(folder: Path):
+    """A GPT-2 style byte-level BPE (GPT2_VOCAB entries, <|endoftext|> = id 0 as bos, eos and
+    padding) trained on WORDS in milliseconds, saved so AutoTokenizer can load it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=GPT2_VOCAB, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator([random_text(100, seed=99)], trainer)
+    tok = GPT2TokenizerFast(tokenizer_object=core, bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=EOT, model_max_length=128)
+    assert len(tok) == GPT2_VOCAB and tok.eos_token_id == 0
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    return tok
 
 
-def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2):
-    from transformers import BertConfig, RobertaConfig
+def vocab_size(family: str = "bert") -> int:
+    return GPT2_VOCAB if family == "gpt2" else 5 + len(set(WORDS)) + 28
+
+
+def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2, positions=128):
+    from transformers import BertConfig, GPT2Config, RobertaConfig
+
+    if family == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab or GPT2_VOCAB, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        )
 
     cls = BertConfig if family == "bert" else RobertaConfig
     extra = {"max_position_embeddings": 72, "pad_token_id": 0} if family == "roberta" else {"max_position_embeddings": 64}
@@ -68,9 +96,10 @@ def random_model(family="bert", kind="mlm", seed=0, **shape):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2:
-                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5 if "embeddings" not in name else 1.0))
+                fan_in = p.shape[0] if ".c_" in name else p.shape[1]  # GPT-2's Conv1D stores [in, out]
+                p.copy_(torch.randn_like(p) / (fan_in ** 0.5 if "embeddings" not in name else 1.0))
             if p.dim() == 1:
-                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "LayerNorm.weight" in name or "layer_norm.weight" in name else 0.0))
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if any(n in name for n in ("LayerNorm.weight", "layer_norm.weight", "ln_")) and name.endswith("weight") else 0.0))
     return model
 
 
@@ -92,7 +121,7 @@ def random_text(lines=200, seed=0) -> str:
 def save_model(model, folder: Path, tokenizer_folder: Path | None = None, dtype=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (model.to(dtype) if dtype else model).save_pretrained(folder)
-    make_tokenizer(folder)
+    (make_gpt2_tokenizer if model.config.model_type == "gpt2" else make_tokenizer)(folder)
     return folder
 
 

@@ -8,6 +8,8 @@ asserts on what the page shows: numbers, chart data, error messages.
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import shlex
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from fixtures import random_model, random_text, save_model
-from permerge_core import AlignSettings, views
+from permerge_core import AlignSettings, Pipeline, views
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS = 5
@@ -115,6 +117,41 @@ def test_bad_input_and_missing_models_give_clear_messages(world, tmp_path):
     assert any("does not exist" in e.value for e in at.error)
 
 
+def test_unusable_cache_folder_is_shown_under_the_status_and_the_page_still_works(world, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PERMERGE_CACHE", str(blocker / "cache"))
+    at = app(world).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")  # computed without the disk cache
+    warnings = [c.value for c in at.sidebar.get("caption") if "disk cache off" in c.value]
+    assert len(warnings) == 1 and "Fix:" in warnings[0]
+
+
+def test_each_checkpoint_is_loaded_once_per_pair(world, tmp_path, monkeypatch):
+    """The sidebar learns model A's head kind from its config.json, not by loading it: a pair
+    costs two model loads (the pipeline's), not three."""
+    from collections import Counter
+
+    import permerge_core.pipeline
+    from permerge_app import ui
+
+    pair = [save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), tmp_path / f"m{s}") for s in (0, 1)]
+    loads = Counter()
+    for module in (permerge_core.pipeline, ui):
+        original = module.load_checkpoint
+
+        def counting(source, *args, original=original, **kwargs):
+            loads[str(source)] += 1
+            return original(source, *args, **kwargs)
+
+        monkeypatch.setattr(module, "load_checkpoint", counting)
+    at = app(world, model_a=str(pair[0]), model_b=str(pair[1])).run()
+    no_crash(at)
+    assert at.metric and at.metric[0].value.endswith("nats")
+    assert loads == {str(pair[0]): 1, str(pair[1]): 1}
+
+
 def test_non_preserving_mode_is_labelled(world):
     at = app(world, attention="ignore-heads").run()
     no_crash(at)
@@ -182,7 +219,25 @@ def test_heads_page_cost_matrix_graph_and_head_pair_block(world):
     assert list(table["applied B head"]) == [0, 1, 2, 3] and sorted(table["Head-Perm B head"]) == [0, 1, 2, 3]
 
 
-def test_loss_path_shows_two_curves_barriers_and_variants(world):
+@pytest.fixture
+def served_files(monkeypatch) -> dict[str, bytes]:
+    """Every file the app hands to Streamlit's media store (downloads), by file id: the bytes a
+    user's download would get."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files: dict[str, bytes] = {}
+    store = MemoryMediaFileStorage.load_and_get_id
+
+    def recording(self, path_or_data, mimetype, kind, filename=None):
+        file_id = store(self, path_or_data, mimetype, kind, filename)
+        files[file_id] = self.get_file(file_id).content
+        return file_id
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", recording)
+    return files
+
+
+def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
     at = goto(app(world, variants=["FFN only"]), "4_loss_path")
     no_crash(at)
     fig = charts(at)["loss_final"]
@@ -197,8 +252,25 @@ def test_loss_path_shows_two_curves_barriers_and_variants(world):
     losses = arr(curves["permuted"]["y"]).tolist()
     assert table["permuted"]["barrier (nats)"] == pytest.approx(max(losses) - (losses[0] + losses[-1]) / 2)
     assert arr(curves["vanilla"]["y"])[-1] == losses[-1]  # λ = 1 is A on both paths
-    csv = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
-    assert csv is not None
+    # The CSV a user downloads holds exactly the pipeline's curves for these settings, computed
+    # here afresh (no cache), to the 6 decimals it is written with.
+    button = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    rows = list(csv.DictReader(io.StringIO(served_files[Path(button.proto.url).stem].decode())))
+    p = Pipeline(world["seeds"][0], world["seeds"][1], match_data=world["text"], eval_data=world["text"], cache_dir=None)
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=LAMBDAS)
+    expected = {"vanilla": p.curve(s, "vanilla"), "permuted": p.curve(s, "permuted"),
+                "FFN only": p.curve(views.variant_settings(s, "FFN only"), "permuted")}
+    assert [r["curve"] for r in rows] == [name for name in expected for _ in range(LAMBDAS)]
+    for row, point in zip(rows, [pt for points in expected.values() for pt in points]):
+        for key in ("lambda", "loss", "accuracy"):
+            assert float(row[key]) == pytest.approx(point[key], abs=1e-6), (row, key)
+    # Matcher `both`: the weight matching's path beside the activation matching's.
+    at.session_state["matcher"] = "both"
+    at.run()
+    no_crash(at)
+    names = {t.get("name") for t in charts(at)["loss_final"]["data"]}
+    assert {"vanilla", "permuted", "permuted (weights)"} <= names
+    assert "permuted (weights)" in {r["curve"] for r in at.dataframe[0].value.to_dict("records")}
 
 
 def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):
@@ -277,6 +349,87 @@ def test_seeds_loads_a_grid_json_made_elsewhere(world, tmp_path):
     assert "Head-Perm: 3 pairs" in fig["layout"]["title"]["text"]
     at.get("file_uploader")[0].set_value(("other.json", b'{"format": "something else"}', "application/json")).run()
     assert any("not a grid.json" in e.value for e in at.error)
+
+
+def test_landscape_page_draws_the_plane_both_paths_and_the_activation_spreads(world):
+    at = goto(app(world, plane_grid=3, plane_tokens=1000), "8_landscape")
+    no_crash(at)
+    assert at.title[0].value == "Landscape"
+    assert any(i.value.startswith("Expected time: about") for i in at.info)  # stated before it starts
+    assert "landscape" not in charts(at)
+    at.button(key="plane_go").click().run()
+    no_crash(at)
+    fig = charts(at)["landscape"]
+    contour = next(t for t in fig["data"] if t["type"] == "contour")
+    assert arr(contour["z"]).shape == (3, 3) and len(arr(contour["x"])) == 3
+    paths = {t["name"]: t for t in fig["data"] if t.get("name", "").endswith("path (A–B)") or t.get("name", "").endswith("path (A–B′)")}
+    assert set(paths) == {"vanilla path (A–B)", "permuted path (A–B′)"}
+    assert len(arr(paths["permuted path (A–B′)"]["x"])) == LAMBDAS
+    assert arr(paths["permuted path (A–B′)"]["y"]).tolist() == [0.0] * LAMBDAS  # the permuted path is the x axis
+    models = next(t for t in fig["data"] if t.get("name") == "models")
+    assert list(models["text"]) == ["A", "B", "B′"]
+    rows = {r["quantity"]: r["value"] for r in at.dataframe[0].value.to_dict("records")}
+    assert rows["barrier, vanilla path A–B"].endswith("nats") and "distance A → B′, |u| = |B′ − A|" in rows
+    assert any("Colour scale" in m.value for m in at.markdown)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download plane (CSV)" in labels and "Download figure (HTML)" in labels
+    at.button(key="spreads_go").click().run()
+    no_crash(at)
+    spreads = charts(at)["spreads"]
+    for heatmap in spreads["data"]:
+        z = arr(heatmap["z"]).astype(float)
+        assert z.shape == (2 + 5, LAMBDAS)  # two FFN intermediates and five residual nodes
+        assert np.allclose(z[:, 0], 1.0) and np.allclose(z[:, -1], 1.0)
+
+
+def test_seeds_shows_at_once_a_pair_the_loss_path_page_computed(world):
+    seeds = [str(s) for s in world["seeds"]]
+    at = goto(app(world, lambdas=4), "4_loss_path")  # seed-0 ↔ seed-1, λ grid used by no other test
+    no_crash(at)
+    at.session_state["seeds_selected"] = seeds
+    at.switch_page("pages/6_seeds.py").run()
+    no_crash(at)
+    fig = next(f for k, f in charts(at).items() if k.startswith("seeds_matrix"))
+    assert "1 of 3 pairs" in fig["layout"]["title"]["text"]
+    vanilla, permuted = (arr(t["z"]).astype(float) for t in fig["data"])
+    barriers = {r["curve"]: r["barrier (nats)"] for r in views.barrier_rows(views_curves(world, lambdas=4))}
+    assert vanilla[0, 1] == pytest.approx(barriers["vanilla"]) and permuted[0, 1] == pytest.approx(barriers["permuted"])
+    assert np.isnan(vanilla[0, 2]) and np.isnan(vanilla[1, 2])
+    assert [b.label for b in at.button if b.label.startswith("Compute")] == ["Compute 2 missing pair(s)"]
+
+
+def views_curves(world, lambdas: int) -> dict:
+    """The seed-0 ↔ seed-1 curves the app computes with the test's sidebar (from the disk cache)."""
+    from permerge_core import Pipeline
+
+    p = Pipeline(str(world["seeds"][0]), str(world["seeds"][1]), match_data=str(world["text"]), eval_data=str(world["text"]))
+    s = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=lambdas)
+    assert p.stage_status(s)["permuted path"] == "cached"
+    return {which: p.curve(s, which) for which in ("vanilla", "permuted")}
+
+
+def test_stability_page_draws_the_ablation_and_compares_the_matchers(world):
+    study = dict(stability_budgets=(64, 256), stability_resamples=2, stability_lambdas=3, stability_eval_tokens=500)
+    at = goto(app(world, matcher="both", **study), "9_stability")
+    no_crash(at)
+    figs = charts(at)
+    barrier = figs["stability_barrier"]["data"]
+    mean = next(t for t in barrier if t["name"].startswith("permuted"))
+    assert arr(mean["x"]).tolist() == [64, 128, 256] and len(arr(barrier[0]["y"])) == 6  # 3 budgets × 2 resamples
+    references = [t["name"] for t in barrier if t["name"].startswith(("vanilla", "weight matching"))]
+    assert len(references) == 2
+    lines = {t["name"]: arr(t["y"]).tolist() for t in figs["stability_agreement"]["data"]}
+    for kind in ("FFN", "attention", "residual stream"):
+        assert lines[f"{kind}: vs the largest budget"][-1] == 1.0  # the largest budget agrees with itself
+    heads = arr(figs["stability_heads"]["data"][0]["z"])
+    assert heads.shape == (2, 3) and np.all(heads[:, -1] == 1.0)  # layer × budget
+    table = at.dataframe[0].value
+    assert list(table["tokens"]) == [64, 128, 256]
+    metrics = {m.label: m.value for m in at.metric}
+    assert {"vanilla barrier", "activations barrier", "weights barrier"} <= set(metrics)
+    heads_table = at.dataframe[2].value
+    assert len(heads_table) == 8 and set(heads_table["alike"]) <= {"✓", "✗"}  # 2 layers × 4 heads
+    assert {b.proto.label for b in at.get("download_button")} >= {"Download ablation.json", "Download ablation.csv"}
 
 
 def test_about_page_explains_with_formulas_and_links(world):
@@ -425,3 +578,110 @@ def test_streamlit_config_keeps_the_file_watcher_off():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["fileWatcherType"] == "none"
     assert config["server"]["address"] == "127.0.0.1"
+
+
+# ---- a decoder pair (GPT-2) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def decoders(world) -> list[str]:
+    """Two tiny random GPT-2 causal LMs with one byte-level BPE tokenizer."""
+    root = world["root"] / "decoders"
+    return [str(save_model(random_model("gpt2", "causal-lm", seed=s, layers=2, hidden=16, heads=4, ffn=32), root / f"seed-{s}")) for s in (0, 1)]
+
+
+def decoder_app(world, decoders, **state) -> AppTest:
+    return app(world, model_a=decoders[0], model_b=decoders[1], models_dir=str(Path(decoders[0]).parent), **state)
+
+
+def page_text(at: AppTest) -> str:
+    return " ".join(e.value for kind in ("markdown", "caption", "success", "info", "warning") for e in at.get(kind))
+
+
+def test_decoder_pair_models_page_shows_the_family_and_the_next_token_loss(world, decoders):
+    at = decoder_app(world, decoders).run()
+    no_crash(at)
+    rows = {r["property"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert rows["family"]["A"] == rows["family"]["B"] == "gpt2" and rows["head"]["A"] == "causal-lm"
+    assert rows["architecture"]["A"] == "GPT2LMHeadModel" and rows["positions"]["same"] == "✓"
+    badge = [s.value for s in at.success if "same function" in s.value]
+    assert badge and float(badge[0].rsplit("= ", 1)[1]) < 1e-4
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["L(A), λ = 1"].value.endswith("nats") and "next-token accuracy" in metrics["L(A), λ = 1"].help
+    assert "Next-token cross-entropy" in page_text(at) and "masked" not in page_text(at).lower()
+
+
+def test_bundled_decoders_are_offered_in_the_model_pickers(world, decoders, monkeypatch):
+    from permerge_app import ui
+    from permerge_core import checkpoints
+
+    root = Path(decoders[0]).parent  # stands in for assets/decoders, which may not exist yet
+    monkeypatch.setattr(checkpoints, "BUNDLED_DECODERS", root)
+    monkeypatch.setattr(ui, "BUNDLED_DECODERS", root)
+    at = app(world).run()
+    no_crash(at)
+    options = at.sidebar.selectbox(key="model_a").options
+    assert {"seed-0 (bundled decoder)", "seed-1 (bundled decoder)", "seed-0 (bundled)"} <= set(options)
+
+
+def test_decoder_pair_loss_path_is_labelled_next_token(world, decoders):
+    at = goto(decoder_app(world, decoders), "4_loss_path")
+    no_crash(at)
+    fig = charts(at)["loss_final"]
+    titles = [a["text"] for a in fig["layout"]["annotations"]]
+    assert "next-token loss" in titles and "next-token accuracy" in titles
+    curves = {t["name"]: arr(t["y"]) for t in fig["data"] if t.get("name") in ("vanilla", "permuted")}
+    assert len(curves["vanilla"]) == len(curves["permuted"]) == LAMBDAS and curves["vanilla"][-1] == curves["permuted"][-1]
+    accuracy = [t for t in fig["data"] if t.get("name") == "permuted accuracy"]
+    assert accuracy and all(0.0 <= v <= 1.0 for v in arr(accuracy[0]["y"]).tolist())
+    assert "masked" not in page_text(at).lower() and "Next-token accuracy: how often" in page_text(at)
+    table = {r["curve"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert set(table) == {"vanilla", "permuted"} and "min next-token accuracy" not in table["vanilla"]
+
+
+def test_decoder_pair_correlations_and_heads_pages(world, decoders):
+    at = goto(decoder_app(world, decoders, corr_kind="residual"), "2_correlations")
+    no_crash(at)
+    figs = charts(at)
+    assert arr(figs["corr_overview"]["data"][0]["z"]).shape == (16, 16)  # the residual stream, 16 wide
+    assert len(arr(figs["corr_layers"]["data"][0]["x"])) == 5  # 2L + 1 residual nodes
+    at.switch_page("pages/3_heads.py").run()
+    no_crash(at)
+    cost = charts(at)["heads_cost"]["data"]
+    assert arr(cost[0]["z"]).shape == (4, 4) and sorted(arr(cost[1]["x"]).tolist()) == [0, 1, 2, 3]
+
+
+def test_decoder_pair_export_writes_a_gpt2_and_seeds_compares_the_pair(world, decoders, tmp_path):
+    target = tmp_path / "merged"
+    at = goto(decoder_app(world, decoders, export_target=str(target)), "5_export")
+    no_crash(at)
+    next(b for b in at.button if b.label == "Save merged model").click().run()
+    no_crash(at)
+    assert any("GPT2LMHeadModel.from_pretrained" in s.value for s in at.success)
+    from transformers import GPT2LMHeadModel
+
+    merged = GPT2LMHeadModel.from_pretrained(target)
+    assert merged.lm_head.weight.data_ptr() == merged.transformer.wte.weight.data_ptr()
+    from permerge_core.cli import build_parser
+
+    args = build_parser().parse_args(shlex.split(at.code[0].value)[3:])
+    assert (args.model_a, args.model_b) == tuple(decoders)
+    at = goto(decoder_app(world, decoders, seeds_selected=decoders, lambdas=3), "6_seeds")
+    no_crash(at)
+    next(b for b in at.button if b.label.startswith("Compute")).click().run()
+    no_crash(at)
+    row = at.dataframe[0].value.to_dict("records")[0]
+    assert np.isfinite(row["vanilla barrier (nats)"]) and np.isfinite(row["permuted barrier (nats)"])
+
+
+def test_about_page_has_a_section_on_decoders(world):
+    at = goto(app(world), "7_about")
+    no_crash(at)
+    assert any("Decoder-only models" in h.value for h in at.header)
+    text = " ".join(m.value for m in at.markdown)
+    assert "ln_f" in text and "c_attn" in text and "end-of-text" in text
+
+
+def test_mixed_bert_and_gpt2_pair_is_refused_naming_both_families(world, decoders):
+    at = app(world, model_b=decoders[0]).run()
+    no_crash(at)
+    assert any("family: A has bert, B has gpt2" in e.value for e in at.error)

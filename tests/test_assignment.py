@@ -1,7 +1,8 @@
 """The sparse-first assignment finds the same optimum as the dense solver, and says when it can't."""
 
 import os
-from concurrent.futures import Future
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,32 +79,77 @@ def test_large_matrices_take_the_sparse_path(monkeypatch):
     assert calls == [(150, 150)]
 
 
-def test_large_assignments_are_solved_in_worker_processes_and_here_without_them(monkeypatch):
+class InProcessPool(ThreadPoolExecutor):
+    """Stands in for the worker pool: the same submit/result protocol on any platform, so the
+    logic around the pool is tested the same way everywhere (the real pool: see below)."""
+
+    def __init__(self):
+        super().__init__(max_workers=1)
+
+
+@pytest.fixture
+def pool(monkeypatch):
+    stand_in = InProcessPool()
+    monkeypatch.setattr(assignment, "_worker_pool", lambda: stand_in)
+    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)  # the worker path on a matrix quicker to solve than BERT-base's
+    yield stand_in
+    stand_in.shutdown()
+
+
+def test_mid_size_matrices_are_solved_dense_here_without_workers(monkeypatch):
+    """A 4-layer 256-wide pair's 1,024-wide FFN: the dense solver in this thread (it releases
+    the GIL); workers would cost more to start and feed than they save."""
+    def no_pool():
+        raise AssertionError("a worker pool was asked for")
+
+    monkeypatch.setattr(assignment, "_worker_pool", no_pool)
+    monkeypatch.setattr(assignment, "assign_sparse", lambda *a, **k: pytest.fail("the sparse path was taken"))
+    score = np.tanh(0.05 * np.random.default_rng(4).standard_normal((1024, 1024)))
+    perm = assign(score)
+    assert np.array_equal(np.sort(perm), np.arange(1024))
+    assert score[np.arange(1024), perm].sum() == pytest.approx(score[np.arange(1024), assign_dense(score)].sum())
+
+
+def test_large_assignments_are_solved_by_the_pool_and_here_without_it(pool, monkeypatch):
     score = np.tanh(0.05 * np.random.default_rng(5).standard_normal((1100, 1100)))
     expected = assign_dense(score)
-    solved = assignment._pool_state["solved"]
     assert np.array_equal(assign(score), expected)
-    assert assignment._pool_state["solved"] == solved + 1  # answered by a worker process
+    assert assignment._pool_state == {"usable": True, "solved": 1}  # answered by the pool
 
     class Refusing:
         def submit(self, *args):
             raise OSError("no processes here")
 
     monkeypatch.setattr(assignment, "_worker_pool", lambda: Refusing())
-    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
     assert np.array_equal(assign(score), expected)  # solved here instead
-    assert assignment._pool_state == {"usable": False, "solved": 0}
+    assert assignment._pool_state == {"usable": False, "solved": 1}
+    monkeypatch.setattr(assignment, "_worker_pool", lambda: None)  # a platform without workers
+    assert np.array_equal(assign(score), expected)
+    assert assignment._pool_state["solved"] == 1
 
 
-def test_large_assignments_reach_workers_through_a_shared_file_removed_after(monkeypatch, tmp_path):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes are forked on Linux only")
+def test_on_linux_large_assignments_go_to_forked_worker_processes(monkeypatch):
+    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)
+    workers = assignment._worker_pool()
+    assert workers is not None, "no worker pool on Linux"
+    assert workers.submit(os.getpid).result() != os.getpid()  # another process
+    score = np.tanh(0.05 * np.random.default_rng(5).standard_normal((1100, 1100)))
+    assert np.array_equal(assign(score), assign_dense(score))
+    assert assignment._pool_state == {"usable": True, "solved": 1}
+
+
+def test_large_assignments_reach_workers_through_a_shared_file_removed_after(pool, monkeypatch, tmp_path):
     """The matrix goes to the worker as a file it maps, not through the pool's pipe; with no
     folder or no room for the file it is pickled instead. Same answer each way, no file left."""
+    monkeypatch.setattr(assignment, "SPARSE_FROM", 1000)
     score = np.tanh(0.05 * np.random.default_rng(6).standard_normal((1100, 1100)))
     expected = assign_dense(score)
-    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
-    pool, submitted = assignment._worker_pool(), []
+    submitted = []
 
-    class Recording:  # the real pool, remembering what each job was handed
+    class Recording:  # the pool, remembering what each job was handed
         def submit(self, fn, *args):
             files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
             submitted.append({"fn": fn, "args": args, "files": files})
@@ -131,8 +177,7 @@ def test_large_assignments_reach_workers_through_a_shared_file_removed_after(mon
     assert assignment._pool_state == {"usable": True, "solved": 3}
 
 
-def test_a_job_that_fails_in_a_worker_is_solved_here_and_the_workers_stay(monkeypatch):
-    monkeypatch.setattr(assignment, "_pool_state", {"usable": True, "solved": 0})
+def test_a_job_that_fails_in_a_worker_is_solved_here_and_the_workers_stay(pool, monkeypatch):
     score = np.tanh(0.05 * np.random.default_rng(7).standard_normal((1100, 1100)))
     gone = []
 

@@ -106,3 +106,64 @@ def test_cuda_requested_without_gpu_is_refused(tiny_pair, tmp_path, capsys):
     code = main(["align", *map(str, tiny_args(tiny_pair, tmp_path / "o", tmp_path / "c")), "--device", "cuda"])
     assert code == 2
     assert "CUDA was requested but no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["file", "below a file"])
+def test_out_path_that_cannot_be_a_folder_is_refused_before_any_work(tiny_pair, tmp_path, capsys, where):
+    taken = tmp_path / "report.txt"
+    taken.write_text("someone's file\n")
+    out = taken if where == "file" else taken / "run"
+    code = main(["align", *map(str, tiny_args(tiny_pair, out, tmp_path / "cache"))])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{taken} is a file" in err and "--out" in err and "internal error" not in err
+    assert "[load]" not in err  # refused before the models were loaded
+    assert taken.read_text() == "someone's file\n"
+
+
+@pytest.mark.parametrize("where", ["below a file", "in /proc"])
+def test_unusable_cache_folder_gives_one_warning_and_the_run_completes(tiny_pair, tmp_path, capsys, monkeypatch, where):
+    if where == "in /proc" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    cache = blocker / "cache" if where == "below a file" else Path("/proc/permerge-cache-test")
+    monkeypatch.setenv("PERMERGE_CACHE", str(cache))
+    args = tiny_args(tiny_pair, tmp_path / "out", "unused")[:-2]  # no --cache-dir: the default cache, PERMERGE_CACHE
+    code = main(["align", *map(str, args)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if str(cache) in line]
+    assert len(warnings) == 1, err
+    assert "cache" in warnings[0] and "PERMERGE_CACHE" in warnings[0]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sum(str(cache) in note for note in report["notes"]) == 1
+
+
+def test_ablate_writes_json_and_csv_and_prints_a_row_per_budget(tiny_pair, tmp_path):
+    out = tmp_path / "abl"
+    proc = run_cli("ablate", *tiny_args(tiny_pair, out, tmp_path / "cache"), "--start-tokens", 128, "--stop-tokens", 512, "--resamples", 2)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["budgets"] == [128, 256, 512] and result["resamples"] == 2
+    assert [line.split(",")[0] for line in (out / "ablation.csv").read_text().splitlines()] == ["budget", "128", "256", "512"]
+    assert "512 tokens: barrier" in proc.stdout and "[ablation]" in proc.stderr  # a row per budget; progress
+
+
+def test_ablate_refuses_weights_and_bad_budgets_in_one_line(tiny_pair, tmp_path, capsys):
+    code = main(["ablate", *map(str, tiny_args(tiny_pair, tmp_path / "o", tmp_path / "c")), "--matcher", "weights", "--quiet"])
+    assert code == 2 and "weight matching reads no text" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--start-tokens", "0"])
+    assert exit_info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_align_matcher_both_reports_the_comparison(tiny_pair, tmp_path):
+    proc = run_cli("align", *tiny_args(tiny_pair, tmp_path / "o", tmp_path / "cache"), "--matcher", "both")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["settings"]["matcher"] == "both" and report["matching"]["matcher"] == "activations"
+    comparison = report["comparison"]
+    assert set(comparison["agreement"]) == set(report["permutations"]) and set(comparison["barrier"]) == {"vanilla", "activations", "weights"}
+    assert comparison["barrier"]["activations"] == pytest.approx(report["barrier"]["permuted"])
+    assert "weight matching:" in proc.stdout and "matchers compared:" in proc.stdout

@@ -1,5 +1,7 @@
 """The method's invariants, tested directly on tiny random models (docs/method.md §4, §5)."""
 
+from dataclasses import astuple
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +21,9 @@ SHAPES = [
     dict(layers=2, hidden=16, heads=4, ffn=32),
     dict(layers=1, hidden=8, heads=1, ffn=12),  # a single head
     dict(layers=2, hidden=6, heads=6, ffn=10),  # heads of size 1
+    dict(layers=2, hidden=9, heads=3, ffn=13),  # odd widths
 ]
+LM = {"bert": "mlm", "roberta": "mlm", "gpt2": "causal-lm"}  # each family's language-model head
 
 
 def head_for(model):
@@ -29,7 +33,7 @@ def head_for(model):
 
 def random_matching(cfg, attention="heads", residual="first", seed=0) -> Matching:
     rng = np.random.default_rng(seed)
-    L, d, H, f = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size
+    L, d, H, f, _ = astuple(FAMILIES[cfg.model_type].shape(cfg))
     perms = {}
     for i in range(L):
         perms[f"layer.{i}.ffn"] = rng.permutation(f)
@@ -51,7 +55,7 @@ def random_matching(cfg, attention="heads", residual="first", seed=0) -> Matchin
     return Matching(perms, {}, {"ffn": True, "attention": attention, "residual": residual, "absolute": False})
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6", "2x9h3"])
 @pytest.mark.parametrize("family,kind", sorted(FAMILY_CLASSES))
 @pytest.mark.parametrize("attention,residual", [("heads", "first"), ("monotonic", "all"), ("none", "last"), ("heads", "none")])
 def test_permuted_model_computes_the_same_function(family, kind, shape, attention, residual):
@@ -61,17 +65,17 @@ def test_permuted_model_computes_the_same_function(family, kind, shape, attentio
     assert matching.function_preserving
     b_prime = permuted_model(model, fam, head, model.config.num_hidden_layers, matching)
     ids, mask = random_ids(vocab=model.config.vocab_size)
-    final = matching.residual_perm(2 * model.config.num_hidden_layers)
+    final = matching.residual_perm(2 * model.config.num_hidden_layers)  # a bare model's output: the last node
     assert max_abs_logit_diff(b_prime, model, ids, mask, hidden_perm=final if kind == "base" else None) < 1e-4
     # ... and the permutation really moved weights (the test would pass trivially otherwise).
     changed = [k for k, v in b_prime.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
-    assert len(changed) >= 10
+    assert len(changed) >= 6 * model.config.num_hidden_layers  # every layer's FFN and attention tensors at least
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 @pytest.mark.parametrize("attention,residual", [("ignore-heads", "none"), ("heads", "sep")])
 def test_non_preserving_modes_change_the_function(family, attention, residual):
-    model = random_model(family, "mlm", seed=3, layers=2, hidden=16, heads=4, ffn=32)
+    model = random_model(family, LM[family], seed=3, layers=2, hidden=16, heads=4, ffn=32)
     fam, head = head_for(model)
     matching = random_matching(model.config, attention, residual, seed=4)
     assert not matching.function_preserving
@@ -89,9 +93,19 @@ def test_tied_decoder_stays_tied_and_equivalent_with_residual_permutation():
     assert max_abs_logit_diff(b_prime, model, ids, mask) < 1e-4
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_gpt2_lm_head_stays_tied_to_the_token_embeddings():
+    model = random_model("gpt2", "causal-lm", seed=5)
+    fam, head = head_for(model)
+    b_prime = permuted_model(model, fam, head, 2, random_matching(model.config, "heads", "first", seed=6))
+    assert b_prime.lm_head.weight.data_ptr() == b_prime.transformer.wte.weight.data_ptr()
+    assert not torch.equal(b_prime.lm_head.weight, model.lm_head.weight)
+    ids, mask = random_ids(vocab=model.config.vocab_size)
+    assert max_abs_logit_diff(b_prime, model, ids, mask) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 def test_permutation_then_inverse_is_identity_on_every_tensor(family):
-    model = random_model(family, "mlm", seed=7)
+    model = random_model(family, LM[family], seed=7)
     fam, head = head_for(model)
     m = random_matching(model.config, "ignore-heads", "sep", seed=8)
     plan = permutation_plan(fam, head, 2, m.permutations, m.residual_perm)
@@ -112,10 +126,10 @@ def _batches(vocab, n=8, length=24, seed=0):
     return TokenBatches(ids, masks, int(sum(m.sum() for m in masks)), 4 * n)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 @pytest.mark.parametrize("residual", ["first", "last", "all"])
 def test_planted_permutation_is_recovered_exactly(family, residual):
-    a = random_model(family, "mlm", seed=11, layers=2, hidden=16, heads=4, ffn=32)
+    a = random_model(family, LM[family], seed=11, layers=2, hidden=16, heads=4, ffn=32)
     fam, head = head_for(a)
     planted = random_matching(a.config, "heads", residual, seed=12)
     b = permuted_model(a, fam, head, 2, planted)  # B[i] = A[q[i]]
@@ -132,6 +146,45 @@ def test_planted_permutation_is_recovered_exactly(family, residual):
         q = planted.permutations[f"layer.{i}.attention"]
         expected = [int(np.where(q // dk == j)[0][0] // dk) for j in range(4)]
         assert list(found.heads[i].assignment) == expected
+
+
+def _anti_correlated_statistics(layers=1, hidden=8, heads=2, ffn=12, tokens=400, seed=0):
+    """Statistics built from activations, not a model: every B unit j is A's unit q[j] (a
+    head-respecting q per space), negated for the first two units of each block of 4 (so two
+    per attention head), plus a little noise. Returns (stats, q per space, negated B units)."""
+    from permerge_core.statistics import SpaceStats, Statistics
+
+    rng = np.random.default_rng(seed)
+    dims = {f"layer.{i}.{k}": d for i in range(layers) for k, d in (("ffn", ffn), ("attention", hidden))}
+    dims.update({f"residual.{n}": hidden for n in range(2 * layers + 1)})
+    spaces, planted, negated = {}, {}, {}
+    for name, d in dims.items():
+        q = random_head_perm(d, heads, rng) if name.endswith("attention") else rng.permutation(d)
+        sign = np.where(np.arange(d) % 4 < 2, -1.0, 1.0)
+        xa = rng.standard_normal((tokens, d))
+        xb = xa[:, q] * sign + 0.05 * rng.standard_normal((tokens, d))
+        spaces[name] = SpaceStats.zeros(d)
+        spaces[name].add(torch.tensor(xa, dtype=torch.float32), torch.tensor(xb, dtype=torch.float32))
+        planted[name], negated[name] = q, sign < 0
+    return Statistics(spaces, layers, tokens), planted, negated
+
+
+def test_signed_matching_never_pairs_anti_correlated_units_and_absolute_does():
+    stats, planted, negated = _anti_correlated_statistics()
+    signed = compute_matching(stats, num_heads=2, attention="heads", residual="first")
+    absolute = compute_matching(stats, num_heads=2, attention="heads", residual="first", absolute=True)
+    again = compute_matching(stats, num_heads=2, attention="heads", residual="first")  # not |corr| remembered
+    for name, space in (("layer.0.ffn", "layer.0.ffn"), ("layer.0.attention", "layer.0.attention"), ("residual", "residual.0")):
+        partner = inverse(planted[space])  # A's unit i is B's unit partner[i], up to sign
+        anti = negated[space][partner]  # rows whose partner is negated (correlation ≈ −1)
+        corr = stats.spaces[space].correlation().numpy()
+        assert anti.sum() >= 2 and (corr[np.arange(len(partner)), partner][anti] < -0.9).all()
+        np.testing.assert_array_equal(absolute.permutations[name], partner, err_msg=name)
+        for m in (signed, again):
+            perm = m.permutations[name]
+            assert not np.any(perm[anti] == partner[anti]), f"{name}: signed matching paired anti-correlated units"
+            np.testing.assert_array_equal(perm[~anti], partner[~anti], err_msg=name)  # the positive pairs still found
+            assert corr[np.arange(len(perm)), perm].min() > -0.5, name
 
 
 def test_matched_correlation_is_one_for_a_planted_pair_and_monotonic_reports_head_perm_choice():

@@ -63,13 +63,21 @@ def test_a_planted_permutation_is_recovered(family, shape, seed):
     b = permuted_model(a, fam, head, shape["layers"], planted)
     stats = collect_statistics(a, b, fam, a.config, _batches(a.config.vocab_size, n=6))
     found = compute_matching(stats, shape["heads"], attention="heads", residual="first")
-    # Units with identical activations (possible in tiny random models) may be matched either
-    # way; what must hold is that B′ then equals A exactly as a function of the data.
+    # B = A shuffled by q (B[j] = A[q[j]]), so in the report's convention (perm[i] = j: A's unit
+    # i ↔ B's unit j) the answer is q's inverse. Units with identical activations (possible in
+    # tiny random models) may be matched either way, and dead ones anyhow: every unit that
+    # exactly one B unit reproduces must get that unit, and every live one a perfect partner.
     b_prime = permuted_model(b, fam, head, shape["layers"], found)
+    determined = live = 0
     for name, q in planted.permutations.items():
         c = stats.spaces["residual.0" if name == "residual" else name].correlation().numpy()
-        matched = c[np.arange(len(q)), found.permutations[name]]
+        perm, expected = found.permutations[name], inverse(q)
+        matched = c[np.arange(len(q)), perm]
         np.testing.assert_allclose(matched[c.std(axis=1) > 0], 1.0, atol=1e-5, err_msg=name)
+        unique = (c >= 1 - 1e-5).sum(axis=1) == 1
+        np.testing.assert_array_equal(perm[unique], expected[unique], err_msg=f"{name}: not the planted permutation")
+        determined, live = determined + int(unique.sum()), live + int((c.std(axis=1) > 0).sum())
+    assert determined >= live // 2  # the check above bit (no live units at all where hidden = 1)
     ids, mask = random_ids(vocab=a.config.vocab_size, seed=seed)
     from permerge_core.evaluation import max_abs_logit_diff
 

@@ -3,6 +3,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,7 +87,19 @@ def test_regression_uses_mse_and_pearson(tmp_path):
     p = Pipeline(a, b, match_data=data, eval_data=data, cache_dir=None, task=TaskSpec("sentence", "label"))
     curve = p.curve(SMALL, "vanilla")
     assert set(curve[0]) == {"lambda", "loss", "pearson"}
-    assert all(pt["loss"] >= 0 for pt in curve)
+    # By hand at both ends (λ=1 is A, λ=0 is B): each example through the model on its own (no
+    # padding, no batches), then the mean squared error and Pearson's r in float64.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rows = [line.split("\t") for line in data.read_text().splitlines()[1:]]
+    gold = np.array([float(label) for _, label in rows])
+    tokenizer = AutoTokenizer.from_pretrained(a)
+    for point, folder in ((curve[-1], a), (curve[0], b)):
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        with torch.no_grad():
+            pred = np.array([float(model(**tokenizer(text, return_tensors="pt")).logits[0, 0]) for text, _ in rows])
+        assert point["loss"] == pytest.approx(np.mean((pred - gold) ** 2), rel=1e-5)
+        assert point["pearson"] == pytest.approx(np.corrcoef(pred, gold)[0, 1], abs=1e-5)
 
 
 def test_finetune_then_align_from_the_cli(tiny_pair, tmp_path):

@@ -90,3 +90,40 @@ def test_init_from_a_model_of_another_shape_is_refused(texts, tmp_path):
         train(config(texts, tmp_path / "wider", hidden=64, init_from=str(tmp_path / "first")), log=lambda m: None)
     with pytest.raises(SettingsError, match="no training_state.pt"):
         train(config(texts, tmp_path / "lost", init_from=str(tmp_path / "missing")), log=lambda m: None)
+
+
+def test_a_tiny_gpt2_learns_and_exports_a_loadable_causal_lm(texts, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = config(texts, tmp_path / "gpt2", family="gpt2", steps=12, warmup=2, lr=3e-3, dropout=0.0, eval_every=12)
+    assert cfg.tokenizer == str(training.DEFAULT_BPE_TOKENIZER)
+    untrained = training.build_model(cfg, 4096, 0)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
+    before, _ = training.OBJECTIVES["gpt2"].evaluate(untrained, training.OBJECTIVES["gpt2"].eval_set(cfg, tokenizer), "cpu")
+    info = train(cfg, log=lambda m: None)
+    assert info["held_out_loss_training_eval_set"] < before - 0.3  # from ~ln(4096) = 8.3 nats
+    model = AutoModelForCausalLM.from_pretrained(cfg.out)
+    loaded = AutoTokenizer.from_pretrained(cfg.out)
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.dtype == torch.float16
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
+    assert loaded.eos_token_id == model.config.eos_token_id == 0
+    # The export is the trained model (in float16): its held-out loss matches the one recorded.
+    eval_set = training.OBJECTIVES["gpt2"].eval_set(cfg, loaded)
+    assert sum(len(b) for b in eval_set) == 512
+    loss, _ = training.OBJECTIVES["gpt2"].evaluate(model.float(), eval_set, "cpu")
+    assert abs(loss - info["held_out_loss_training_eval_set"]) < 0.02
+
+
+def test_packing_ends_every_line_with_end_of_text(texts, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(training.DEFAULT_BPE_TOKENIZER)
+    (tmp_path / "two.txt").write_text("In the beginning\n\nGod created\n")
+    ids = training.packed_ids(tokenizer, tmp_path / "two.txt").tolist()
+    assert ids.count(0) == 2 and ids[-1] == 0
+    assert tokenizer.decode(ids) == "In the beginning<|endoftext|>God created<|endoftext|>"
+
+
+def test_an_unknown_family_is_refused(texts, tmp_path):
+    with pytest.raises(SettingsError, match="family"):
+        config(texts, tmp_path / "x", family="t5")

@@ -1,0 +1,192 @@
+"""Weight matching: B's units matched to A's from the weights alone, reading no data
+(docs/method.md §12).
+
+The data-free method of Ainsworth et al. (2023, "Git Re-Basin") maximises the summed inner
+products of the two models' weights over the permutations of B:
+
+    J(π) = Σ_W ⟨W_A, W_B′⟩,   B′ = B with every permutation applied (B′[..i..] = B[..π(i)..]),
+
+W running over every tensor a permutation touches. Which tensors touch which space, and along
+which axis, is the family's data (`architectures.py`), read through the same permutation plan
+that builds B′ (`permuting.permutation_plan`) and cut into rows by `permuting.touched_units`:
+nothing here knows a tensor name, so every family works.
+
+With the other permutations held fixed, J is linear in one space's permutation π_s:
+J = Σ_i S[i, π_s(i)] + const, where S = Σ_t A_t B̃_tᵀ over the touches t of s, A_t holds A's
+rows of the touched units and B̃_t B's, every *other* axis of the tensor already permuted by its
+current permutation. One step is then one exact linear assignment (`assignment.assign`).
+Coordinate descent visits the permuted spaces in a seeded random order, sweep after sweep, and
+stops when a whole sweep changes nothing or after MAX_SWEEPS sweeps.
+
+A tensor touched twice by one space (BERT's MLM head transform maps the residual stream to
+itself) makes J quadratic in that permutation; its step holds the permutation on the other axis
+at its current value, as Ainsworth et al. do, so such a step can lower J slightly. J is recorded
+after every sweep.
+
+What is permuted follows the modes registry (`modes.py`), as for activation matching:
+- FFN spaces when `ffn` is on;
+- attention spaces by the mode's head rule. Head-Perm (`heads`): an inner assignment for every
+  (A head, B head) block of S and an outer H×H assignment on the blocks' optima
+  (`matching.solve_heads`), the exact maximum of J over permutations that keep heads whole;
+  `monotonic` keeps head j ↔ head j; `ignore-heads` assigns S whole; `none` leaves attention;
+- the residual stream by the residual mode's source: `first`, `last` and `all` differ only in
+  which activations they read, so for weights all three are one permutation over every residual
+  touch; `sep` gives each residual node its own (not function-preserving); `none` leaves it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .assignment import assign
+from .matching import HeadMatching, Matching, heads_for_mode, identity, solve_heads
+from .modes import ATTENTION, ATTENTION_MODES, HEADS_IGNORE, HEADS_NONE, RESIDUAL, RESIDUAL_EACH, RESIDUAL_MODES, RESIDUAL_NONE
+from .permuting import permutation_plan, reindex, touched_units
+
+MAX_SWEEPS = 50  # a sweep visits every permuted space once; real pairs settle in a handful
+STREAM = "residual"  # the one residual space of the function-preserving modes
+
+ProgressFn = Callable[[str, float, str], None]
+
+
+class WeightObjective:
+    """J for one pair, and its linearisation in any one space (`similarity`).
+
+    Spaces are named as in a Matching: `layer.{i}.ffn`, `layer.{i}.attention`, and `residual`
+    (or `residual.{n}`, one per node, when `per_node`)."""
+
+    def __init__(self, model_a: torch.nn.Module, model_b: torch.nn.Module, family, head, num_layers: int, per_node: bool = False):
+        labels = {f"layer.{i}.{kind}": f"layer.{i}.{kind}" for i in range(num_layers) for kind in ("ffn", "attention")}
+        node_label = (lambda n: f"residual.{n}") if per_node else (lambda n: STREAM)
+        plan = permutation_plan(family, head, num_layers, labels, node_label)
+        state_a, state_b = model_a.state_dict(), model_b.state_dict()
+        touches: dict[str, list] = {}
+        for touch, space in plan:
+            if touch.name not in state_b:
+                if touch.optional:
+                    continue
+                raise KeyError(f"tensor {touch.name} is not in the model")
+            touches.setdefault(touch.name, []).append((touch, space))
+        # A tied tensor (the MLM decoder is the word-embedding matrix) counts once: under its
+        # last name in state-dict order, whose permutation is the one B′ keeps (interpolation.py).
+        owner = {}
+        for name in state_b:
+            if name in touches:
+                owner[(state_b[name].data_ptr(), tuple(state_b[name].shape))] = name
+        self.tensors = {name: (state_a[name].detach(), state_b[name].detach(), touches[name]) for name in owner.values()}
+        self.by_space: dict[str, list] = {}
+        for name, (_, _, ts) in self.tensors.items():
+            for touch, space in ts:
+                self.by_space.setdefault(space, []).append((name, touch))
+        self.device = next(iter(self.tensors.values()))[1].device if self.tensors else torch.device("cpu")
+        self.dims = {space: touched_units(self.tensors[name][0], touch).shape[0] for space, ((name, touch), *_) in self.by_space.items()}
+
+    def identity(self) -> dict[str, np.ndarray]:
+        return {space: identity(dim) for space, dim in self.dims.items()}
+
+    def similarity(self, space: str, perms: dict[str, np.ndarray]) -> np.ndarray:
+        """S [d, d], float64: S[i, j] = Σ over the space's touches of ⟨A's unit i, B's unit j⟩,
+        with every other permuted axis of those tensors at its current permutation."""
+        index = _indices(perms, self.device)
+        total = None
+        for name, touch in self.by_space[space]:
+            a, b, ts = self.tensors[name]
+            others = [(t.axis, index[s]) for t, s in ts if t.axis != touch.axis]
+            if others:
+                b = reindex(b, others)
+            product = touched_units(a, touch) @ touched_units(b, touch).T  # float32 products,
+            total = product.double() if total is None else total.add_(product)  # summed in float64
+        return total.cpu().numpy()
+
+    def value(self, perms: dict[str, np.ndarray]) -> float:
+        """J: Σ_W ⟨W_A, W_B′⟩ over every touched tensor (tied ones once)."""
+        index = _indices(perms, self.device)
+        total = 0.0
+        for a, b, ts in self.tensors.values():
+            b_prime = reindex(b, [(t.axis, index[s]) for t, s in ts])
+            total += float(torch.sum(a * b_prime, dtype=torch.float64))
+        return total
+
+
+def _indices(perms: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:
+    return {space: torch.as_tensor(perm, dtype=torch.long, device=device) for space, perm in perms.items()}
+
+
+def match_weights(
+    model_a: torch.nn.Module,
+    model_b: torch.nn.Module,
+    family,
+    head,
+    num_layers: int,
+    num_heads: int,
+    ffn: bool = True,
+    attention: str = "heads",
+    residual: str = "first",
+    seed: int = 0,
+    max_sweeps: int = MAX_SWEEPS,
+    progress: ProgressFn | None = None,
+) -> Matching:
+    """The weight matching of B to A under the given modes (see the module docstring), as a
+    Matching in the usual convention: perm[i] = j, A's unit i ↔ B's unit j."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"unknown attention mode {attention!r}")
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"unknown residual mode {residual!r}")
+    started = time.perf_counter()
+    heads_rule, source = ATTENTION[attention].heads, RESIDUAL[residual].residual_source
+    problem = WeightObjective(model_a, model_b, family, head, num_layers, per_node=source == RESIDUAL_EACH)
+    spaces = []
+    for i in range(num_layers):
+        if ffn:
+            spaces.append(f"layer.{i}.ffn")
+        if heads_rule != HEADS_NONE:
+            spaces.append(f"layer.{i}.attention")
+    if source != RESIDUAL_NONE:
+        spaces += sorted((s for s in problem.dims if s.startswith(STREAM)), key=lambda s: int(s.split(".")[1]) if "." in s else 0)
+
+    def solve(space: str, score: np.ndarray) -> tuple[np.ndarray, HeadMatching | None]:
+        if space.endswith(".attention") and heads_rule != HEADS_IGNORE:
+            found = heads_for_mode(solve_heads(score, num_heads), attention)
+            return found.perm, found
+        return assign(score), None
+
+    rng = np.random.default_rng(seed)
+    perms = problem.identity()
+    heads: dict[int, HeadMatching] = {}
+    residual_score = None
+    objective = [problem.value(perms)]
+    converged = not spaces
+    sweeps = 0
+    while not converged and sweeps < max_sweeps:
+        sweeps += 1
+        changed = False
+        for space in rng.permutation(spaces):
+            score = problem.similarity(space, perms)
+            perm, found = solve(space, score)
+            if found is not None:
+                heads[int(space.split(".")[1])] = found
+            if space == STREAM:
+                residual_score = score
+            if not np.array_equal(perm, perms[space]):
+                perms[space], changed = perm, True
+        objective.append(problem.value(perms))
+        converged = not changed
+        if progress:
+            progress("matching", sweeps / max_sweeps, f"weights: sweep {sweeps}, objective {objective[-1]:.6g}")
+
+    permutations = {}
+    for i in range(num_layers):
+        for kind in ("ffn", "attention"):
+            permutations[f"layer.{i}.{kind}"] = perms[f"layer.{i}.{kind}"]
+    for space in sorted(s for s in perms if s.startswith(STREAM)):
+        permutations[space] = perms[space]
+    info = {
+        "matcher": "weights", "sweeps": sweeps, "objective": objective, "converged": converged, "max_sweeps": max_sweeps,
+        "seed": seed, "seconds": time.perf_counter() - started,
+    }
+    settings = {"ffn": ffn, "attention": attention, "residual": residual, "absolute": False}
+    return Matching(permutations, heads, settings, residual_score, info)

@@ -357,6 +357,7 @@ def activation_spreads(spreads: dict[str, dict], labels: dict[str, str], title: 
         coloraxis=dict(colorscale="RdBu", cmin=1.0 - spread, cmax=1.0 + spread, cmid=1.0, colorbar=dict(title=dict(text="spread ratio"))),
         height=max(360, 26 * max(len(r["spaces"]) for r in spreads.values()) + 200),
     )
+    return fig
 
 
 KIND_COLORS = {"ffn": "#009E73", "attention": "#CC79A7", "residual": "#56B4E9"}

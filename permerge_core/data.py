@@ -146,6 +146,13 @@ def batch_sequences(sequences: list[list[int]], tokenizer, batch_size: int = 32,
     """Sequences sorted by length (little padding) and padded per batch."""
     sequences = sorted(sequences, key=len)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids, attention_mask = _padded(sequences, pad, batch_size)
+    return TokenBatches(input_ids, attention_mask, sum(map(len, sequences)), len(sequences), list(notes or []))
+
+
+def _padded(sequences: list[list[int]], pad: int, batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(input ids, attention masks) of consecutive groups of `batch_size` sequences, each group
+    right-padded with `pad` to its longest sequence."""
     input_ids, attention_mask = [], []
     for start in range(0, len(sequences), batch_size):
         group = sequences[start : start + batch_size]
@@ -157,7 +164,7 @@ def batch_sequences(sequences: list[list[int]], tokenizer, batch_size: int = 32,
             mask[row, : len(seq)] = 1
         input_ids.append(ids)
         attention_mask.append(mask)
-    return TokenBatches(input_ids, attention_mask, sum(map(len, sequences)), len(sequences), list(notes or []))
+    return input_ids, attention_mask
 
 
 def packed_blocks(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128, batch_size: int = 32) -> TokenBatches:
@@ -184,17 +191,7 @@ def packed_blocks(tokenizer, passages: list[str], max_tokens: int, max_length: i
     stream = stream[:max_tokens]
     blocks = [stream[k : k + max_length] for k in range(0, len(stream), max_length)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    input_ids, attention_mask = [], []
-    for start in range(0, len(blocks), batch_size):
-        group = blocks[start : start + batch_size]
-        width = max(len(b) for b in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, block in enumerate(group):
-            ids[row, : len(block)] = torch.tensor(block)
-            mask[row, : len(block)] = 1
-        input_ids.append(ids)
-        attention_mask.append(mask)
+    input_ids, attention_mask = _padded(blocks, pad, batch_size)
     return TokenBatches(input_ids, attention_mask, len(stream), len(blocks), notes)
 
 

@@ -45,7 +45,7 @@ import torch
 from .assignment import assign
 from .matching import HeadMatching, Matching, heads_for_mode, identity, solve_heads
 from .modes import ATTENTION, ATTENTION_MODES, HEADS_IGNORE, HEADS_NONE, RESIDUAL, RESIDUAL_EACH, RESIDUAL_MODES, RESIDUAL_NONE
-from .permuting import permutation_plan, reindex, touched_units
+from .permuting import permutation_plan, reindex, touched_units, touches_by_tensor
 
 MAX_SWEEPS = 50  # a sweep visits every permuted space once; real pairs settle in a handful
 STREAM = "residual"  # the one residual space of the function-preserving modes
@@ -83,7 +83,7 @@ class WeightObjective:
             for touch, space in ts:
                 self.by_space.setdefault(space, []).append((name, touch))
         self.device = next(iter(self.tensors.values()))[1].device if self.tensors else torch.device("cpu")
-        self.dims = {space: touched_units(self.tensors[name][0], touch).shape[0] for space, ((name, touch), *_) in self.by_space.items()}
+        self.dims = {space: touched_units(_block(self.tensors[name][0], touch), touch).shape[0] for space, ((name, touch), *_) in self.by_space.items()}
 
     def identity(self) -> dict[str, np.ndarray]:
         return {space: identity(dim) for space, dim in self.dims.items()}
@@ -95,10 +95,10 @@ class WeightObjective:
         total = None
         for name, touch in self.by_space[space]:
             a, b, ts = self.tensors[name]
-            others = [(t.axis, index[s]) for t, s in ts if t.axis != touch.axis]
+            others = [(t, index[s]) for t, s in ts if t.axis != touch.axis]
             if others:
-                b = reindex(b, others)
-            product = touched_units(a, touch) @ touched_units(b, touch).T  # float32 products,
+                b = reindex(b, touches_by_tensor({name: b}, others)[name])
+            product = touched_units(_block(a, touch), touch) @ touched_units(_block(b, touch), touch).T  # float32 products,
             total = product.double() if total is None else total.add_(product)  # summed in float64
         return total.cpu().numpy()
 
@@ -106,10 +106,20 @@ class WeightObjective:
         """J: Σ_W ⟨W_A, W_B′⟩ over every touched tensor (tied ones once)."""
         index = _indices(perms, self.device)
         total = 0.0
-        for a, b, ts in self.tensors.values():
-            b_prime = reindex(b, [(t.axis, index[s]) for t, s in ts])
+        for name, (a, b, ts) in self.tensors.items():
+            b_prime = reindex(b, touches_by_tensor({name: b}, [(t, index[s]) for t, s in ts])[name])
             total += float(torch.sum(a * b_prime, dtype=torch.float64))
         return total
+
+
+def _block(tensor: torch.Tensor, touch) -> torch.Tensor:
+    """The part of `tensor` a touch permutes: all of it, or block k of n along its axis (the
+    q, k or v third of a fused attention tensor)."""
+    if touch.part is None:
+        return tensor
+    k, count = touch.part
+    size = tensor.shape[touch.axis] // count
+    return tensor.narrow(touch.axis, k * size, size)
 
 
 def _indices(perms: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:

@@ -77,7 +77,11 @@ def test_a_planted_permutation_is_recovered(family, shape, seed):
         unique = (c >= 1 - 1e-5).sum(axis=1) == 1
         np.testing.assert_array_equal(perm[unique], expected[unique], err_msg=f"{name}: not the planted permutation")
         determined, live = determined + int(unique.sum()), live + int((c.std(axis=1) > 0).sum())
-    assert determined >= live // 2  # the check above bit (no live units at all where hidden = 1)
+    # ... and the check above bit. Not where hidden ≤ 2: a LayerNorm over two features outputs
+    # only ±(its scale), so every unit is a function of one sign and none is told apart (hidden 1
+    # has no live unit at all). Over 80 drawn shapes with hidden ≥ 3, every live unit was.
+    if shape["hidden"] >= 3:
+        assert determined >= live // 2
     ids, mask = random_ids(vocab=a.config.vocab_size, seed=seed)
     from permerge_core.evaluation import max_abs_logit_diff
 

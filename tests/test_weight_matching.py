@@ -16,15 +16,15 @@ from permerge_core.permuting import inverse, permuted_model
 from permerge_core.weight_matching import match_weights
 
 from fixtures import random_ids, random_model, random_text, save_model
-from test_invariants import SHAPES, head_for, random_matching
+from test_invariants import LM, SHAPES, head_for, random_matching
 
 PRESERVING = [(att, res) for att, a in ATTENTION.items() if a.preserves_function for res, r in RESIDUAL.items() if r.preserves_function]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6"])
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["2x16h4", "1x8h1", "2x6h6", "2x9h3"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 def test_a_planted_shuffle_is_recovered_exactly_from_the_weights_alone(family, shape):
-    a = random_model(family, "mlm", seed=41, **shape)
+    a = random_model(family, LM[family], seed=41, **shape)
     fam, head = head_for(a)
     layers, heads = shape["layers"], shape["heads"]
     # Residual stream, every FFN, every layer's heads and the features within each head.
@@ -49,10 +49,10 @@ def test_a_planted_shuffle_is_recovered_exactly_from_the_weights_alone(family, s
 
 @pytest.mark.parametrize("ffn", [True, False], ids=["ffn", "no-ffn"])
 @pytest.mark.parametrize("attention,residual", PRESERVING)
-@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "gpt2"])
 def test_b_prime_computes_b_under_the_weights_matcher(family, attention, residual, ffn):
-    a = random_model(family, "mlm", seed=51, layers=2, hidden=16, heads=4, ffn=32)
-    b = random_model(family, "mlm", seed=52, layers=2, hidden=16, heads=4, ffn=32)
+    a = random_model(family, LM[family], seed=51, layers=2, hidden=16, heads=4, ffn=32)
+    b = random_model(family, LM[family], seed=52, layers=2, hidden=16, heads=4, ffn=32)
     fam, head = head_for(b)
     found = match_weights(a, b, fam, head, 2, 4, ffn=ffn, attention=attention, residual=residual)
     assert found.function_preserving

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # permerge's two entry points, each setting up what it needs on a fresh machine:
 #   bash run.sh app    create .venv, install requirements, start the app on 127.0.0.1:8501
-#   bash run.sh test   also install the test tools and Chromium, then run the whole suite
+#   bash run.sh test   also install the test tools, Ray and Chromium, then run the whole suite
 # Set PERMERGE_HOST=0.0.0.0 to serve beyond this machine (off by default), PORT to move it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,6 +41,7 @@ case "${1:-app}" in
     ;;
   test)
     ensure_venv requirements-dev.txt
+    ensure_venv requirements-ray.txt  # optional for users (grid --engine ray); the tests run it on a local Ray
     ensure_chromium
     shift || true
     exec .venv/bin/python -m pytest "$@"

@@ -23,6 +23,9 @@ Workloads (each in a fresh process, so every peak RSS is its own):
   app       the interactive case in the app itself, in Chromium: merge settings changed in the
             sidebar, time until the new permuted curve's first point and whole curve are on
             screen (`python -m benchmarks.app_interactive`; skipped without /usr/bin/chromium)
+  grid      `python -m permerge_core grid` over the three bundled seeds (3 pairs, small budgets,
+            --no-cache), --engine ray (one task at a time, and one per CPU side by side) against
+            --engine local, each a whole process (Ray's start included); skipped without Ray
 
 In default and bert the statistics pass runs --repeats times (3), each run between two plain
 encoder passes after an untimed one; the run with the median ratio is reported.
@@ -47,7 +50,7 @@ from .worker import MARK
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "latest.json"
-WORKLOADS = ("default", "bert", "matching", "scaling", "whole", "app")
+WORKLOADS = ("default", "bert", "matching", "scaling", "whole", "app", "grid")
 # The mid-size shape of the matching workload: FFN spaces of 1,024 units, small enough that
 # worker processes cost more than they save.
 MATCHING_SHAPE = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4}
@@ -135,6 +138,40 @@ def run_app_benchmark(pair: list[str] | None, quick: bool, say) -> dict:
     result = _result(proc.stdout)
     result["loadavg_1min"] = {"start": load_start, "end": os.getloadavg()[0]}
     return result
+
+
+def run_grid_benchmark(quick: bool, repeats: int, say) -> dict:
+    """The grid command over the bundled seeds, engine local against engine ray, alternating;
+    the run with the median ratio is reported."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return {"skipped": "Ray is not installed (pip install -r requirements-ray.txt)"}
+    seeds = [str(p) for p in sorted((REPO / "assets" / "models").glob("seed-*"))]
+    budget = ["--match-tokens", "2048", "--eval-tokens", "1024", "--lambdas", "3"] if quick else \
+        ["--match-tokens", "8192", "--eval-tokens", "4096", "--lambdas", "5"]
+    # ray: a task per CPU, side by side; ray_serial: one task at a time with every CPU, like the
+    # local engine, so that its ratio is Ray's own cost (on a busy machine two processes also
+    # get a larger share of the CPUs than one, which flatters the side-by-side ratio).
+    engines = {"local": ["--engine", "local"], "ray": ["--engine", "ray"],
+               "ray_serial": ["--engine", "ray", "--cpus-per-task", str(os.cpu_count() or 1)]}
+    runs = []
+    for run in range(repeats):
+        times = {}
+        for name, flags in engines.items():
+            say(f"grid of {len(seeds)} bundled seeds, {' '.join(flags)} ({run + 1} of {repeats})")
+            load_start = os.getloadavg()[0]
+            with tempfile.TemporaryDirectory(prefix="permerge-bench-grid-") as tmp:
+                times[name] = timed_process([sys.executable, "-m", "permerge_core", "grid", "--models", *seeds, *budget,
+                                             *flags, "--no-cache", "--quiet", "--out", tmp])
+                cells = json.loads((Path(tmp) / "grid.json").read_text())
+            times[name].update(flags=" ".join(flags), workers=cells["workers"], pair_seconds=[c["seconds"] for c in cells["pairs"]],
+                               loadavg_1min={"start": load_start, "end": os.getloadavg()[0]})
+        runs.append({**times, "ratio": times["ray_serial"]["seconds"] / times["local"]["seconds"],
+                     "ratio_side_by_side": times["ray"]["seconds"] / times["local"]["seconds"]})
+    chosen = sorted(runs, key=lambda r: r["ratio"])[(len(runs) - 1) // 2]
+    return {**chosen, "pairs": len(seeds) * (len(seeds) - 1) // 2, "settings": " ".join(budget) + " --no-cache",
+            "runs": [[r["ratio"], r["ratio_side_by_side"]] for r in runs]}
 
 
 def main(argv=None) -> int:
@@ -257,6 +294,9 @@ def main(argv=None) -> int:
 
     if "app" in only:
         w["app"] = run_app_benchmark(pair if args.pair else None, q, say)
+
+    if "grid" in only:
+        w["grid"] = run_grid_benchmark(q, args.repeats or 1, say)
 
     results["load_at_end"] = _background_load()
     results["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--mask-seed", type=int, default=0)
+    parser.add_argument("--eval-packing", choices=("blocks", "lines"), default="blocks", help="as align's (its default: blocks)")
     args = parser.parse_args(argv)
 
     import torch
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     model_b = AutoModelForMaskedLM.from_pretrained(args.model_b, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.tokenizer or args.model_a)
     batches = data.tokenize(tok, data.read_passages(data.DEFAULT_MATCH_DATA), args.match_tokens, args.max_length, args.batch_size)
-    eval_batches = data.tokenize(tok, data.read_passages(data.DEFAULT_EVAL_DATA), args.eval_tokens, args.max_length, args.batch_size)
+    eval_batches = data.tokenize(tok, data.read_passages(data.DEFAULT_EVAL_DATA), args.eval_tokens, args.max_length, args.batch_size, packing=args.eval_packing)
     masked = data.masked_batches(eval_batches, tok, model_a.config.vocab_size, seed=args.mask_seed)
     loaded = time.perf_counter()
     mlm_head = getattr(model_a, "cls", None) or model_a.lm_head  # BERT: cls, RoBERTa: lm_head

@@ -22,6 +22,7 @@ TARGETS = [
     ("app in Chromium: full curve (s)", "app.changes.0.full_curve", 10.0, "click on a new attention mode → whole new curve drawn"),
     ("app in Chromium, residual change: first point (s)", "app.changes.1.first_point", 2.0, "click on residual all → first new point drawn"),
     ("app in Chromium, residual change: full curve (s)", "app.changes.1.full_curve", 10.0, "click on residual all → whole new curve drawn"),
+    ("grid, 3 pairs: engine ray / engine local", "grid.ratio", 1.2, "whole grid processes over the bundled seeds, Ray's start included, one task at a time"),
 ]
 
 
@@ -246,6 +247,20 @@ def render(results: dict) -> str:
     if w.get("app"):
         lines += render_app(w["app"]) + [""]
 
+    if w.get("grid") and "skipped" not in w["grid"]:
+        r = w["grid"]
+        lines.append(f"| grid, {r['pairs']} pairs of the bundled seeds ({r['settings']}) | seconds | workers | seconds per pair | peak RSS MiB (driver) |")
+        lines.append("|---|---|---|---|---|")
+        for engine in ("local", "ray_serial", "ray"):
+            e = r[engine]
+            lines.append(f"| `grid {e['flags']}` | {_f(e['seconds'])} | {e['workers']} | {', '.join(_f(x) for x in e['pair_seconds'])} "
+                         f"| {_f(e['peak_rss_mb'], 0)} |")
+        lines.append(f"| ratio ray (one task at a time) / local: Ray's cost | {_f(r['ratio'])} | | | |")
+        lines.append(f"| ratio ray (a task per CPU) / local | {_f(r['ratio_side_by_side'])} | | | |")
+        if len(r.get("runs", [])) > 1:
+            lines.append(f"| ratios of every run (the median is reported) | {'; '.join(', '.join(_f(x) for x in pair) for pair in r['runs'])} | | | |")
+        lines.append("")
+
     lines.append("| target | measured | limit | met |")
     lines.append("|---|---|---|---|")
     for t in results.get("targets", []):
@@ -283,6 +298,10 @@ COMPARE = [
     ("whole run: align s", "whole.align.seconds"),
     ("whole run: plain s", "whole.plain.seconds"),
     ("whole run: ratio", "whole.ratio"),
+    ("grid: engine local s", "grid.local.seconds"),
+    ("grid: engine ray s", "grid.ray.seconds"),
+    ("grid: ray (one task at a time) / local", "grid.ratio"),
+    ("grid: ray (a task per CPU) / local", "grid.ratio_side_by_side"),
 ]
 
 

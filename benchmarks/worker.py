@@ -182,11 +182,11 @@ def _yardstick_batches(p, s, need_eval: bool):
     that the pipeline still pays for its own tokenisation."""
     from permerge_core.data import masked_batches, tokenize
 
-    batches, tok_match = _timed(tokenize, p.a.tokenizer, p.match_passages, s.match_tokens, s.max_length, s.batch_size)
+    batches, tok_match = _timed(tokenize, p.a.tokenizer, p.match_passages, s.match_tokens, p.sequence_length(s), s.batch_size)
     masked, tok_eval = None, None
     if need_eval:
         start = time.perf_counter()
-        eval_batches = tokenize(p.a.tokenizer, p.eval_passages, s.eval_tokens, s.max_length, s.batch_size)
+        eval_batches = tokenize(p.a.tokenizer, p.eval_passages, s.eval_tokens, p.sequence_length(s), s.batch_size, packing=s.eval_packing)
         masked = masked_batches(eval_batches, p.a.tokenizer, p.a.config.vocab_size, seed=s.mask_seed)
         tok_eval = time.perf_counter() - start
     return batches, masked, tok_match, tok_eval

@@ -4,7 +4,7 @@ by default), vanilla and permuted side by side, filled pair by pair and cached p
 import streamlit as st
 
 from permerge_app import charts, ui
-from permerge_core import PermergeError, views
+from permerge_core import PermergeError, grid, views
 from permerge_core.checkpoints import bundled_decoders, bundled_seeds
 
 ui.page_start()
@@ -53,17 +53,14 @@ def draw():
 draw()
 missing = [ij for ij in pairs if ij not in done]
 if missing and st.button(f"Compute {len(missing)} missing pair(s)", type="primary", key="seeds_go"):
-    overall = st.progress(0.0)
-    for n, (i, j) in enumerate(missing):
-        overall.progress(n / len(missing), text=f"pair {n + 1} of {len(missing)}: {names[i]} ↔ {names[j]}")
-        try:
-            p = ui.pipeline_for(chosen[i], chosen[j])
-            with ui.progress():
-                result = views.pair_barriers(p, s)
-        except PermergeError as err:
-            result = {"error": f"{err.problem} Fix: {err.fix}" if err.fix else err.problem}
-        results[keys[(i, j)]] = done[(i, j)] = result
-        draw()
+    # The grid command's own code (engine local), on the app's shared pipelines.
+    overall = st.progress(0.0, text=f"pair 1 of {len(missing)}")
+    tasks = [grid.PairTask(chosen[i], chosen[j], ((grid.DEFAULT_VARIANT, s),)) for i, j in missing]
+    with ui.progress():
+        for n, (k, cell, _) in enumerate(grid.LocalEngine(pipeline_for=ui.pipeline_for).run(tasks), start=1):
+            overall.progress(n / len(missing), text=f"{n} of {len(missing)} pairs done")
+            results[keys[missing[k]]] = done[missing[k]] = grid.cell_barriers(cell)
+            draw()
     st.rerun()  # redraw without the button and the progress bars
 
 rows = [
@@ -88,3 +85,23 @@ if ok_pairs:
         ui.request("loss_path", model_a=chosen[pick[0]], model_b=chosen[pick[1]])
     if b2.button("Open its heads", width="stretch"):
         ui.request("heads", model_a=chosen[pick[0]], model_b=chosen[pick[1]])
+
+with st.expander("Load a grid.json computed elsewhere"):
+    st.caption("`python -m permerge_core grid --models … --out DIR` (on this machine or a Ray cluster) writes DIR/grid.json; "
+               "docs/grid.md says how.")
+    upload = st.file_uploader("grid.json", type=["json"], key="seeds_grid_file")
+    if upload is not None:
+        try:
+            loaded = grid.load_grid(upload.getvalue())
+        except PermergeError as err:
+            ui.show_error(err)
+        else:
+            labels = [row["variant"] for row in loaded["table"]]
+            variant = st.selectbox("Variant", labels, key="seeds_grid_variant") if len(labels) > 1 else labels[0]
+            st.plotly_chart(
+                charts.seed_heatmaps(views.short_names(loaded["models"]), grid.matrix(loaded, "vanilla", variant),
+                                     grid.matrix(loaded, "permuted", variant),
+                                     f"{variant}: {len(loaded['pairs'])} pairs from {upload.name} (engine {loaded['engine']})"),
+                key="seeds_grid_matrix",
+            )
+            st.dataframe(loaded["table"], hide_index=True, width="stretch")

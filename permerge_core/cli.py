@@ -1,4 +1,4 @@
-"""Command line: `python -m permerge_core align|plane|ablate|train|finetune ...`.
+"""Command line: `python -m permerge_core align|plane|ablate|grid|train|finetune ...`.
 
 The CLI is the scriptable contract the app and the tests share. Bad input exits non-zero
 with one clear line on stderr, never a traceback.
@@ -120,6 +120,32 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
 
+    grid = sub.add_parser(
+        "grid", help="every pair of several checkpoints (B aligned to A), in this process or as Ray tasks",
+        description="Every pair i < j of --models (B = models[j] aligned to A = models[i]) with align's settings; writes "
+                    "OUT/grid.json, grid.csv, matrix.csv and table.csv after every pair, so a rerun computes only the missing "
+                    "pairs. Exits 1 if some pair failed (its cell says why). See docs/grid.md.")
+    grid.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="folders or hub ids, in the order of the matrix")
+    grid.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in the models' folders")
+    grid.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
+    grid.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
+    add_settings(grid)
+    grid.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                      help="several merge settings per pair, sharing its statistics: paper-attention, paper-residual, "
+                           "or LABEL:key=value,... (keys: ffn, attention, residual, absolute)")
+    grid.add_argument("--engine", choices=("local", "ray"), default="local", help="local: in this process; ray: one Ray task per pair")
+    grid.add_argument("--ray-address", default=None, help="join this Ray cluster (host:port) instead of starting a local Ray")
+    grid.add_argument("--cpus-per-task", type=_positive_int, default=1, help="ray: CPUs (torch threads) per pair")
+    grid.add_argument("--gpus-per-task", type=float, default=None, help="ray: GPUs per pair (default 1 with --device cuda, else 0)")
+    grid.add_argument("--out", required=True, help="folder for grid.json, grid.csv, matrix.csv and table.csv")
+    grid.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    grid.add_argument("--cache-dir", default=None, help="the disk cache (on a cluster: a folder every node shares)")
+    grid.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
+    grid.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
+    grid.add_argument("--label-column", default="label", help="classifiers: column with the label")
+    grid.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
+    grid.add_argument("--quiet", action="store_true")
+
     from .plane import DEFAULT_EVAL_TOKENS, DEFAULT_GRID, DEFAULT_MARGIN, MAX_GRID
 
     plane = sub.add_parser("plane", help="the loss over the plane through A, B and B′ (B aligned to A)")
@@ -190,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plane(args)
         if args.command == "ablate":
             return _ablate(args)
+        if args.command == "grid":
+            return _grid(args)
         if args.command == "train":
             return _train(args)
         if args.command == "finetune":
@@ -279,6 +307,45 @@ def _align(args) -> int:
     print(_summary(report, time.time() - started))
     print(f"wrote {out / 'report.json'} and {out / 'curve.csv'}")
     return 0
+
+
+def _grid(args) -> int:
+    from dataclasses import replace
+
+    from . import grid
+    from .cache import default_cache_dir
+    from .settings import SETTINGS, AlignSettings, TaskSpec
+
+    log = _log(args)
+    _check_out_folder(Path(args.out))
+    base = AlignSettings(**{spec.name: getattr(args, spec.name) for spec in SETTINGS})
+    cuda = base.device.startswith("cuda")
+    # The driver of a Ray cluster need not have a GPU: the workers check the device.
+    (replace(base, device="cpu") if args.engine == "ray" else base).validate()
+    variants = grid.parse_variants(args.variants, base)
+    spec = grid.GridSpec(
+        models=list(args.models), variants=variants, tokenizer=args.tokenizer, match_data=args.match_data,
+        eval_data=args.eval_data, task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
+        cache_dir=None if args.no_cache else str(Path(args.cache_dir or default_cache_dir()).expanduser().resolve()),
+    )
+    if args.engine == "ray":
+        gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if cuda else 0.0)
+        engine = grid.RayEngine(args.ray_address, cpus_per_task=args.cpus_per_task, gpus_per_task=gpus)
+    else:
+        engine = grid.LocalEngine(progress=_progress_printer(log))
+    started = time.time()
+    with engine:
+        n = len(spec.pairs())
+        log(f"[grid] {len(spec.models)} models, {n} pairs, {len(variants)} variant(s) each; engine {engine.name}, "
+            f"{engine.workers()} worker(s)")
+        result = grid.run_grid(spec, engine, args.out, log=log)
+    failed = [c for c in result["pairs"] if "error" in c]
+    print(grid.table_text(result))
+    print(f"{len(result['pairs']) - len(failed)} of {n} pairs done ({result['computed_this_run']} computed in this run) "
+          f"in {time.time() - started:.1f} s; wrote {Path(args.out) / 'grid.json'}, grid.csv, matrix.csv, table.csv")
+    for cell in failed:
+        sys.stderr.write(f"permerge: pair {cell['a']} / {cell['b']} failed: {cell['error']}\n")
+    return 1 if failed else 0
 
 
 def _plane(args) -> int:

@@ -7,6 +7,11 @@ length so that batches carry little padding, and padded per batch. Sorting is sa
 every consumer (running sums, summed losses) is order-independent. Causal LMs read the text
 packed instead (`packed_blocks`): every line followed by the end-of-text token, one stream cut
 into blocks of the maximum length, as they are trained.
+
+Masked LMs' evaluation text has two packings (`PACKINGS`, the `eval_packing` setting): `lines`,
+each passage its own sequence, and `blocks`, the paper's protocol (transformers' `run_mlm`
+way): all passages' ids concatenated and cut into full-length blocks, each wrapped in the
+tokenizer's special tokens.
 """
 
 from __future__ import annotations
@@ -71,31 +76,47 @@ class TokenBatches:
         return len(self.input_ids)
 
 
+PACKINGS = ("blocks", "lines")
+
+
 def tokenize(
     tokenizer,
     passages: list[str],
     max_tokens: int,
     max_length: int = 128,
     batch_size: int = 32,
+    packing: str = "lines",
 ) -> TokenBatches:
-    """Tokenise passages into at most `max_tokens` real tokens, in padded batches."""
-    sequences, used, notes = token_sequences(tokenizer, passages, max_tokens, max_length)
+    """Tokenise passages into at most `max_tokens` real tokens, in padded batches (`packing`:
+    see `token_sequences`)."""
+    sequences, used, notes = token_sequences(tokenizer, passages, max_tokens, max_length, packing)
     if used < max_tokens:
         notes.append(f"Asked for {max_tokens:,} tokens; the text has only {used:,}, so all of them are used.")
     return batch_sequences(sequences, tokenizer, batch_size, notes)
 
 
-def token_sequences(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128) -> tuple[list[list[int]], int, list[str]]:
-    """The first `max_tokens` tokens of the text as model inputs, in text order: each passage
-    wrapped in the tokenizer's special tokens ([CLS] … [SEP]) and split where longer than
-    `max_length`, the last one cut to fit. Returns (sequences, tokens used, notes)."""
+def token_sequences(tokenizer, passages: list[str], max_tokens: int, max_length: int = 128,
+                    packing: str = "lines") -> tuple[list[list[int]], int, list[str]]:
+    """The first `max_tokens` tokens of the text as model inputs, in text order, the last one
+    cut to fit. Returns (sequences, tokens used, notes).
+
+    `lines`: each passage wrapped in the tokenizer's special tokens ([CLS] … [SEP]) and split
+    where longer than `max_length`. `blocks`: the passages' ids, without special tokens,
+    concatenated and cut into blocks of `max_length` − (number of special tokens) ids, each
+    wrapped in the special tokens ([CLS] … [SEP] for BERT, <s> … </s> for RoBERTa, nothing for
+    a tokenizer that adds none); only the last block can be shorter."""
     if max_tokens <= 0:
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 3:
         raise DataError(f"Maximum sequence length {max_length} leaves no room for text.", "Use a length of at least 8.")
+    if packing not in PACKINGS:
+        raise DataError(f"Unknown packing {packing!r}.", f"Use one of: {', '.join(PACKINGS)}.")
     prefix, suffix = special_wrapping(tokenizer)
     body = max_length - len(prefix) - len(suffix)
-    encoded = tokenizer(passages, add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(passages, add_special_tokens=False, verbose=False)["input_ids"]  # (long ones are split here)
+    if packing == "blocks":
+        stream = [i for ids in encoded for i in ids]
+        encoded = [stream[k : k + body] for k in range(0, len(stream), body)]
     sequences: list[list[int]] = []
     split_lines = 0
     used = 0
@@ -178,6 +199,14 @@ def packed_sequences(tokenizer, passages: list[str], max_tokens: int, max_length
         raise DataError("The text contains no tokens the tokenizer can use.", "Give text in the model's language.")
     stream = stream[:max_tokens]
     return [stream[k : k + max_length] for k in range(0, len(stream), max_length)], len(stream), []
+
+
+def length_limit(tokenizer) -> int | None:
+    """The longest sequence the tokenizer was made for (its `model_max_length`: 512 for BERT
+    and RoBERTa, 1024 for GPT-2), or None where it does not say (transformers then stores a
+    huge placeholder)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 10**6 else None
 
 
 def special_wrapping(tokenizer) -> tuple[list[int], list[int]]:

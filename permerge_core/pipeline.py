@@ -31,7 +31,8 @@ from . import codec
 from . import plane as plane_mod
 from .activations import spread_ratios, unit_spreads
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
-from .data import DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, packed_blocks, prediction_batches, read_passages, special_token_ids, text_fingerprint, tokenize
+from .data import (DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, packed_blocks, prediction_batches, read_passages, special_token_ids,
+                   text_fingerprint, tokenize)
 from .errors import PermergeError, SettingsError
 from .evaluation import max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
@@ -134,6 +135,7 @@ class Pipeline:
             "batch_size": s.batch_size,
             "max_length": s.max_length,
             "drop_special": s.drop_special,
+            **self._length_field(s),
         }
 
     def matching_fields(self, s: AlignSettings) -> dict:
@@ -154,13 +156,39 @@ class Pipeline:
         return fields
 
     def eval_fields(self, s: AlignSettings) -> dict:
-        return {
+        fields = {
             **self._pair_fields(),
             "eval_text": text_fingerprint(self.eval_passages),
             "eval_tokens": s.eval_tokens,
             "max_length": s.max_length,
             "mask_seed": s.mask_seed,
+            **self._length_field(s),
         }
+        if self.packing_applies:
+            fields["eval_packing"] = s.eval_packing
+        return fields
+
+    @property
+    def packing_applies(self) -> bool:
+        """Whether `eval_packing` shapes the evaluation: masked LMs only (classifiers are scored
+        per example, decoders always read packed text)."""
+        return self.labelled is None and not self.a.family.packed_text
+
+    def sequence_length(self, s: AlignSettings) -> int:
+        """The longest sequence made from text: `max_length`, or, for families that read one
+        passage or block per sequence, less where the models have fewer positions or A's
+        tokenizer takes fewer tokens (full-length blocks would otherwise run past them).
+        Decoders keep `max_length` and are refused with a fix if it is too long."""
+        if self.a.family.packed_text:
+            return s.max_length
+        limits = [n for n in (self.a.family.usable_positions(self.a.config), length_limit(self.a.tokenizer)) if n]
+        return min([s.max_length, *limits])
+
+    def _length_field(self, s: AlignSettings) -> dict:
+        """The cut length, in a stage's key only where it is not `max_length` itself (so that
+        the keys of every other run stay as they were)."""
+        length = self.sequence_length(s)
+        return {"sequence_length": length} if length != s.max_length else {}
 
     # ---- stages --------------------------------------------------------------------------
     def statistics(self, s: AlignSettings, should_stop=None) -> Statistics:
@@ -270,8 +298,14 @@ class Pipeline:
     def _token_batches(self, passages: list[str], budget: int, s: AlignSettings, what: str):
         """Token batches as the family reads text (one passage per sequence, or packed), checked
         against the models' position table."""
-        layout = packed_blocks if self.a.family.packed_text else tokenize
-        batches = layout(self.a.tokenizer, passages, budget, s.max_length, s.batch_size)
+        if self.a.family.packed_text:
+            batches = packed_blocks(self.a.tokenizer, passages, budget, s.max_length, s.batch_size)
+        else:
+            packing = s.eval_packing if what == "evaluation" and self.packing_applies else "lines"
+            batches = tokenize(self.a.tokenizer, passages, budget, self.sequence_length(s), s.batch_size, packing=packing)
+            if self.sequence_length(s) < s.max_length:
+                batches.notes.append(f"Sequences are cut at {self.sequence_length(s)} tokens, the most these models take "
+                                     f"(maximum length {s.max_length} was asked).")
         usable = self.a.family.usable_positions(self.a.config)
         longest = max(ids.shape[1] for ids in batches.input_ids)
         if usable is not None and longest > usable:

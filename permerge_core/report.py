@@ -30,7 +30,8 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
         },
         "eval": (
             {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed,
-             "loss": p.a.head.prediction.loss, "predicted": p.a.head.prediction.predicted}
+             "loss": p.a.head.prediction.loss, "predicted": p.a.head.prediction.predicted, "sequences": batches.num_sequences,
+             "packing": s.eval_packing if p.packing_applies else "blocks"}  # (decoders always read packed blocks)
             if masked is not None
             else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
         ),

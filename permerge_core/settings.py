@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from .errors import SettingsError
 from .modes import ATTENTION, ATTENTION_MODES, RESIDUAL, RESIDUAL_MODES, help_text, is_function_preserving
 
+# data.PACKINGS, spelt out: importing data.py would load torch for every `--help`.
+PACKINGS = ("blocks", "lines")
+
 # How B's units are matched to A's (docs/method.md §3 and §12). `both` applies the activation
 # matching and computes the weight matching beside it, for comparison.
 ACTIVATIONS, WEIGHTS, BOTH = "activations", "weights", "both"
@@ -67,6 +70,11 @@ class AlignSettings:
     lambdas: int = setting(21, "λ points", "Points on the path from B (λ=0) to A (λ=1); the paper uses 21.", group=MERGE,
                            minimum=2, maximum=41, widget="slider", always_in_command=True,
                            too_small=("{value} λ point(s) cannot make a path.", "Use at least 2 (the endpoints); 21 is the paper's grid."))
+    eval_packing: str = setting("blocks", "Evaluation packing",
+                                "How masked-LM evaluation text becomes sequences: blocks, the paper's protocol (transformers' run_mlm): "
+                                "the text concatenated and cut into max-length blocks, each wrapped in the special tokens; "
+                                "lines: each passage its own sequence. Classifiers are evaluated per example, decoders on packed text, either way.",
+                                choices=PACKINGS, labels={"blocks": "blocks (the paper's)", "lines": "lines (one passage each)"})
     mask_seed: int = setting(0, "Mask seed", "The masked-LM masks are drawn once from this seed.", minimum=0)
     device: str = setting("cpu", "Device", "Where the models run: cpu or cuda.", choices=("cpu", "cuda"))
 

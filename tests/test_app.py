@@ -318,12 +318,37 @@ def test_seeds_fills_the_matrix_and_opens_a_pair(world):
         assert np.isfinite([z[0, 1], z[0, 2], z[1, 2]]).all() and np.all(np.diag(z) == 0)
     assert "3 of 3 pairs" in fig["layout"]["title"]["text"]
     assert len(at.dataframe[0].value) == 3
+    # Computed through the grid code into the pipeline's disk cache: a fresh pipeline finds both paths there.
+    from permerge_core import Pipeline
+
+    p = Pipeline(seeds[1], seeds[2], match_data=world["text"], eval_data=world["text"], cache_dir=world["root"] / "cache")
+    status = p.stage_status(AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=3))
+    assert status["vanilla path"] == status["permuted path"] == "cached"
     # Choosing a pair opens its loss path with A and B set.
     at.selectbox(key="seeds_pick").set_value((1, 2)).run()
     next(b for b in at.button if b.label == "Open its loss path").click().run()
     no_crash(at)
     assert (at.session_state["model_a"], at.session_state["model_b"]) == (seeds[1], seeds[2])
     assert at.title[0].value == "Loss path"
+
+
+def test_seeds_loads_a_grid_json_made_elsewhere(world, tmp_path):
+    from permerge_core import grid
+
+    seeds = [str(s) for s in world["seeds"]]
+    small = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=3)
+    spec = grid.GridSpec(seeds, grid.parse_variants(["paper-attention"], small), match_data=str(world["text"]), eval_data=str(world["text"]))
+    made = grid.run_grid(spec, grid.LocalEngine(), tmp_path / "g", log=lambda m: None)
+    at = goto(app(world, seeds_selected=seeds[:2], lambdas=3), "6_seeds")
+    at.get("file_uploader")[0].set_value(("grid.json", (tmp_path / "g" / "grid.json").read_bytes(), "application/json")).run()
+    no_crash(at)
+    at.selectbox(key="seeds_grid_variant").set_value("Head-Perm").run()
+    fig = charts(at)["seeds_grid_matrix"]
+    permuted = arr(fig["data"][1]["z"]).astype(float)
+    assert permuted[1, 2] == pytest.approx(made["pairs"][2]["variants"]["Head-Perm"]["barrier"]["permuted"])
+    assert "Head-Perm: 3 pairs" in fig["layout"]["title"]["text"]
+    at.get("file_uploader")[0].set_value(("other.json", b'{"format": "something else"}', "application/json")).run()
+    assert any("not a grid.json" in e.value for e in at.error)
 
 
 def test_landscape_page_draws_the_plane_both_paths_and_the_activation_spreads(world):

@@ -40,6 +40,9 @@ DEFAULT_VARIANT = ("FFN + Head-Perm + residual first", dict(ffn=True, attention=
 
 def test_the_default_pair_reproduces_the_card_losses_curves_and_barriers(card):
     settings = AlignSettings(**card["settings"])
+    # The card's numbers are those of today's defaults, and it says which evaluation protocol made them.
+    assert settings == AlignSettings()
+    assert f"--eval-packing {settings.eval_packing}" in (BUNDLED_MODELS / "MODEL_CARD.md").read_text()
     (pair_name, pair), = card["pairs"].items()
     name_a, name_b = pair_name.split("/")
     variant, merge = DEFAULT_VARIANT

@@ -1,0 +1,172 @@
+"""`python -m permerge_core grid`: every pair, each cell equal to align's result, failures kept
+in their cells, reruns that compute only what is missing, variants sharing a pair's statistics,
+and the Ray engine on a local two-CPU Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+
+from fixtures import random_model, random_text, save_model
+from permerge_core import AlignSettings, Pipeline, grid
+from permerge_core.cli import main
+
+SMALL = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=3)
+FLAGS = ["--match-tokens", "1500", "--eval-tokens", "1000", "--lambdas", "3"]
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("trio")
+    models = [str(save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), root / f"m{s}")) for s in range(3)]
+    text = root / "text.txt"
+    text.write_text(random_text(200))
+    return {"models": models, "text": str(text), "root": root}
+
+
+def spec(trio, cache, variants=None, models=None) -> grid.GridSpec:
+    return grid.GridSpec(models or trio["models"], variants or [(grid.DEFAULT_VARIANT, SMALL)], match_data=trio["text"],
+                         eval_data=trio["text"], cache_dir=str(cache))
+
+
+def cli_grid(trio, out, *extra, models=None) -> int:
+    return main(["grid", "--models", *(models or trio["models"]), "--match-data", trio["text"], "--eval-data", trio["text"],
+                 *FLAGS, "--out", str(out), "--cache-dir", str(out / "cache"), "--quiet", *extra])
+
+
+def test_every_cell_equals_align_for_its_pair(trio, tmp_path, capsys):
+    assert cli_grid(trio, tmp_path / "g") == 0
+    result = json.loads((tmp_path / "g" / "grid.json").read_text())
+    assert (result["engine"], result["workers"]) == ("local", 1)
+    assert [(c["a"], c["b"]) for c in result["pairs"]] == [(trio["models"][i], trio["models"][j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    for cell in result["pairs"]:
+        out = tmp_path / "align"
+        assert main(["align", "--model-a", cell["a"], "--model-b", cell["b"], "--match-data", trio["text"], "--eval-data",
+                     trio["text"], *FLAGS, "--no-cache", "--out", str(out), "--quiet"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert cell["barrier"] == report["barrier"] and cell["endpoint_loss"] == report["endpoint_loss"]
+        assert cell["function_preserving"] is report["function_preserving"] is True and cell["seconds"] > 0
+    rows = list(csv.DictReader((tmp_path / "g" / "grid.csv").open()))
+    assert len(rows) == 3 and float(rows[2]["permuted_barrier"]) == pytest.approx(result["pairs"][2]["barrier"]["permuted"], abs=1e-6)
+    square = list(csv.reader((tmp_path / "g" / "matrix.csv").open()))
+    assert square[0][1:] == trio["models"] and float(square[1][3]) == pytest.approx(result["pairs"][1]["barrier"]["permuted"], abs=1e-6)
+    assert float(square[3][1]) == pytest.approx(result["pairs"][1]["barrier"]["vanilla"], abs=1e-6)  # vanilla below the diagonal
+    (row,) = result["table"]
+    assert row["pairs"] == 3 and row["permuted_mean"] == pytest.approx(sum(c["barrier"]["permuted"] for c in result["pairs"]) / 3)
+    assert "3 of 3 pairs done" in capsys.readouterr().out
+
+
+def test_a_failing_pair_keeps_its_message_and_the_grid_goes_on(trio, tmp_path, capsys):
+    wide = str(save_model(random_model("bert", "mlm", seed=5, layers=2, hidden=32, heads=4, ffn=32), tmp_path / "wide"))
+    models = trio["models"][:2] + [wide]
+    assert cli_grid(trio, tmp_path / "g", models=models) == 1
+    cells = json.loads((tmp_path / "g" / "grid.json").read_text())["pairs"]
+    assert "error" not in cells[0] and cells[0]["barrier"]["permuted"] > -1
+    assert all("error" in c and "hidden" in c["error"].lower() for c in cells[1:]), [c.get("error") for c in cells]
+    assert "failed" in capsys.readouterr().err
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+class CountingEngine(grid.LocalEngine):
+    """The local engine, counting its tasks, and optionally stopping after `stop_after` cells."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.ran, self.stop_after = [], stop_after
+
+    def run(self, tasks):
+        for k, cell, curves in super().run(tasks):
+            self.ran.append((cell["a"], cell["b"]))
+            yield k, cell, curves
+            if self.stop_after and len(self.ran) >= self.stop_after:
+                raise Interrupted
+
+
+def test_a_rerun_after_an_interruption_computes_only_the_missing_pairs(trio, tmp_path):
+    out = tmp_path / "g"
+    with pytest.raises(Interrupted):
+        grid.run_grid(spec(trio, tmp_path / "cache"), CountingEngine(stop_after=1), out, log=lambda m: None)
+    first = json.loads((out / "grid.json").read_text())
+    assert len(first["pairs"]) == 1  # written as soon as the cell finished
+    again = CountingEngine()
+    result = grid.run_grid(spec(trio, tmp_path / "cache"), again, out, log=lambda m: None)
+    m = trio["models"]
+    assert again.ran == [(m[0], m[2]), (m[1], m[2])] and result["computed_this_run"] == 2
+    assert result["pairs"][0] == first["pairs"][0] and len(result["pairs"]) == 3
+    # Other settings into the same folder: refused, not overwritten.
+    with pytest.raises(grid.SettingsError, match="other settings"):
+        grid.run_grid(spec(trio, tmp_path / "cache", [("x", replace(SMALL, eval_tokens=900))]), CountingEngine(), out)
+
+
+def test_variants_share_the_pairs_statistics_and_equal_separate_runs(trio, tmp_path, monkeypatch):
+    import permerge_core.pipeline as pipeline_mod
+
+    passes = []
+    real = pipeline_mod.collect_statistics
+    monkeypatch.setattr(pipeline_mod, "collect_statistics", lambda *a, **k: passes.append(1) or real(*a, **k))
+    variants = grid.parse_variants(["paper-attention"], SMALL)
+    assert [label for label, _ in variants] == ["vanilla attention", "monotonic", "ignore-heads", "Head-Perm"]
+    result = grid.run_grid(spec(trio, tmp_path / "cache", variants, trio["models"][:2]), grid.LocalEngine(), tmp_path / "g", log=lambda m: None)
+    assert len(passes) == 1  # one statistics pass for four variants
+    (cell,) = result["pairs"]
+    alone = Pipeline(trio["models"][0], trio["models"][1], match_data=trio["text"], eval_data=trio["text"], cache_dir=None)
+    for label, s in variants:
+        assert cell["variants"][label]["barrier"] == alone.run(s)["barrier"], label
+    assert cell["barrier"] == cell["variants"]["vanilla attention"]["barrier"]  # the first variant's, at the top
+    assert cell["variants"]["ignore-heads"]["function_preserving"] is False
+    assert [r["variant"] for r in result["table"]] == [label for label, _ in variants]
+
+
+def test_variant_spelling_and_its_mistakes():
+    (label, s), = grid.parse_variants(["mine:ffn=off,attention=monotonic"], SMALL)
+    assert (label, s.ffn, s.attention, s.residual, s.lambdas) == ("mine", False, "monotonic", SMALL.residual, 3)
+    for bad, needle in (("nolabel", "neither a preset"), ("x:lambdas=5", "not a merge setting"), ("x:attention=diagonal", "Unknown attention"),
+                        ("x:ffn=maybe", "on or off")):
+        with pytest.raises(grid.SettingsError, match=needle):
+            grid.parse_variants([bad], SMALL)
+    with pytest.raises(grid.SettingsError, match="repeat"):
+        grid.parse_variants(["a:ffn=on", "a:ffn=off"], SMALL)
+
+
+def test_bad_grid_requests_exit_with_one_line(trio, tmp_path, capsys, monkeypatch):
+    assert cli_grid(trio, tmp_path / "g", models=trio["models"][:1]) == 2
+    assert "at least two models" in capsys.readouterr().err
+    assert cli_grid(trio, tmp_path / "g", models=[trio["models"][0]] * 2) == 2
+    assert "more than once" in capsys.readouterr().err
+    import builtins
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "ray" else real_import(name, *a, **k))
+    assert cli_grid(trio, tmp_path / "g", "--engine", "ray") == 2
+    assert "requirements-ray.txt" in capsys.readouterr().err
+
+
+def test_the_ray_engine_on_a_local_ray_equals_the_local_engine(trio, tmp_path):
+    pytest.importorskip("ray")
+    local = grid.run_grid(spec(trio, tmp_path / "local-cache"), grid.LocalEngine(), tmp_path / "local", log=lambda m: None)
+    lines = []
+    with grid.RayEngine(num_cpus=2, include_dashboard=False, log_to_driver=False) as engine:
+        result = grid.run_grid(spec(trio, tmp_path / "cache"), engine, tmp_path / "ray", log=lines.append)
+        assert engine.ray.is_initialized()
+        # A task no node can run (a GPU on this CPU-only Ray) is refused at once, not left waiting.
+        with pytest.raises(grid.PermergeError, match="no node of this Ray cluster has any"):
+            grid.RayEngine(gpus_per_task=1).__enter__()
+        assert engine.ray.is_initialized()  # (it joined the running Ray, so it leaves it running)
+    assert (result["engine"], result["workers"]) == ("ray", 2)
+    assert not engine.ray.is_initialized()  # the engine started Ray, so it shut it down
+    assert [(c["a"], c["b"]) for c in result["pairs"]] == [(c["a"], c["b"]) for c in local["pairs"]]
+    for cell, ref in zip(result["pairs"], local["pairs"]):
+        assert "error" not in cell, cell.get("error")
+        for which in ("vanilla", "permuted"):
+            assert cell["barrier"][which] == pytest.approx(ref["barrier"][which], abs=1e-5)
+    assert any("3 of 3 pairs done" in line and "left" in line for line in lines)
+    # The workers' results are in the driver's cache: the pipeline finds both paths there.
+    p = Pipeline(trio["models"][1], trio["models"][2], match_data=trio["text"], eval_data=trio["text"], cache_dir=tmp_path / "cache")
+    status = p.stage_status(SMALL)
+    assert status["vanilla path"] == status["permuted path"] == "cached"

@@ -46,7 +46,7 @@ import math
 import os
 import random
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 SEED = 1234
 SPLITS = (("train", 0.94), ("match", 0.03), ("eval", 0.03))

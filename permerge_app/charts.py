@@ -192,7 +192,7 @@ def head_block(block: dict, j: int, k: int, title: str) -> go.Figure:
                              hovertemplate="A feature %{y}<br>B feature %{customdata}<br>correlation %{z:.3f}<extra>aligned</extra>"),
                   row=1, col=2)
     fig.update_xaxes(title_text=f"B head {k} feature (0…{dk - 1})", row=1, col=1)
-    fig.update_xaxes(title_text=f"position = A feature it is matched to", row=1, col=2)
+    fig.update_xaxes(title_text="position = A feature it is matched to", row=1, col=2)
     fig.update_yaxes(title_text=f"A head {j} feature (0…{dk - 1})", autorange="reversed", row=1, col=1)
     fig.update_yaxes(autorange="reversed", row=1, col=2)
     fig.update_layout(title=dict(text=title), coloraxis=dict(**CORR_SCALE, colorbar=dict(title=dict(text="correlation"))), height=430)

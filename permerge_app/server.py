@@ -79,6 +79,9 @@ RAN_SINCE = """([doc, runs]) => {
 }"""
 
 
+POLL_MS = 100
+
+
 def track_runs(page) -> None:
     """Count the app's script runs in `page` from its next page load on (for `app_run`)."""
     page.add_init_script(RUN_COUNTER)
@@ -90,4 +93,6 @@ def app_run(page, timeout_ms: int) -> Iterator[None]:
     not a guess at how long a rerun takes to start, but that it started and ended."""
     before = page.evaluate("[window.__permergeDocument ?? null, window.__permergeRuns ?? 0]")
     yield
-    page.wait_for_function(RAN_SINCE, arg=before, timeout=timeout_ms)
+    # Checked every 100 ms, not on every animation frame (Playwright's default), which kept
+    # the browser busy on the cores the app computes on for as long as the run lasted.
+    page.wait_for_function(RAN_SINCE, arg=before, timeout=timeout_ms, polling=POLL_MS)

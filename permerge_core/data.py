@@ -185,20 +185,27 @@ def packed_sequences(tokenizer, passages: list[str], max_tokens: int, max_length
         raise DataError(f"Token budget must be positive, got {max_tokens}.", "Ask for at least a few hundred tokens.")
     if max_length < 2:
         raise DataError(f"Blocks of {max_length} token(s) leave nothing to predict.", "Use a length of at least 8.")
+    stream = packed_stream(tokenizer, passages, max_tokens)[:max_tokens]
+    return [stream[k : k + max_length] for k in range(0, len(stream), max_length)], len(stream), []
+
+
+def packed_stream(tokenizer, passages: list[str], max_tokens: int | None = None) -> list[int]:
+    """The causal-LM id stream: each passage's ids followed by the end-of-text token, in text
+    order; tokenising stops once `max_tokens` ids are in hand (None: all of the text). Training
+    and evaluation of decoders both read text this way."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("The tokenizer has no end-of-text (eos) token, so the text cannot be packed into blocks.",
-                        "Use the tokenizer the decoder was trained with.")
+                        "Use the tokenizer the decoder was trained with, or a GPT-2 style one such as assets/tokenizer-bpe.")
     stream: list[int] = []
-    for ids in tokenizer(passages, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(passages, add_special_tokens=False, verbose=False)["input_ids"]:
         if ids:
             stream += ids + [eos]
-        if len(stream) >= max_tokens:
+        if max_tokens is not None and len(stream) >= max_tokens:
             break
     if not stream:
         raise DataError("The text contains no tokens the tokenizer can use.", "Give text in the model's language.")
-    stream = stream[:max_tokens]
-    return [stream[k : k + max_length] for k in range(0, len(stream), max_length)], len(stream), []
+    return stream
 
 
 def length_limit(tokenizer) -> int | None:

@@ -320,7 +320,8 @@ def previous_cells(spec: GridSpec, path: Path) -> dict[tuple[int, int], dict]:
         return {}
     try:
         old = json.loads(path.read_text())
-        assert old.get("format") == FORMAT
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise ValueError(old.get("format") if isinstance(old, dict) else None)
     except Exception:
         raise SettingsError(f"{path} exists but is not a permerge grid.", "Choose another --out folder, or remove the file.") from None
     mine = json.loads(json.dumps(spec.header()))

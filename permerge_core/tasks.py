@@ -166,7 +166,8 @@ def encode(tokenizer, data: LabelledData, max_examples: int | None = None, max_l
     """Tokenise (truncating to max_length, and saying how many were cut) into padded batches."""
     n = len(data.texts) if max_examples is None else min(max_examples, len(data.texts))
     texts, pairs, labels = data.texts[:n], (data.pairs[:n] if data.pairs else None), data.labels[:n]
-    full = tokenizer(texts, pairs, truncation=False)["input_ids"] if pairs else tokenizer(texts, truncation=False)["input_ids"]
+    # Measured untruncated only to count the cut ones (quietly: the note below says it).
+    full = tokenizer(texts, pairs, truncation=False, verbose=False)["input_ids"]
     cut = sum(len(ids) > max_length for ids in full)
     notes = list(data.notes)
     if cut:

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .data import CORPUS, draw_mlm_masks, masked_batches, read_passages, special_token_ids, tokenize
+from .data import CORPUS, draw_mlm_masks, masked_batches, packed_stream, read_passages, special_token_ids, tokenize
 from .evaluation import mlm_logits_at, mlm_loss
 from .errors import SettingsError
 
@@ -160,11 +160,9 @@ def _bert_evaluate(model, eval_set, device: str) -> tuple[float, float]:
 # ------------------------------------------------------------ GPT-2: next-token LM
 
 def packed_ids(tokenizer, path: str) -> torch.Tensor:
-    """All lines of a text file as one id stream, each line followed by the end-of-text token."""
-    if tokenizer.eos_token_id is None:
-        raise SettingsError("The tokenizer has no end-of-text (eos) token.", "Use a GPT-2 style tokenizer such as assets/tokenizer-bpe.")
-    encoded = tokenizer(read_passages(path), add_special_tokens=False)["input_ids"]
-    return torch.tensor([i for ids in encoded for i in ids + [tokenizer.eos_token_id]], dtype=torch.long)
+    """All lines of a text file as one id stream, each line followed by the end-of-text token
+    (`data.packed_stream`, as the pipeline evaluates decoders)."""
+    return torch.tensor(packed_stream(tokenizer, read_passages(path)), dtype=torch.long)
 
 
 def _gpt2_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
@@ -467,7 +465,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     import transformers
 
     from .checkpoints import load_checkpoint
-    from .tasks import encode, load_labelled, task_eval
+    from .tasks import encode, load_labelled
 
     source = load_checkpoint(cfg.model)
     if source.tokenizer is None:

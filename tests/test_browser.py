@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from permerge_app.server import app_run, running_app, track_runs
+from permerge_app.server import POLL_MS, app_run, running_app, track_runs
 from permerge_core import AlignSettings, Pipeline
 from permerge_core.checkpoints import bundled_decoders, bundled_seeds
 from permerge_core.evaluation import barrier
@@ -121,7 +121,7 @@ def wait_charts(page, count: int) -> None:
                  const r = el.getBoundingClientRect();
                  return r.width > 0 && r.height > 0 && el.querySelector('svg.main-svg');
              }).length >= n""",
-        arg=count, timeout=120_000,
+        arg=count, timeout=120_000, polling=POLL_MS,
     )
 
 
@@ -177,7 +177,7 @@ def test_every_page_renders_without_errors(server, browser_page):
                     compute.first.click()
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.js-plotly-plot .gtitle')].some(t => /(\\d+) of \\1 pairs/.test(t.textContent))",
-                timeout=SLOW,
+                timeout=SLOW, polling=POLL_MS,
             )
         wait_charts(page, charts)
         check_clean(page, title)

@@ -110,3 +110,17 @@ def test_classifiers_ignore_the_packing(tmp_path):
     (tmp_path / "task.tsv").write_text("\n".join(rows) + "\n")
     p = Pipeline(a, b, eval_data=tmp_path / "task.tsv", cache_dir=None, task=TaskSpec("sentence", "label"))
     assert p.curve_fields(SMALL, "permuted") == p.curve_fields(replace(SMALL, eval_packing="lines"), "permuted")
+
+
+def test_passages_longer_than_the_tokenizer_limit_are_cut_without_its_warning(tmp_path, capfd):
+    """The text is tokenised whole and cut by permerge, which says so in its notes; the
+    tokenizer's own "sequence length is longer than the specified maximum" line (printed once
+    per tokenizer, even under --quiet) would only alarm the user."""
+    from fixtures import make_gpt2_tokenizer
+
+    long_passage = " ".join(random_text(40, seed=1).split())  # hundreds of tokens; the limits are 64 and 128
+    for packing in data.PACKINGS:
+        sequences, used, _ = data.token_sequences(make_tokenizer(tmp_path / packing), [long_passage], 10**6, 32, packing)
+        assert used > 128 and max(map(len, sequences)) == 32
+    assert len(data.packed_stream(make_gpt2_tokenizer(tmp_path / "bpe"), [long_passage])) > 128
+    assert "longer than the specified maximum" not in capfd.readouterr().err

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from permerge_core import AlignSettings, Pipeline
 from permerge_core.checkpoints import load_checkpoint, validate_pair
 from permerge_core.data import read_passages, tokenize
 from permerge_core.errors import CheckpointError, DataError, IncompatiblePairError, SettingsError
-from fixtures import make_tokenizer, random_model, random_text, save_model
+from fixtures import make_tokenizer, random_model, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = AlignSettings(match_tokens=1200, eval_tokens=1200, lambdas=3, batch_size=8)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fixtures import WORDS, random_model, random_text, save_model
+from fixtures import WORDS, random_model, save_model
 from permerge_core import AlignSettings, Pipeline
 from permerge_core import repair as repair_mod
 from permerge_core.cli import build_parser, main

@@ -8,6 +8,7 @@ import streamlit as st
 
 from permerge_app import charts, ui
 from permerge_core import is_function_preserving, tasks, views
+from permerge_core.repair import LABEL as REPAIR_LABEL, REPAIRED
 from permerge_core.settings import BOTH, WEIGHTS
 
 ui.page_start()
@@ -58,6 +59,9 @@ vanilla_ready = p.stage_status(s)["vanilla path"] in ("computed", "cached")
 with ui.progress():
     p.curve(s, "vanilla", on_point=collect("vanilla", live=not vanilla_ready))
     p.curve(s, "permuted", on_point=collect("permuted"))
+    if s.repair:  # the permuted path with each θ(λ) REPAIR-corrected (Advanced settings)
+        curves[REPAIR_LABEL], colors[REPAIR_LABEL] = [], charts.REPAIRED
+        p.curve(s, REPAIRED, on_point=collect(REPAIR_LABEL))
     if s.matcher == BOTH:  # the weight matching beside the activation matching
         curves["permuted (weights)"], colors["permuted (weights)"] = [], charts.EXTRA[-1]
         p.curve(replace(s, matcher=WEIGHTS), "permuted", on_point=collect("permuted (weights)"))
@@ -75,15 +79,19 @@ st.caption(
        f"token is the right one, over the {p.a.head.prediction.predicted}.")
 )
 
-preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving}
+preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving,
+              REPAIR_LABEL: s.function_preserving}
 preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
 rows = views.barrier_rows(curves, preserving)
 by_name = {r["curve"]: r for r in rows}
-m = st.columns(3)
+m = st.columns(4 if s.repair else 3)
 m[0].metric("vanilla barrier", f"{by_name['vanilla']['barrier (nats)']:.3f} nats")
 m[1].metric("permuted barrier", f"{by_name['permuted']['barrier (nats)']:.3f} nats",
             delta=f"{by_name['permuted']['barrier (nats)'] - by_name['vanilla']['barrier (nats)']:+.3f} vs vanilla", delta_color="inverse")
-m[2].metric("λ points", f"{s.lambdas}")
+if s.repair:
+    m[2].metric("permuted + REPAIR barrier", f"{by_name[REPAIR_LABEL]['barrier (nats)']:.3f} nats",
+                delta=f"{by_name[REPAIR_LABEL]['barrier (nats)'] - by_name['permuted']['barrier (nats)']:+.3f} vs permuted", delta_color="inverse")
+m[-1].metric("λ points", f"{s.lambdas}")
 st.subheader("Barriers")
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
     k: st.column_config.NumberColumn(format="%.4f") for k in rows[0] if k not in ("curve", "peak λ", "function-preserving")

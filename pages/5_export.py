@@ -23,18 +23,22 @@ st.subheader("Merged model")
 c1, c2 = st.columns([3, 1])
 target = c1.text_input("Save to folder", key="export_target", placeholder="/path/to/merged-model")
 overwrite = c2.checkbox("Overwrite if not empty", key="export_overwrite", help="Off: a folder that already holds files is never touched.")
+repair = st.checkbox("Apply the REPAIR correction", key="export_repair",
+                     help="Rescale and shift each FFN unit of θ(λ) so that its mean and std on the matching text are the λ-interpolation "
+                          "of A's and B′'s (docs/method.md §5). Off: the plain θ(λ). Independent of the sidebar's REPAIR curve setting.")
 if st.button("Save merged model", disabled=not target.strip(), type="primary"):
     try:
         with ui.progress(), st.spinner("Writing the merged model…"):
-            out = p.save_merged(s, lam, target.strip(), overwrite=overwrite)
-        st.success(f"Wrote θ(λ={lam:g}) to {out}. Load it with transformers' {p.a.architecture}.from_pretrained(…).", icon=":material/check_circle:")
+            out = p.save_merged(s, lam, target.strip(), overwrite=overwrite, repair=repair)
+        st.success(f"Wrote θ(λ={lam:g}){' REPAIR-corrected' if repair else ''} to {out}. Load it with transformers' "
+                   f"{p.a.architecture}.from_pretrained(…).", icon=":material/check_circle:")
     except PermergeError as err:
         ui.show_error(err)
 
-zip_key = (ss.model_a, ss.model_b, repr(s), lam)
+zip_key = (ss.model_a, ss.model_b, repr(s), lam, repair)
 if st.button("Prepare the merged model as a zip"):
     with ui.progress(), st.spinner("Building the zip…"):
-        ss["export_zip"] = (zip_key, views.merged_zip(p, s, lam))
+        ss["export_zip"] = (zip_key, views.merged_zip(p, s, lam, repair=repair))
 held = ss.get("export_zip")
 if held and held[0] == zip_key:
     st.download_button(f"Download merged model (zip, {len(held[1]) / 2**20:.1f} MB)", held[1], file_name=f"permerge-merged-lambda-{lam:g}.zip",
@@ -62,7 +66,7 @@ else:
     match_data, eval_data = ui.data_path("match"), ui.data_path("eval")
 command = views.cli_command(
     ss.model_a, ss.model_b, s, tokenizer=ss.get("tokenizer") or None, match_data=match_data, eval_data=eval_data,
-    out="runs/latest", save_merged=target.strip() or None, merge_lambda=lam, task=p.task,
+    out="runs/latest", save_merged=target.strip() or None, merge_lambda=lam, merge_repair=repair, task=p.task,
 )
 st.code(command, language="bash", wrap_lines=True)
 st.caption("Writes runs/latest/report.json and curve.csv" + (f", and the merged model at λ={lam:g}" if target.strip() else "")

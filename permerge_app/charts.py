@@ -17,6 +17,7 @@ CORR_SCALE = dict(colorscale="RdBu", cmin=-1.0, cmax=1.0, cmid=0.0)
 # the common colour-vision deficiencies; extra curves take the rest of the qualitative set.
 VANILLA = "#E69F00"
 PERMUTED = "#0072B2"
+REPAIRED = "#AA3377"  # the permuted path REPAIR-corrected (Paul Tol's purple, apart from the extra curves')
 EXTRA = ["#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#8C8C8C", "#F0E442", "#7F3C8D", "#11A579", "#3969AC", "#E73F74", "#80BA5A"]
 
 

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--save-merged", default=None, help="write the merged model at --merge-lambda here")
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
+    align.add_argument("--merge-repair", action="store_true",
+                       help="REPAIR-correct the model written by --save-merged (docs/method.md §5); off: plain θ(λ), whatever --repair says")
 
     grid = sub.add_parser(
         "grid", help="every pair of several checkpoints (B aligned to A), in this process or as Ray tasks",
@@ -290,6 +292,9 @@ def _log(args):
 def _align(args) -> int:
     from .report import write_outputs
 
+    if args.merge_repair and not args.save_merged:  # before the run: it would only fail at the end
+        raise SettingsError("--merge-repair corrects the merged model, but no --save-merged folder was given.",
+                            "Add --save-merged DIR, or drop --merge-repair.")
     log = _log(args)
     started = time.time()
     pipeline, settings = _pipeline(args, log)
@@ -297,8 +302,8 @@ def _align(args) -> int:
     out = Path(args.out)
     write_outputs(report, out)
     if args.save_merged:
-        pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite)
-        log(f"merged model at λ={args.merge_lambda} written to {args.save_merged}")
+        pipeline.save_merged(settings, args.merge_lambda, args.save_merged, overwrite=args.overwrite, repair=args.merge_repair)
+        log(f"merged model at λ={args.merge_lambda}{' (REPAIR-corrected)' if args.merge_repair else ''} written to {args.save_merged}")
     for note in report.get("notes", []):
         if note == pipeline.cache.warning:  # shown even with --quiet: something the user should fix
             print(f"permerge: warning: {note}", file=sys.stderr, flush=True)
@@ -462,7 +467,8 @@ def _summary(report: dict, seconds: float) -> str:
             else f"endpoint task loss: A {e['a']:.4f}  B {e['b']:.4f}  ({report['eval']['num_predictions']:,} labelled examples); "
             + ", ".join(f"{m} A {c[-1][1]:.3f} B {c[0][1]:.3f}" for m, c in report["metric_curves"]["vanilla"].items())
         ),
-        f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}  (lower is better)",
+        f"barrier: vanilla {b['vanilla']:.4f}  permuted {b['permuted']:.4f}"
+        + (f"  permuted + REPAIR {b['permuted_repair']:.4f}" if "permuted_repair" in b else "") + "  (lower is better)",
         *_matching_lines(report),
         f"B' computes the same function as B: {'yes' if report['function_preserving'] else 'NO (non-preserving mode)'}; "
         f"max |Δlogit| = {report['max_abs_logit_diff']:.2e}",

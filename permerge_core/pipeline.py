@@ -9,6 +9,8 @@ Stages and what each depends on (and so what invalidates it):
     curves      ← B′ (vanilla: B) + evaluation text, token budget, mask seed, λ grid
     plane       ← A, B, B′ + evaluation text, token budget, mask seed, grid and margin
     spreads     ← the curves' inputs (activations along a path, not losses)
+    REPAIR      ← the permuted curve's inputs + matching text, its own token budget
+                  (the optional corrected curve, repair.py; only with `repair` on)
 
 Each stage is memoised in memory and, where it is worth it, on disk (`cache.py`), so
 changing only the merge settings or the λ grid never recollects statistics.
@@ -29,6 +31,7 @@ from typing import Callable
 from . import cache as cache_mod
 from . import codec
 from . import plane as plane_mod
+from . import repair as repair_mod
 from .activations import spread_ratios, unit_spreads
 from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
 from .data import (DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, packed_blocks, prediction_batches, read_passages, special_token_ids,
@@ -149,11 +152,20 @@ class Pipeline:
         return {**self.stats_fields(s), **merge}
 
     def curve_fields(self, s: AlignSettings, which: str) -> dict:
-        """A curve depends on the evaluation data and λ grid, and a permuted one on B′ too."""
+        """A curve depends on the evaluation data and λ grid, and a permuted one on B′ too; the
+        REPAIR-corrected one also on the matching text it reads and its budget."""
         fields = {**self.eval_fields(s), "lambdas": s.lambdas, "which": which}
-        if which == "permuted":
+        if which in ("permuted", repair_mod.REPAIRED):
             fields.update(self.matching_fields(s))
+        if which == repair_mod.REPAIRED:
+            fields["repair"] = self.repair_fields(s)
         return fields
+
+    def repair_fields(self, s: AlignSettings) -> dict:
+        """What the REPAIR correction's statistics read: the matching text (never the
+        evaluation text) up to the correction's own budget."""
+        return {"match_text": text_fingerprint(self.match_passages), "tokens": repair_mod.budget(s.match_tokens),
+                "max_length": s.max_length, **self._length_field(s), "version": repair_mod.VERSION}
 
     def eval_fields(self, s: AlignSettings) -> dict:
         fields = {
@@ -351,10 +363,11 @@ class Pipeline:
             return self._memo[memo_key]
 
     def curve(self, s: AlignSettings, which: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
-        """Loss and accuracy at every λ of the grid, for `vanilla` (A↔B) or `permuted` (A↔B′)."""
+        """Loss and accuracy at every λ of the grid, for `vanilla` (A↔B), `permuted` (A↔B′) or
+        `permuted_repair` (A↔B′, each θ(λ) REPAIR-corrected, repair.py)."""
         self._require_mlm()
         s.validate()
-        if which not in ("vanilla", "permuted"):
+        if which not in ("vanilla", "permuted", repair_mod.REPAIRED):
             raise ValueError(which)
         fields = self.curve_fields(s, which)
         memo_key = ("curve", json.dumps(fields, sort_keys=True))
@@ -367,15 +380,20 @@ class Pipeline:
                         on_point(point)
                 self.progress(f"loss path ({which})", 1.0, "cached")
                 return cached
-            points = self.path(s, self.permutation_plan(s) if which == "permuted" else None, which, on_point)
+            if which == repair_mod.REPAIRED:
+                points = self.path(s, self.permutation_plan(s), repair_mod.LABEL, on_point, adjust=self.repairer(s))
+            else:
+                points = self.path(s, self.permutation_plan(s) if which == "permuted" else None, which, on_point)
             self._memo[memo_key] = points
             self.cache.save_json("curve", fields, points)
             return points
 
-    def path(self, s: AlignSettings, plan, label: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
+    def path(self, s: AlignSettings, plan, label: str, on_point: Callable[[dict], None] | None = None,
+             adjust: Callable[[object, float], None] | None = None) -> list[dict]:
         """Loss and metrics at every λ of the grid between A and B gathered through `plan` (None:
-        B as trained), not cached: `curve` caches the two paths of the settings; the data
-        ablation (`ablation.py`) walks one path per matching it studies."""
+        B as trained), not cached: `curve` caches the paths of the settings; the data ablation
+        (`ablation.py`) walks one path per matching it studies. `adjust(model, λ)` changes each
+        θ(λ) in place before it is evaluated (the REPAIR correction)."""
         self._require_mlm()
         with self._lock:
             interpolator = self._interpolator_with(plan, s)
@@ -384,12 +402,51 @@ class Pipeline:
             for k, lam in enumerate(grid):
                 self.progress(f"loss path ({label})", k / len(grid), f"λ = {lam:.2f}")
                 # θ(1) too is evaluated, not taken from L(A): "λ=1 is A" must be a check that can fail.
-                point = {"lambda": lam, **self._evaluate(interpolator.set(lam), s)}
+                model = interpolator.set(lam)
+                if adjust is not None:
+                    adjust(model, lam)
+                    interpolator.lam = None  # the working model is no longer θ(λ) itself
+                point = {"lambda": lam, **self._evaluate(model, s)}
                 points.append(point)
                 if on_point:
                     on_point(point)
             self.progress(f"loss path ({label})", 1.0, "done")
             return points
+
+    def repair_inputs(self, s: AlignSettings) -> list[dict]:
+        """The matching text's first `repair.budget(match_tokens)` tokens, as the family reads
+        text, for the REPAIR correction's statistics."""
+        memo_key = ("repair text", json.dumps(self.repair_fields(s), sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                batches = self._token_batches(self.match_passages, repair_mod.budget(s.match_tokens), s, "matching")
+                self._memo[memo_key] = [dict(input_ids=i, attention_mask=m) for i, m in batches]
+            return self._memo[memo_key]
+
+    def repair_ends(self, s: AlignSettings) -> dict:
+        """The endpoints' FFN pre-activation statistics on the correction's text: A's and B′'s."""
+        fields = {**self.matching_fields(s), "repair": self.repair_fields(s)}
+        memo_key = ("repair ends", json.dumps(fields, sort_keys=True))
+        with self._lock:
+            if memo_key not in self._memo:
+                inputs, layers = self.repair_inputs(s), range(self.a.num_layers)
+                self.progress("REPAIR", 0.0, "statistics of A and B′")
+                self.a.model.to(s.device)
+                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+                self._memo[memo_key] = {
+                    "a": repair_mod.ffn_moments(self.a.model, self.a.family, inputs, layers, s.device),
+                    "far": repair_mod.ffn_moments(b_prime, self.a.family, inputs, layers, s.device),
+                }
+            return self._memo[memo_key]
+
+    def repairer(self, s: AlignSettings) -> Callable[[object, float], None]:
+        """adjust(model, λ) for `path`: the REPAIR correction of θ(λ) (repair.py)."""
+        ends, inputs = self.repair_ends(s), self.repair_inputs(s)
+
+        def adjust(model, lam: float) -> None:
+            repair_mod.repair(model, self.a.family, self.a.num_layers, inputs, lam, ends, s.device)
+
+        return adjust
 
     def plane_basis(self, s: AlignSettings) -> plane_mod.Basis:
         """Where A, B and B′ sit relative to each other (PermergeError if they span no plane)."""
@@ -549,6 +606,8 @@ class Pipeline:
             "vanilla path": state("curve", self.curve_fields(s, "vanilla"), ".json", ("which", "lambdas")),
             "permuted path": state("curve", self.curve_fields(s, "permuted"), ".json", ("which", "lambdas")),
         }
+        if s.repair:
+            status[f"{repair_mod.LABEL} path"] = state("curve", self.curve_fields(s, repair_mod.REPAIRED), ".json", ("which", "lambdas"))
         if s.matcher == WEIGHTS:  # weight matching needs no statistics
             del status["statistics"]
         return status
@@ -561,19 +620,24 @@ class Pipeline:
         matching = self.matching(s)
         vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
         permuted = self.curve(s, "permuted", (lambda p: on_point("permuted", p)) if on_point else None)
+        repaired = None
+        if s.repair:
+            repaired = self.curve(s, repair_mod.REPAIRED, (lambda p: on_point(repair_mod.REPAIRED, p)) if on_point else None)
         if self.labelled is not None:
-            report = build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None)
+            report = build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None, repaired)
         else:
             batches, masked = self.eval_set(s)
-            report = build_report(self, s, stats, matching, vanilla, permuted, batches, masked)
+            report = build_report(self, s, stats, matching, vanilla, permuted, batches, masked, repaired)
         if s.matcher == BOTH:
             from .comparison import compare_matchers
 
             report["comparison"] = compare_matchers(self, s)
         return report
 
-    def save_merged(self, s: AlignSettings, lam: float, out: str | Path, overwrite: bool = False) -> Path:
-        """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer."""
+    def save_merged(self, s: AlignSettings, lam: float, out: str | Path, overwrite: bool = False, repair: bool = False) -> Path:
+        """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer; with `repair`, θ(lam)
+        REPAIR-corrected (asked for here, whatever the `repair` setting says: the setting adds a
+        curve, it never changes what is exported)."""
         if not 0.0 <= lam <= 1.0:
             raise SettingsError(f"λ = {lam} is outside [0, 1].", "Choose λ between 0 (B′) and 1 (A).")
         out = Path(out).expanduser()
@@ -582,16 +646,24 @@ class Pipeline:
         if out.is_dir() and any(out.iterdir()) and not overwrite:
             raise SettingsError(f"{out} is not empty; refusing to overwrite it.", "Choose an empty or new folder, or allow overwriting (--overwrite).")
         with self._lock:
+            adjust = self.repairer(s) if repair else None
             model = self._interpolator_for(s, "permuted").set(lam)
+            if adjust is not None:
+                adjust(model, lam)
             out.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             try:
                 model.save_pretrained(staging)
                 self.a.tokenizer.save_pretrained(staging)
-                (staging / "permerge_merge.json").write_text(json.dumps({
+                about = {
                     "lambda": lam, "model_a": self.a.describe(), "model_b": self.b.describe(), "settings": asdict(s),
                     "note": "θ(λ) = λ·A + (1−λ)·B′, where B′ is B aligned to A by permutation.",
-                }, indent=1))
+                }
+                if repair:
+                    about["note"] += (" Its FFN units are REPAIR-corrected: each unit's mean and std on the matching text are "
+                                      "the λ-interpolation of A's and B′'s (docs/method.md §5).")
+                    about["repair"] = {"tokens": repair_mod.budget(s.match_tokens), "match_text": text_fingerprint(self.match_passages)}
+                (staging / "permerge_merge.json").write_text(json.dumps(about, indent=1))
                 if out.exists():
                     shutil.rmtree(out)
                 staging.rename(out)

@@ -10,12 +10,14 @@ from pathlib import Path
 from .data import text_fingerprint
 from .evaluation import barrier
 from .matching import matched_statistics
+from .repair import LABEL, REPAIRED, budget
 from .settings import ACTIVATIONS, WEIGHTS
 
 
-def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> dict:
+def build_report(p, s, stats, matching, vanilla, permuted, batches, masked, repaired=None) -> dict:
     """The report of pipeline `p` under settings `s`, from its computed stages (`stats` is
-    None under weight matching, which reads no matching text)."""
+    None under weight matching, which reads no matching text). `repaired`, the REPAIR-corrected
+    permuted curve, adds its curve and barrier under `permuted_repair` (only when computed)."""
     loss = lambda curve: [pt["loss"] for pt in curve]  # noqa: E731
     report = {
         "format": "permerge-report/1",
@@ -55,11 +57,17 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked) -> d
         "matched_correlation": matched_statistics(stats, matching) if stats is not None else None,
         "notes": list(p.notes) + (list(stats.notes) if stats is not None else []) + list(batches.notes) + list(p.cache.events),
     }
+    if repaired is not None:
+        report["curves"][REPAIRED] = [[pt["lambda"], pt["loss"]] for pt in repaired]
+        report["accuracy_curves"][REPAIRED] = [[pt["lambda"], pt.get("accuracy", float("nan"))] for pt in repaired]
+        report["barrier"][REPAIRED] = barrier(loss(repaired))
+        report["repair"] = {"label": LABEL, "statistics": "matching text", "match_tokens_budget": budget(s.match_tokens),
+                            "match_fingerprint": text_fingerprint(p.match_passages),
+                            "corrected": "each layer's FFN pre-activation, layer by layer (docs/method.md §5)"}
     if masked is None:  # a classifier: every task metric along λ
         names = [k for k in vanilla[0] if k not in ("lambda", "loss")]
-        report["metric_curves"] = {
-            which: {m: [[pt["lambda"], pt[m]] for pt in curve] for m in names} for which, curve in (("vanilla", vanilla), ("permuted", permuted))
-        }
+        paths = (("vanilla", vanilla), ("permuted", permuted)) + (((REPAIRED, repaired),) if repaired is not None else ())
+        report["metric_curves"] = {which: {m: [[pt["lambda"], pt[m]] for pt in curve] for m in names} for which, curve in paths}
         report["endpoint_loss"].update({"b_prime": permuted[0]["loss"]})
     return report
 
@@ -68,11 +76,14 @@ def write_outputs(report: dict, out: str | Path) -> None:
     """report.json and curve.csv, each written atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["lambda,vanilla_loss,permuted_loss,vanilla_accuracy,permuted_accuracy"]
-    for (lam, lv), (_, lp), (_, av), (_, ap) in zip(
+    repaired = REPAIRED in report["curves"]  # the REPAIR columns come last, and only when computed
+    rows = ["lambda,vanilla_loss,permuted_loss,vanilla_accuracy,permuted_accuracy"
+            + (f",{REPAIRED}_loss,{REPAIRED}_accuracy" if repaired else "")]
+    for k, ((lam, lv), (_, lp), (_, av), (_, ap)) in enumerate(zip(
         report["curves"]["vanilla"], report["curves"]["permuted"], report["accuracy_curves"]["vanilla"], report["accuracy_curves"]["permuted"]
-    ):
-        rows.append(f"{lam:.6g},{lv:.6f},{lp:.6f},{av:.6f},{ap:.6f}")
+    )):
+        extra = f",{report['curves'][REPAIRED][k][1]:.6f},{report['accuracy_curves'][REPAIRED][k][1]:.6f}" if repaired else ""
+        rows.append(f"{lam:.6g},{lv:.6f},{lp:.6f},{av:.6f},{ap:.6f}" + extra)
     for name, text in (("report.json", json.dumps(report, indent=1)), ("curve.csv", "\n".join(rows) + "\n")):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)

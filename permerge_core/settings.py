@@ -75,6 +75,11 @@ class AlignSettings:
                                 "the text concatenated and cut into max-length blocks, each wrapped in the special tokens; "
                                 "lines: each passage its own sequence. Classifiers are evaluated per example, decoders on packed text, either way.",
                                 choices=PACKINGS, labels={"blocks": "blocks (the paper's)", "lines": "lines (one passage each)"})
+    repair: bool = setting(False, "REPAIR correction (extra curve)",
+                           "Also compute 'permuted + REPAIR': at each λ, rescale and shift every FFN unit of θ(λ) through the Linear "
+                           "that produces it, so that its mean and std on the matching text are the λ-interpolation of A's and B′'s "
+                           "(Jordan et al. 2022). Adds a curve and its barrier; off by default, and never applied to an exported "
+                           "model unless asked for there.")
     mask_seed: int = setting(0, "Mask seed", "The masked-LM masks are drawn once from this seed.", minimum=0)
     device: str = setting("cpu", "Device", "Where the models run: cpu or cuda.", choices=("cpu", "cuda"))
 

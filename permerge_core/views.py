@@ -317,6 +317,7 @@ def cli_command(
     out: str | None = None,
     save_merged: str | None = None,
     merge_lambda: float | None = None,
+    merge_repair: bool = False,
     cache_dir: str | None = None,
     python: str = "python",
     task=None,
@@ -355,6 +356,8 @@ def cli_command(
         args += ["--out", str(out)]
     if save_merged:
         args += ["--save-merged", str(save_merged), "--merge-lambda", f"{merge_lambda if merge_lambda is not None else 0.5:g}"]
+        if merge_repair:
+            args.append("--merge-repair")
     return " ".join(shlex.quote(a) for a in args)
 
 
@@ -383,16 +386,17 @@ def report_files(report: dict) -> dict[str, str]:
         return {name: (Path(tmp) / name).read_text() for name in ("report.json", "curve.csv")}
 
 
-def merged_zip(pipeline, settings, lam: float) -> bytes:
-    """θ(lam) saved by `Pipeline.save_merged` into a temporary folder, returned as zip bytes
-    (one top folder `permerge-merged-lambda-<lam>/`, loadable after unzipping)."""
+def merged_zip(pipeline, settings, lam: float, repair: bool = False) -> bytes:
+    """θ(lam) (REPAIR-corrected with `repair`) saved by `Pipeline.save_merged` into a temporary
+    folder, returned as zip bytes (one top folder `permerge-merged-lambda-<lam>/`, loadable
+    after unzipping)."""
     import io
     import tempfile
     import zipfile
 
     top = f"permerge-merged-lambda-{lam:g}"
     with tempfile.TemporaryDirectory() as tmp:
-        folder = pipeline.save_merged(settings, lam, Path(tmp) / "merged")
+        folder = pipeline.save_merged(settings, lam, Path(tmp) / "merged", repair=repair)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(folder.rglob("*")):

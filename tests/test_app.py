@@ -456,6 +456,30 @@ def test_views_block_average_and_alignment():
     assert (rows.start, rows.stop, cols.start) == (236, 300, 0)
 
 
+def test_repair_setting_adds_a_third_curve_and_export_corrects_only_when_ticked(world, tmp_path):
+    at = goto(app(world, repair=True), "4_loss_path")
+    no_crash(at)
+    fig = charts(at)["loss_final"]
+    repaired = next(t for t in fig["data"] if t.get("name") == "permuted + REPAIR")
+    p = Pipeline(world["seeds"][0], world["seeds"][1], match_data=world["text"], eval_data=world["text"], cache_dir=world["root"] / "cache")
+    expected = p.curve(AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=LAMBDAS, repair=True), "permuted_repair")
+    assert arr(repaired["y"]).tolist() == pytest.approx([pt["loss"] for pt in expected], abs=1e-9)
+    assert any(t.get("name") == "permuted + REPAIR barrier" for t in fig["data"])
+    assert "permuted + REPAIR" in {r["curve"] for r in at.dataframe[0].value.to_dict("records")}
+    assert any(m.label == "permuted + REPAIR barrier" for m in at.metric)
+    # Export: the merged model is plain θ(λ) unless its own checkbox is ticked.
+    target = tmp_path / "merged"
+    at.session_state["export_target"] = str(target)
+    at.switch_page("pages/5_export.py").run()
+    no_crash(at)
+    assert "--merge-repair" not in at.code[0].value
+    at.checkbox(key="export_repair").check().run()
+    assert "--merge-repair" in at.code[0].value
+    next(b for b in at.button if b.label == "Save merged model").click().run()
+    no_crash(at)
+    assert json.loads((target / "permerge_merge.json").read_text())["repair"]["tokens"] == 1500
+
+
 def test_views_cli_command_round_trips_through_the_cli_parser():
     from permerge_core.cli import build_parser
 

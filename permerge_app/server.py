@@ -79,6 +79,13 @@ RAN_SINCE = """([doc, runs]) => {
 }"""
 
 
+# No page yet, or the app connected and not running: the moment to act on it.
+IDLE = """() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app) return true;
+  return app.getAttribute('data-test-connection-state') === 'CONNECTED' && app.getAttribute('data-test-script-state') === 'notRunning';
+}"""
+
 POLL_MS = 100
 
 
@@ -90,9 +97,14 @@ def track_runs(page) -> None:
 @contextmanager
 def app_run(page, timeout_ms: int) -> Iterator[None]:
     """Wait, after the block, until the app run started by the block's action has finished:
-    not a guess at how long a rerun takes to start, but that it started and ended."""
+    not a guess at how long a rerun takes to start, but that it started and ended.
+
+    The block runs only once the app is idle: an action taken while a run is still going (a
+    page's own `st.rerun()` after its first run) would restart that run without its state ever
+    leaving "running", so no new start could be counted. Both waits are checked every 100 ms,
+    not on every animation frame (Playwright's default), which kept the browser busy on the
+    cores the app computes on for as long as the run lasted."""
+    page.wait_for_function(IDLE, timeout=timeout_ms, polling=POLL_MS)
     before = page.evaluate("[window.__permergeDocument ?? null, window.__permergeRuns ?? 0]")
     yield
-    # Checked every 100 ms, not on every animation frame (Playwright's default), which kept
-    # the browser busy on the cores the app computes on for as long as the run lasted.
     page.wait_for_function(RAN_SINCE, arg=before, timeout=timeout_ms, polling=POLL_MS)

@@ -92,17 +92,23 @@ def _margin(text: str) -> float:
     return value
 
 
-def _add_inputs(parser: argparse.ArgumentParser, outputs: str) -> None:
-    """The flags `align` and `plane` share: the pair, the data, every setting, the cache."""
-    parser.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
-    parser.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in model A's folder")
+def _add_inputs(parser: argparse.ArgumentParser, outputs: str, pair: bool = True) -> None:
+    """The flags `align`, `plane`, `ablate` and `grid` share: the pair (not for `grid`, which
+    takes --models), the data, every setting, the output folder (required for `grid`), the cache."""
+    if pair:
+        parser.add_argument("--model-a", default=None, help="folder or hub id (default: bundled seed 0)")
+        parser.add_argument("--model-b", default=None, help="folder or hub id (default: bundled seed 1)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in the model folders (A's for a pair)")
     parser.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
     parser.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
     add_settings(parser)
-    parser.add_argument("--out", default="runs/latest", help=f"folder for {outputs}")
+    if pair:
+        parser.add_argument("--out", default="runs/latest", help=f"folder for {outputs}")
+    else:
+        parser.add_argument("--out", required=True, help=f"folder for {outputs}")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--cache-dir", default=None, help="the disk cache (default $PERMERGE_CACHE, else ~/.cache/permerge; "
+                                                          "on a Ray cluster: a folder every node shares)")
     parser.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
     parser.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
     parser.add_argument("--label-column", default="label", help="classifiers: column with the label")
@@ -128,10 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "OUT/grid.json, grid.csv, matrix.csv and table.csv after every pair, so a rerun computes only the missing "
                     "pairs. Exits 1 if some pair failed (its cell says why). See docs/grid.md.")
     grid.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="folders or hub ids, in the order of the matrix")
-    grid.add_argument("--tokenizer", default=None, help="tokenizer folder, if not in the models' folders")
-    grid.add_argument("--match-data", default=None, help="text file, one passage per line (default: bundled)")
-    grid.add_argument("--eval-data", default=None, help="text file, one passage per line (default: bundled)")
-    add_settings(grid)
+    _add_inputs(grid, "grid.json, grid.csv, matrix.csv and table.csv", pair=False)
     grid.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
                       help="several merge settings per pair, sharing its statistics: paper-attention, paper-residual, "
                            "or LABEL:key=value,... (keys: ffn, attention, residual, absolute)")
@@ -139,14 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--ray-address", default=None, help="join this Ray cluster (host:port) instead of starting a local Ray")
     grid.add_argument("--cpus-per-task", type=_positive_int, default=1, help="ray: CPUs (torch threads) per pair")
     grid.add_argument("--gpus-per-task", type=float, default=None, help="ray: GPUs per pair (default 1 with --device cuda, else 0)")
-    grid.add_argument("--out", required=True, help="folder for grid.json, grid.csv, matrix.csv and table.csv")
-    grid.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    grid.add_argument("--cache-dir", default=None, help="the disk cache (on a cluster: a folder every node shares)")
-    grid.add_argument("--text-column", default="text", help="classifiers: column of the labelled file with the text")
-    grid.add_argument("--pair-column", default=None, help="classifiers: column with the second sentence, if any")
-    grid.add_argument("--label-column", default="label", help="classifiers: column with the label")
-    grid.add_argument("--regression", action="store_true", help="classifiers: the label is a number (MSE, Pearson)")
-    grid.add_argument("--quiet", action="store_true")
 
     from .plane import DEFAULT_EVAL_TOKENS, DEFAULT_GRID, DEFAULT_MARGIN, MAX_GRID
 

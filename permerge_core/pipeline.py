@@ -314,9 +314,10 @@ class Pipeline:
             batches = packed_blocks(self.a.tokenizer, passages, budget, s.max_length, s.batch_size)
         else:
             packing = s.eval_packing if what == "evaluation" and self.packing_applies else "lines"
-            batches = tokenize(self.a.tokenizer, passages, budget, self.sequence_length(s), s.batch_size, packing=packing)
-            if self.sequence_length(s) < s.max_length:
-                batches.notes.append(f"Sequences are cut at {self.sequence_length(s)} tokens, the most these models take "
+            length = self.sequence_length(s)
+            batches = tokenize(self.a.tokenizer, passages, budget, length, s.batch_size, packing=packing)
+            if length < s.max_length:
+                batches.notes.append(f"Sequences are cut at {length} tokens, the most these models take "
                                      f"(maximum length {s.max_length} was asked).")
         usable = self.a.family.usable_positions(self.a.config)
         longest = max(ids.shape[1] for ids in batches.input_ids)

@@ -444,14 +444,16 @@ def direct_scipy_matching(stats, num_heads: int, s) -> None:
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
+    from permerge_core import spaces
+
     def solve(score):
         return linear_sum_assignment(score, maximize=True)[1]
 
     for i in range(stats.num_layers):
         if s.ffn:
-            solve(stats.spaces[f"layer.{i}.ffn"].correlation().numpy())
+            solve(stats.spaces[spaces.ffn(i)].correlation().numpy())
         if s.attention in ("heads", "monotonic"):
-            corr = stats.spaces[f"layer.{i}.attention"].correlation().numpy()
+            corr = stats.spaces[spaces.attention(i)].correlation().numpy()
             dk = corr.shape[0] // num_heads
             cost = np.empty((num_heads, num_heads))
             for j in range(num_heads):
@@ -511,7 +513,7 @@ def run_matching(spec) -> dict:
     for run in range(repeats):  # interleaved, so that both see the same background load
         fresh = Statistics(dict(stats.spaces), stats.num_layers, stats.num_tokens)  # no remembered assignments
         log(f"matching again and the direct scipy calls (run {run + 1} of {repeats})")
-        again.append(_timed_cpu(compute_matching, fresh, p.a.num_heads, s.ffn, s.attention, s.residual, s.absolute))
+        again.append(_timed_cpu(compute_matching, fresh, p.a.spaces, s))
         direct.append(_timed_cpu(direct_scipy_matching, stats, p.a.num_heads, s))
     median = lower_median(direct, lambda t: t["wall"])
     return {

@@ -6,7 +6,7 @@ import streamlit as st
 
 from permerge_app import charts, ui
 from permerge_core import views
-from permerge_core.modes import ATTENTION, HEADS_KEEP
+from permerge_core.modes import ATTENTION
 
 ui.page_start()
 st.title("Heads")
@@ -38,7 +38,7 @@ with c1:
 with c2:
     st.plotly_chart(charts.head_graph(edges, H, f"Layer {layer}: head permutation"), key="heads_graph")
 
-if mode.heads == HEADS_KEEP:
+if mode.keeps_heads:
     rows = views.monotonic_comparison(heads)
     st.markdown(
         f"**Monotonic vs Head-Perm, layer {layer}:** summed cost {sum(r['applied cost'] for r in rows):.2f} (monotonic) vs "

@@ -35,9 +35,11 @@ from .comparison import KINDS, by_kind, space_agreement, unit_agreement
 from .data import TokenBatches, batch_sequences, packed_sequences, special_token_ids, special_wrapping, text_fingerprint, token_sequences
 from .errors import DataError, SettingsError
 from .evaluation import barrier
-from .matching import Matching, compute_matching
+from . import spaces as sp
+from .matching import Matching, compute_matching, merge_settings
+from .modes import MATCHERS
 from .permuting import plan_for_matching
-from .settings import ACTIVATIONS, WEIGHTS
+from .settings import ACTIVATIONS
 from .statistics import collect_statistics
 
 FORMAT = "permerge-ablation/1"
@@ -141,7 +143,7 @@ def run_ablation(p, s, budgets=DEFAULT_BUDGETS, resamples: int = DEFAULT_RESAMPL
     modes, evaluation data and λ grid are `s`'s). Cached on disk whole and point by point, so
     an interrupted study resumes where it stopped."""
     s.validate()
-    if s.matcher == WEIGHTS:
+    if not MATCHERS[s.matcher].reads_text:
         raise SettingsError("The data ablation studies activation matching; weight matching reads no text.",
                             "Use --matcher activations (or both).")
     s = replace(s, matcher=ACTIVATIONS)
@@ -210,7 +212,7 @@ def _matchings(p, s, segments, budgets, r, resamples, fields, progress) -> dict[
     def on_snapshot(step: int, stats) -> None:
         collected = time.perf_counter() - clock["start"] - clock["matching"]
         started = time.perf_counter()
-        m = compute_matching(stats, p.a.num_heads, s.ffn, s.attention, s.residual, s.absolute)
+        m = compute_matching(stats, p.a.spaces, s)
         seconds = time.perf_counter() - started
         clock["matching"] += seconds
         point = {
@@ -235,7 +237,7 @@ def _matchings(p, s, segments, budgets, r, resamples, fields, progress) -> dict[
 
 def _as_matching(point: dict, s) -> Matching:
     perms = {k: np.asarray(v, dtype=np.int64) for k, v in point["permutations"].items()}
-    return Matching(perms, {}, {"ffn": s.ffn, "attention": s.attention, "residual": s.residual, "absolute": s.absolute})
+    return Matching(perms, {}, merge_settings(s))
 
 
 def _spread(values: list[float]) -> dict:
@@ -263,7 +265,7 @@ def _summarise(p, s, budgets, resamples, points, vanilla, available, notes) -> d
             "agreement": agreement,
             "agreement_by_kind": by_kind(agreement),
             "agreement_between_resamples": {k: float(np.mean([x[k] for x in between])) for k in KINDS if between and k in between[0]},
-            "head_agreement": {f"layer.{layer}": v for layer, v in sorted(heads.items(), key=lambda kv: int(kv[0]))},
+            "head_agreement": {sp.layer_name(int(layer)): v for layer, v in sorted(heads.items(), key=lambda kv: int(kv[0]))},
             "head_agreement_mean": float(np.mean(list(heads.values()))) if heads else None,
             "seconds": float(np.mean([run["statistics_seconds"] + run["matching_seconds"] for run in runs])),
             "statistics_seconds": float(np.mean([run["statistics_seconds"] for run in runs])),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from . import spaces as sp
 from .architectures import Family
 from .evaluation import encoder_of
 from .statistics import DEAD_UNIT_STD, captures, register_captures
@@ -27,7 +28,7 @@ from .statistics import DEAD_UNIT_STD, captures, register_captures
 
 def spread_spaces(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
     """The capture points measured: every FFN intermediate and every residual node."""
-    return [c for c in captures(family, num_layers) if c[0].endswith(".ffn") or c[0].startswith("residual.")]
+    return [c for c in captures(family, num_layers) if sp.parse(c[0]).kind in (sp.FFN, sp.RESIDUAL)]
 
 
 @torch.no_grad()
@@ -74,7 +75,7 @@ def spread_ratios(spreads: list[dict[str, torch.Tensor]], lambdas: list[float]) 
     if lambdas[0] != 0.0 or lambdas[-1] != 1.0:
         raise ValueError("the λ grid must run from 0 to 1")
     far, near = spreads[0], spreads[-1]
-    spaces = sorted(far, key=lambda name: (name.startswith("residual."), int(name.split(".")[1])))  # FFNs, then residual nodes, in depth order
+    spaces = sp.depth_order(far)  # FFNs, then residual nodes, in depth order
     out = {"lambdas": list(lambdas), "spaces": spaces, "mean": {}, "median": {}, "units": {}}
     for space in spaces:
         means, medians = [], []

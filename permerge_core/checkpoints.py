@@ -69,6 +69,13 @@ class Checkpoint:
         return self.shape.ffn
 
     @property
+    def spaces(self) -> dict:
+        """Every space of the model (spaces.py): what a matching permutes, by name."""
+        from . import spaces
+
+        return spaces.of_model(self.family, self.config)
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 

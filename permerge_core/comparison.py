@@ -14,9 +14,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from . import spaces as sp
 from .evaluation import barrier
 
-KINDS = ("ffn", "attention", "residual")
+KINDS = (sp.FFN, sp.ATTENTION, sp.RESIDUAL)
 
 
 def unit_agreement(p, q) -> float:
@@ -29,7 +30,7 @@ def unit_agreement(p, q) -> float:
 
 def space_kind(space: str) -> str:
     """'ffn', 'attention' or 'residual' for a space name of a Matching."""
-    return "residual" if space.startswith("residual") else space.rsplit(".", 1)[1]
+    return sp.parse(space).kind
 
 
 def space_agreement(perms_a: dict, perms_b: dict) -> dict[str, float]:
@@ -74,7 +75,7 @@ def compare_matchers(pipeline, settings) -> dict:
         "agreement": agreement,
         "agreement_by_kind": by_kind(agreement),
         "head_assignment": {
-            f"layer.{layer}": {"activations": [int(x) for x in heads_act[layer]], "weights": [int(x) for x in heads_w[layer]],
+            sp.layer_name(layer): {"activations": [int(x) for x in heads_act[layer]], "weights": [int(x) for x in heads_w[layer]],
                                "agreement": unit_agreement(heads_act[layer], heads_w[layer])}
             for layer in sorted(set(heads_act) & set(heads_w))
         },

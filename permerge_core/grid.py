@@ -29,28 +29,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import PermergeError, SettingsError
+from .modes import PAPER_TABLES, paper_table
 from .settings import BY_NAME, MERGE, SETTINGS, AlignSettings, TaskSpec
 
 FORMAT = "permerge-grid/1"
 
-# The paper's two tables as variant lists (docs/reproduce.md): its attention table merges the
-# FFN in every row and leaves the residual stream alone; its residual table permutes the
-# residual stream only ("identity" permutes nothing: plain averaging).
-PRESETS: dict[str, list[tuple[str, dict]]] = {
-    "paper-attention": [
-        ("vanilla attention", dict(ffn=True, attention="none", residual="none")),
-        ("monotonic", dict(ffn=True, attention="monotonic", residual="none")),
-        ("ignore-heads", dict(ffn=True, attention="ignore-heads", residual="none")),
-        ("Head-Perm", dict(ffn=True, attention="heads", residual="none")),
-    ],
-    "paper-residual": [
-        ("identity", dict(ffn=False, attention="none", residual="none")),
-        ("first", dict(ffn=False, attention="none", residual="first")),
-        ("last", dict(ffn=False, attention="none", residual="last")),
-        ("all", dict(ffn=False, attention="none", residual="all")),
-        ("sep", dict(ffn=False, attention="none", residual="sep")),
-    ],
-}
+# The paper's two tables as variant lists (docs/reproduce.md), from the one variant table.
+PRESETS: dict[str, list[tuple[str, dict]]] = {table: paper_table(table) for table in PAPER_TABLES}
 DEFAULT_VARIANT = "settings"  # the label of the one variant a grid without --variants computes
 
 

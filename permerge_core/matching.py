@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
-from .assignment import assign
-from .modes import (
-    ATTENTION, ATTENTION_MODES, HEADS_IGNORE, HEADS_KEEP, HEADS_MATCH, RESIDUAL, RESIDUAL_AVERAGE, RESIDUAL_EACH,
-    RESIDUAL_FIRST, RESIDUAL_LAST, RESIDUAL_MODES, RESIDUAL_NONE, is_function_preserving,
-)
+from . import spaces as sp
+from .modes import ATTENTION, RESIDUAL, Problem, Solution, is_function_preserving, solve_permutation
 
-__all__ = ["ATTENTION_MODES", "RESIDUAL_MODES", "HeadMatching", "Matching", "compute_matching", "is_function_preserving"]
+__all__ = ["HeadMatching", "Matching", "compute_matching", "is_function_preserving"]
 
 
 def identity(dim: int) -> np.ndarray:
@@ -39,6 +37,8 @@ class HeadMatching:
 
 def solve_heads(corr: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Head-Perm's assignments, whatever the mode: (cost [H, H], inner [H, H, d_k], head_perm [H])."""
+    from .assignment import assign
+
     dim = corr.shape[0]
     if dim % num_heads:
         raise ValueError(f"{dim} features do not split into {num_heads} heads")
@@ -54,25 +54,26 @@ def solve_heads(corr: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarra
     return cost, inner, assign(cost)
 
 
-def heads_for_mode(solved: tuple[np.ndarray, np.ndarray, np.ndarray], mode: str) -> HeadMatching:
-    """The HeadMatching `mode` applies: Head-Perm's outer assignment, or head j ↔ head j (monotonic)."""
+def heads_for_mode(solved: tuple[np.ndarray, np.ndarray, np.ndarray], match_heads: bool) -> HeadMatching:
+    """The HeadMatching a mode applies: Head-Perm's outer assignment (`match_heads`), or head
+    j ↔ head j with features matched inside each head (monotonic)."""
     cost, inner, head_perm = solved
     num_heads, dk = inner.shape[0], inner.shape[2]
-    chosen = head_perm if ATTENTION[mode].matches_heads else identity(num_heads)
+    chosen = head_perm if match_heads else identity(num_heads)
     perm = np.concatenate([chosen[j] * dk + inner[j, chosen[j]] for j in range(num_heads)])
     return HeadMatching(cost, chosen, inner, perm, head_perm)
 
 
-def match_heads(corr: np.ndarray, num_heads: int, mode: str) -> HeadMatching:
-    """Head-aware attention matching: inner assignment per head pair, outer on the H×H cost."""
-    return heads_for_mode(solve_heads(corr, num_heads), mode)
+def match_heads(corr: np.ndarray, num_heads: int) -> HeadMatching:
+    """Head-Perm on one attention correlation: inner assignment per head pair, outer on the H×H cost."""
+    return heads_for_mode(solve_heads(corr, num_heads), match_heads=True)
 
 
 @dataclass
 class Matching:
     """Permutations for every space, plus what the app needs to explain them."""
 
-    permutations: dict[str, np.ndarray]  # "layer.i.ffn", "layer.i.attention", "residual" or "residual.n" (sep)
+    permutations: dict[str, np.ndarray]  # by space name (spaces.py): every layer's, and the stream's or each node's
     heads: dict[int, HeadMatching]
     settings: dict
     residual_score: np.ndarray | None = None  # the matrix the residual assignment used
@@ -83,7 +84,12 @@ class Matching:
         return is_function_preserving(self.settings["attention"], self.settings["residual"])
 
     def residual_perm(self, node: int) -> np.ndarray:
-        return self.permutations.get(f"residual.{node}", self.permutations.get("residual"))
+        return self.permutations.get(sp.node(node), self.permutations.get(sp.STREAM))
+
+
+def merge_settings(settings) -> dict:
+    """The merge components a Matching records (what its permutations depend on besides the data)."""
+    return {"ffn": settings.ffn, "attention": settings.attention, "residual": settings.residual, "absolute": settings.absolute}
 
 
 def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
@@ -91,115 +97,70 @@ def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
     return c.cpu().numpy()
 
 
-def residual_score(stats, mode: str) -> torch.Tensor:
-    """The correlation matrix the residual assignment uses for `mode` (not sep/none)."""
-    nodes = stats.residual_nodes()
-    source = RESIDUAL[mode].residual_source
-    if source == RESIDUAL_FIRST:
-        return stats.spaces[nodes[0]].correlation()
-    if source == RESIDUAL_LAST:
-        return stats.spaces[nodes[-1]].correlation()
-    if source == RESIDUAL_AVERAGE:
-        # Average the cross-covariances (and variances) of every node, then normalise.
-        from .statistics import correlation_from_moments
-
-        moments = [stats.spaces[n].moments() for n in nodes]
-        cov = sum(m[0] for m in moments) / len(moments)
-        var_a = sum(m[1] for m in moments) / len(moments)
-        var_b = sum(m[2] for m in moments) / len(moments)
-        return correlation_from_moments(cov, var_a, var_b)
-    raise ValueError(mode)
-
-
-def compute_matching(
-    stats,
-    num_heads: int,
-    ffn: bool = True,
-    attention: str = "heads",
-    residual: str = "first",
-    absolute: bool = False,
-) -> Matching:
-    """Every permutation the settings ask for; identity where a component is switched off."""
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention mode {attention!r}")
-    if residual not in RESIDUAL_MODES:
-        raise ValueError(f"unknown residual mode {residual!r}")
-    heads_rule, residual_source = ATTENTION[attention].heads, RESIDUAL[residual].residual_source
-    # Every assignment is a pure function of the statistics, so it is solved once per
+def compute_matching(stats, spaces: dict[str, sp.Space], settings) -> Matching:
+    """Every permutation `settings` asks for (its ffn, attention, residual and absolute fields),
+    solved on the activation correlations of `stats` by each mode's own solver (modes.py);
+    identity where a component is off. `spaces` are the model's (Checkpoint.spaces): they carry
+    each space's heads and what it admits."""
+    attention, residual, absolute = ATTENTION[settings.attention], RESIDUAL[settings.residual], settings.absolute
+    # Every assignment is a pure function of the statistics, so it is remembered per
     # Statistics object (a change of merge settings re-solves only what it changes), and the
     # independent ones run in parallel: scipy's solver releases the GIL.
     memo = stats.__dict__.setdefault("_assignments", {})
-    jobs = {}
 
-    def space(name: str):
-        return lambda: assign(_score(stats.spaces[name].correlation(), absolute))
+    def problem(name: str, space: sp.Space) -> Problem:
+        return Problem(space, lambda: _score(stats.spaces[name].correlation(), absolute),
+                       cached=lambda key, compute: _remember(memo, (key, name, absolute), compute))
 
-    for i in range(stats.num_layers):
-        if ffn:
-            jobs[("assign", f"layer.{i}.ffn", absolute)] = space(f"layer.{i}.ffn")
-    if residual_source == RESIDUAL_EACH:
-        for node in stats.residual_nodes():
-            jobs[("assign", node, absolute)] = space(node)
-    elif residual_source != RESIDUAL_NONE:
-        def solve_residual():
-            score = _score(residual_score(stats, residual), absolute)
-            return score, assign(score)
+    jobs: dict[str, Callable[[], Solution]] = {}
+    for name, space in spaces.items():
+        if space.kind == sp.FFN and settings.ffn:
+            jobs[name] = lambda p=problem(name, space): solve_permutation(p)
+        elif space.kind == sp.ATTENTION:
+            jobs[name] = lambda p=problem(name, space): attention.solve(p)
+        elif space.kind == sp.RESIDUAL and residual.move == sp.PER_NODE:
+            jobs[name] = lambda p=problem(name, space): residual.solve(p)
+    stream = sp.stream(spaces)
+    if residual.score is not None:  # one permutation for the stream, solved on the mode's correlation
+        def solve_stream() -> tuple[np.ndarray, Solution]:
+            score = _score(residual.score(stats), absolute)
+            return score, residual.solve(Problem(stream, lambda: score))
 
-        jobs[("residual", residual, absolute)] = solve_residual
-    for i in range(stats.num_layers):
-        name = f"layer.{i}.attention"
-        if heads_rule in (HEADS_MATCH, HEADS_KEEP):
-            jobs[("heads", name, absolute)] = lambda name=name: solve_heads(_score(stats.spaces[name].correlation(), absolute), num_heads)
-        elif heads_rule == HEADS_IGNORE:
-            jobs[("assign", name, absolute)] = space(name)
-    _solve(memo, jobs)
+        jobs[sp.STREAM] = lambda: _remember(memo, ("residual", settings.residual, absolute), solve_stream)[1]
+    solved = _solve(jobs)
 
     perms: dict[str, np.ndarray] = {}
     heads: dict[int, HeadMatching] = {}
-    for i in range(stats.num_layers):
-        name = f"layer.{i}.ffn"
-        perms[name] = memo[("assign", name, absolute)].copy() if ffn else identity(stats.spaces[name].dim)
-        name = f"layer.{i}.attention"
-        if heads_rule in (HEADS_MATCH, HEADS_KEEP):
-            heads[i] = heads_for_mode(memo[("heads", name, absolute)], attention)
-            perms[name] = heads[i].perm
-        elif heads_rule == HEADS_IGNORE:
-            perms[name] = memo[("assign", name, absolute)].copy()
-        else:
-            perms[name] = identity(stats.spaces[name].dim)
+    for name, space in spaces.items():
+        if space.kind != sp.RESIDUAL:
+            perms[name] = solved[name].perm.copy() if name in solved else identity(space.width)
+            if name in solved and solved[name].heads is not None:
+                heads[space.layer] = solved[name].heads
+        elif residual.move == sp.PER_NODE:
+            perms[name] = solved[name].perm.copy()
     score = None
-    dim = stats.spaces["residual.0"].dim
-    if residual_source == RESIDUAL_NONE:
-        perms["residual"] = identity(dim)
-    elif residual_source == RESIDUAL_EACH:
-        for node in stats.residual_nodes():
-            perms[node] = memo[("assign", node, absolute)].copy()
-    else:
-        score, perm = memo[("residual", residual, absolute)]
-        perms["residual"] = perm.copy()
-    settings = {"ffn": ffn, "attention": attention, "residual": residual, "absolute": absolute}
-    return Matching(perms, heads, settings, score, {"matcher": "activations"})
+    if residual.score is not None:
+        score = memo[("residual", settings.residual, absolute)][0]
+        perms[sp.STREAM] = solved[sp.STREAM].perm.copy()
+    elif residual.move != sp.PER_NODE:
+        perms[sp.STREAM] = identity(stream.width)
+    return Matching(perms, heads, merge_settings(settings), score, {"matcher": "activations"})
 
 
-def _solve(memo: dict, jobs: dict) -> None:
-    """Run the jobs not yet in memo, as many at once as torch may use threads."""
-    todo = [(key, fn) for key, fn in jobs.items() if key not in memo]
-    workers = min(len(todo), max(1, torch.get_num_threads()))
+def _remember(memo: dict, key: tuple, compute: Callable[[], object]):
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def _solve(jobs: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Run the jobs, as many at once as torch may use threads."""
+    workers = min(len(jobs), max(1, torch.get_num_threads()))
     if workers <= 1:
-        for key, fn in todo:
-            memo[key] = fn()
-        return
+        return {key: fn() for key, fn in jobs.items()}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [(key, pool.submit(fn)) for key, fn in todo]
-        for key, future in futures:
-            memo[key] = future.result()
-
-
-def matched_correlation(corr: torch.Tensor | np.ndarray, perm: np.ndarray | None = None) -> np.ndarray:
-    """corr[i, perm[i]] for every unit i (the diagonal when perm is None: before alignment)."""
-    c = corr.cpu().numpy() if isinstance(corr, torch.Tensor) else corr
-    idx = np.arange(c.shape[0])
-    return c[idx, idx if perm is None else perm]
+        futures = {key: pool.submit(fn) for key, fn in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def summarise(values: np.ndarray) -> dict:
@@ -214,17 +175,17 @@ def summarise(values: np.ndarray) -> dict:
 def matched_statistics(stats, matching: Matching) -> dict[str, dict]:
     """Mean/median matched correlation per space, before (identity) and after alignment."""
     def before_after(space, perm) -> dict:  # only the d matched entries, not the d×d matrix
-        sp = stats.spaces[space]
-        idx = np.arange(sp.dim)
+        sums = stats.spaces[space]
+        idx = np.arange(sums.dim)
         return {
-            "before": summarise(sp.correlation_at(idx, idx).numpy()),
-            "after": summarise(sp.correlation_at(idx, perm).numpy()),
+            "before": summarise(sums.correlation_at(idx, idx).numpy()),
+            "after": summarise(sums.correlation_at(idx, perm).numpy()),
         }
 
     out = {}
     for i in range(stats.num_layers):
-        for kind in ("ffn", "attention"):
-            name = f"layer.{i}.{kind}"
+        for kind in sp.LAYER_KINDS:
+            name = sp.name_of(kind, i)
             out[name] = before_after(name, matching.permutations[name])
     for n, node in enumerate(stats.residual_nodes()):
         out[node] = before_after(node, matching.residual_perm(n))

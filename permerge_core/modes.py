@@ -1,27 +1,72 @@
-"""The attention and residual modes, in one registry (docs/method.md §3).
+"""Attention modes, residual modes, matchers and the paper's variants: one registry each.
 
-Matching reads what a mode does from here (`heads`, `residual_source`); the CLI's help, the
-app's menus and warnings, the Heads page and the equivalence badge read its label, its
-one-line summary and whether it preserves the function. To add a mode, add one `Mode` here
-and, if it does something new, teach `matching.compute_matching` that.
+A mode is data plus its own solver. It names the *move* it makes on its spaces (`spaces.py`)
+and so whether it keeps B's function: exactly when every space it acts on admits that move
+(ignore-heads reorders features across heads, which an attention space does not admit; sep
+permutes each residual node apart, which the stream does not admit). The CLI's help, the app's
+menus and warnings, the Heads page and the equivalence badge read a mode's label, summary and
+`preserves_function`; matching (`matching.py`, `weight_matching.py`) calls its `solve`.
+
+To add a mode, add one entry below. To add a matcher, add one `Matcher`. Nothing else needs to
+know its name. This module imports neither torch nor scipy (the CLI's `--help` reads it): a
+solver imports what it uses when it runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
-# What an attention mode does with the H×H head structure.
-HEADS_NONE = "none"  # no attention permutation
-HEADS_KEEP = "keep"  # head j ↔ head j, an inner assignment within each head
-HEADS_MATCH = "match"  # Head-Perm: inner assignments, then an outer assignment on the H×H cost
-HEADS_IGNORE = "ignore"  # one assignment over all features, across heads
+from . import spaces as sp
 
-# Which residual correlation a residual mode assigns on.
-RESIDUAL_NONE = "none"
-RESIDUAL_FIRST = "first"  # the first residual node's correlation
-RESIDUAL_LAST = "last"  # the last node's
-RESIDUAL_AVERAGE = "all"  # the node-averaged moments, normalised once
-RESIDUAL_EACH = "each"  # one assignment per node (not function-preserving)
+# ---- what a solver is given ----------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """One space to solve: the space, its score matrix (computed on demand, [A units, B units],
+    higher is better) and `cached(key, compute)`, which remembers a sub-result across modes
+    (monotonic and Head-Perm share the per-head-pair assignments)."""
+
+    space: sp.Space
+    score: Callable[[], "object"]
+    cached: Callable[[str, Callable[[], object]], object] = lambda key, compute: compute()
+
+
+@dataclass
+class Solution:
+    """A solver's answer: the permutation (perm[i] = j, A's unit i ↔ B's unit j) and, for
+    head-aware modes, the Head-Perm details the Heads page draws (`matching.HeadMatching`)."""
+
+    perm: "object"
+    heads: "object | None" = None
+
+
+def _identity(problem: Problem) -> Solution:
+    from .matching import identity
+
+    return Solution(identity(problem.space.width))
+
+
+def solve_permutation(problem: Problem) -> Solution:
+    """Any reordering of the units: one exact linear assignment (an FFN layer, a residual node)."""
+    from .assignment import assign
+
+    return Solution(problem.cached("assign", lambda: assign(problem.score())))
+
+
+def _head_perm(match_heads: bool) -> Callable[[Problem], Solution]:
+    def solve(problem: Problem) -> Solution:
+        from .matching import heads_for_mode, solve_heads
+
+        solved = problem.cached("heads", lambda: solve_heads(problem.score(), problem.space.heads))
+        found = heads_for_mode(solved, match_heads)
+        return Solution(found.perm, found)
+
+    return solve
+
+
+# ---- modes -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -29,15 +74,45 @@ class Mode:
     name: str  # as the CLI, the report and the cache spell it
     label: str  # as the app's menus show it
     summary: str  # one line: what it does
-    preserves_function: bool  # B′ computes exactly B's function
-    heads: str = HEADS_NONE  # attention modes: what happens to the heads
-    residual_source: str = RESIDUAL_NONE  # residual modes: which correlation is assigned on
+    kind: str  # the spaces it acts on (spaces.ATTENTION or spaces.RESIDUAL)
+    move: str  # what it does to them (a spaces move)
+    solve: Callable[[Problem], Solution] = _identity  # one space's permutation
+    # Residual modes that make one shared permutation: the correlation it is solved on
+    # (Statistics → [d, d] tensor); the weight matcher solves on the weights instead.
+    score: Callable[[object], object] | None = None
     heads_note: str = ""  # what the Heads page says under this mode ("" if it applies Head-Perm)
+
+    @property
+    def preserves_function(self) -> bool:
+        """Whether B′ computes exactly B's function: the move is one every space of its kind
+        admits (spaces.ADMITS)."""
+        return self.move in sp.ADMITS[self.kind]
 
     @property
     def matches_heads(self) -> bool:
         """Whether Head-Perm's outer assignment (A head j → B head k) is applied."""
-        return self.heads == HEADS_MATCH
+        return self.move == sp.HEADS
+
+    @property
+    def keeps_heads(self) -> bool:
+        """Whether head j of A stays with head j of B while features move inside it."""
+        return self.move == sp.WITHIN_HEADS
+
+
+def _node_correlation(pick: Callable[[list], str]):
+    def score(stats):
+        return stats.spaces[pick(stats.residual_nodes())].correlation()
+
+    return score
+
+
+def _averaged_correlation(stats):
+    """The cross-covariances (and variances) of every node averaged, then normalised once."""
+    from .statistics import correlation_from_moments
+
+    moments = [stats.spaces[n].moments() for n in stats.residual_nodes()]
+    cov, var_a, var_b = (sum(m[k] for m in moments) / len(moments) for k in range(3))
+    return correlation_from_moments(cov, var_a, var_b)
 
 
 def _registry(*modes: Mode) -> dict[str, Mode]:
@@ -45,32 +120,33 @@ def _registry(*modes: Mode) -> dict[str, Mode]:
 
 
 ATTENTION = _registry(
-    Mode("none", "none (vanilla attention)", "attention features stay in place (plain averaging of attention)", True,
+    Mode("none", "none (vanilla attention)", "attention features stay in place (plain averaging of attention)",
+         sp.ATTENTION, sp.IDENTITY,
          heads_note="Attention mode 'none' does not match heads. The figures show what Head-Perm would choose "
                     "(computed for display, not applied to B′)."),
-    Mode("monotonic", "monotonic (head j ↔ head j)", "head j of A stays with head j of B; features are matched inside each head", True,
-         heads=HEADS_KEEP,
+    Mode("monotonic", "monotonic (head j ↔ head j)", "head j of A stays with head j of B; features are matched inside each head",
+         sp.ATTENTION, sp.WITHIN_HEADS, _head_perm(match_heads=False),
          heads_note="Attention mode 'monotonic' keeps head j ↔ head j; crosses mark what Head-Perm would have chosen instead."),
-    Mode("heads", "heads: Head-Perm (the paper's)", "Head-Perm: an inner assignment per head pair, then an outer assignment on the H×H cost", True,
-         heads=HEADS_MATCH),
+    Mode("heads", "heads: Head-Perm (the paper's)", "Head-Perm: an inner assignment per head pair, then an outer assignment on the H×H cost",
+         sp.ATTENTION, sp.HEADS, _head_perm(match_heads=True)),
     Mode("ignore-heads", "ignore-heads ⚠ not function-preserving",
-         "one assignment over all attention features, which can move features across heads (an ablation)", False,
-         heads=HEADS_IGNORE,
+         "one assignment over all attention features, which can move features across heads (an ablation)",
+         sp.ATTENTION, sp.PERMUTATION, solve_permutation,
          heads_note="Attention mode 'ignore-heads' does not match heads. The figures show what Head-Perm would choose "
                     "(computed for display, not applied to B′)."),
 )
 
 RESIDUAL = _registry(
-    Mode("none", "none (identity)", "the residual stream keeps its order", True),
-    Mode("first", "first (first residual node)", "one permutation for the stream, matched at the first residual node", True,
-         residual_source=RESIDUAL_FIRST),
-    Mode("last", "last (last residual node)", "one permutation for the stream, matched at the last residual node", True,
-         residual_source=RESIDUAL_LAST),
-    Mode("all", "all (averaged over nodes)", "one permutation for the stream, matched on the moments averaged over every node", True,
-         residual_source=RESIDUAL_AVERAGE),
+    Mode("none", "none (identity)", "the residual stream keeps its order", sp.RESIDUAL, sp.IDENTITY),
+    Mode("first", "first (first residual node)", "one permutation for the stream, matched at the first residual node",
+         sp.RESIDUAL, sp.SHARED, solve_permutation, score=_node_correlation(lambda nodes: nodes[0])),
+    Mode("last", "last (last residual node)", "one permutation for the stream, matched at the last residual node",
+         sp.RESIDUAL, sp.SHARED, solve_permutation, score=_node_correlation(lambda nodes: nodes[-1])),
+    Mode("all", "all (averaged over nodes)", "one permutation for the stream, matched on the moments averaged over every node",
+         sp.RESIDUAL, sp.SHARED, solve_permutation, score=_averaged_correlation),
     Mode("sep", "sep ⚠ not function-preserving",
-         "a separate permutation at every residual node (an ablation: the sublayers' sums no longer line up)", False,
-         residual_source=RESIDUAL_EACH),
+         "a separate permutation at every residual node (an ablation: the sublayers' sums no longer line up)",
+         sp.RESIDUAL, sp.PER_NODE, solve_permutation),
 )
 
 ATTENTION_MODES = tuple(ATTENTION)
@@ -90,3 +166,95 @@ def non_preserving(attention: str, residual: str) -> list[str]:
 def help_text(part: str) -> str:
     """Every mode of `part` with its summary, for the CLI's --help."""
     return "; ".join(f"{m.name}: {m.summary}" for m in MODES[part].values())
+
+
+# ---- matchers --------------------------------------------------------------------------------
+
+
+def _match_activations(pair, settings):
+    from .matching import compute_matching
+
+    stats = pair.statistics(settings)
+    pair.progress("matching", 0.0, "solving assignments")
+    return compute_matching(stats, pair.a.spaces, settings)
+
+
+def _match_weights(pair, settings):
+    from .weight_matching import match_weights
+
+    pair.progress("matching", 0.0, "weight matching (no data)")
+    return match_weights(pair.a.model, pair.b.model, pair.b.family, pair.b.head, pair.a.spaces, settings, progress=pair.progress)
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """How B's units are matched to A's. `match(pair, settings)` gets the pipeline (its models
+    `a` and `b`, `statistics(settings)` and `progress`) and returns a `matching.Matching`."""
+
+    name: str
+    label: str  # as the app's menus show it
+    summary: str  # for --help
+    match: Callable[[object, object], object]
+    reads_text: bool  # needs the activation statistics of the matching text
+    compares: bool = False  # also computes the other matcher beside it (comparison.py)
+
+
+MATCHERS = _registry(
+    Matcher("activations", "activations (the paper's)",
+            "correlation of both models' activations on the matching text (the paper's method)", _match_activations, True),
+    Matcher("weights", "weights (no data)",
+            "inner products of the weights, no data read (weight matching, as in git re-basin)", _match_weights, False),
+    Matcher("both", "both (compare)",
+            "apply the activation matching and compare it with the weight matching (agreement, both barriers)",
+            _match_activations, True, compares=True),
+)
+
+
+# ---- the paper's variants --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named choice of the merge components. `paper` places it in the paper's tables as
+    (table, row): the grid's `--variants paper-attention|paper-residual` lists those rows."""
+
+    name: str  # as the app and reports name it
+    ffn: bool
+    attention: str
+    residual: str
+    paper: tuple[str, str] | None = None
+    in_app: bool = True  # offered as an extra curve on the Loss path page
+
+    @property
+    def merge_fields(self) -> dict:
+        return {"ffn": self.ffn, "attention": self.attention, "residual": self.residual}
+
+
+PAPER_ATTENTION, PAPER_RESIDUAL = "paper-attention", "paper-residual"
+PAPER_TABLES = (PAPER_ATTENTION, PAPER_RESIDUAL)
+
+# The paper's attention table merges the FFN in every row and leaves the residual stream alone;
+# its residual table permutes the residual stream only ("identity" permutes nothing).
+VARIANTS = _registry(
+    Variant("FFN only", True, "none", "none", (PAPER_ATTENTION, "vanilla attention")),
+    Variant("attention only (Head-Perm)", False, "heads", "none"),
+    Variant("FFN + monotonic attention", True, "monotonic", "none", (PAPER_ATTENTION, "monotonic")),
+    Variant("FFN + ignore-heads attention", True, "ignore-heads", "none", (PAPER_ATTENTION, "ignore-heads")),
+    Variant("FFN + attention (Head-Perm)", True, "heads", "none", (PAPER_ATTENTION, "Head-Perm")),
+    Variant("FFN + attention + residual first", True, "heads", "first"),
+    Variant("FFN + attention + residual last", True, "heads", "last"),
+    Variant("FFN + attention + residual all", True, "heads", "all"),
+    Variant("FFN + attention + residual sep", True, "heads", "sep"),
+    Variant("nothing permuted", False, "none", "none", (PAPER_RESIDUAL, "identity"), in_app=False),  # the vanilla curve
+    Variant("residual first only", False, "none", "first", (PAPER_RESIDUAL, "first")),
+    Variant("residual last only", False, "none", "last", (PAPER_RESIDUAL, "last"), in_app=False),
+    Variant("residual all only", False, "none", "all", (PAPER_RESIDUAL, "all")),
+    Variant("residual sep only", False, "none", "sep", (PAPER_RESIDUAL, "sep"), in_app=False),
+)
+
+APP_VARIANTS = {name: v.merge_fields for name, v in VARIANTS.items() if v.in_app}
+
+
+def paper_table(table: str) -> list[tuple[str, dict]]:
+    """The rows of one of the paper's tables, in the paper's order: (row label, merge fields)."""
+    return [(v.paper[1], v.merge_fields) for v in VARIANTS.values() if v.paper and v.paper[0] == table]

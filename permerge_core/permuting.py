@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from . import spaces as sp
 from .architectures import Family, Head, Touch, expand
 
 
@@ -34,8 +35,8 @@ def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[st
             plan.append((replace(t, name=name), perm))
 
     for i in range(num_layers):
-        add(expand(enc.ffn, i), perms[f"layer.{i}.ffn"])
-        add(expand(enc.attention, i), perms[f"layer.{i}.attention"])
+        add(expand(enc.ffn, i), perms[sp.ffn(i)])
+        add(expand(enc.attention, i), perms[sp.attention(i)])
     for t in expand(enc.embeddings + enc.final, None):
         add([t], residual_for_node(family.residual_node(t.node, None, num_layers)))
     for i in range(num_layers):

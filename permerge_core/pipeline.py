@@ -39,13 +39,13 @@ from .data import (DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, packed_b
 from .errors import PermergeError, SettingsError
 from .evaluation import max_abs_logit_diff, mlm_loss
 from .interpolation import Interpolator, lambda_grid
-from .matching import Matching, compute_matching
+from .matching import Matching
+from .modes import MATCHERS
 from .permuting import plan_for_matching
 from .statistics import Statistics, collect_statistics, space_dims
 from .report import build_report
-from .settings import BOTH, WEIGHTS, AlignSettings, TaskSpec
+from .settings import AlignSettings, TaskSpec
 from .tasks import FORMATS, encode, input_texts, is_glue, label_names, load_labelled, task_eval
-from .weight_matching import match_weights
 
 __all__ = ["AlignSettings", "Pipeline", "TaskSpec", "default_pair"]
 
@@ -146,7 +146,7 @@ class Pipeline:
         An activation matching (applied by `activations` and `both` alike) keeps the key it had
         before there was a choice of matcher, so earlier cache entries stay valid."""
         merge = s.merge_fields()
-        if s.matcher == WEIGHTS:
+        if not MATCHERS[s.matcher].reads_text:
             return {**self._pair_fields(), **merge}
         merge.pop("matcher")
         return {**self.stats_fields(s), **merge}
@@ -255,15 +255,8 @@ class Pipeline:
             if memo_key in self._memo:
                 return self._memo[memo_key]
             matching = self._load_matching(fields, s)
-            if matching is None and s.matcher == WEIGHTS:
-                self.progress("matching", 0.0, "weight matching (no data)")
-                matching = match_weights(self.a.model, self.b.model, self.b.family, self.b.head, self.b.num_layers, self.a.num_heads,
-                                         s.ffn, s.attention, s.residual, progress=self.progress)
-                self._save_matching(fields, matching)
-            elif matching is None:
-                stats = self.statistics(s)
-                self.progress("matching", 0.0, "solving assignments")
-                matching = compute_matching(stats, self.a.num_heads, s.ffn, s.attention, s.residual, s.absolute)
+            if matching is None:
+                matching = MATCHERS[s.matcher].match(self, s)
                 self._save_matching(fields, matching)
             self.progress("matching", 1.0, "done")
             self._memo[memo_key] = matching
@@ -609,7 +602,7 @@ class Pipeline:
         }
         if s.repair:
             status[f"{repair_mod.LABEL} path"] = state("curve", self.curve_fields(s, repair_mod.REPAIRED), ".json", ("which", "lambdas"))
-        if s.matcher == WEIGHTS:  # weight matching needs no statistics
+        if not MATCHERS[s.matcher].reads_text:  # weight matching needs no statistics
             del status["statistics"]
         return status
 
@@ -617,7 +610,7 @@ class Pipeline:
     def run(self, s: AlignSettings, on_point: Callable[[str, dict], None] | None = None) -> dict:
         s.validate()
         self._require_mlm()
-        stats = None if s.matcher == WEIGHTS else self.statistics(s)  # weight matching reads no text
+        stats = self.statistics(s) if MATCHERS[s.matcher].reads_text else None  # weight matching reads no text
         matching = self.matching(s)
         vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
         permuted = self.curve(s, "permuted", (lambda p: on_point("permuted", p)) if on_point else None)
@@ -629,7 +622,7 @@ class Pipeline:
         else:
             batches, masked = self.eval_set(s)
             report = build_report(self, s, stats, matching, vanilla, permuted, batches, masked, repaired)
-        if s.matcher == BOTH:
+        if MATCHERS[s.matcher].compares:
             from .comparison import compare_matchers
 
             report["comparison"] = compare_matchers(self, s)

@@ -12,20 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .errors import SettingsError
-from .modes import ATTENTION, ATTENTION_MODES, RESIDUAL, RESIDUAL_MODES, help_text, is_function_preserving
+from .modes import ATTENTION, ATTENTION_MODES, MATCHERS, RESIDUAL, RESIDUAL_MODES, help_text, is_function_preserving
 
 # data.PACKINGS, spelt out: importing data.py would load torch for every `--help`.
 PACKINGS = ("blocks", "lines")
 
-# How B's units are matched to A's (docs/method.md §3 and §12). `both` applies the activation
-# matching and computes the weight matching beside it, for comparison.
+# The matchers' names (modes.MATCHERS holds what each does).
 ACTIVATIONS, WEIGHTS, BOTH = "activations", "weights", "both"
-MATCHERS = {
-    ACTIVATIONS: "correlation of both models' activations on the matching text (the paper's method)",
-    WEIGHTS: "inner products of the weights, no data read (weight matching, as in git re-basin)",
-    BOTH: "apply the activation matching and compare it with the weight matching (agreement, both barriers)",
-}
-MATCHER_LABELS = {ACTIVATIONS: "activations (the paper's)", WEIGHTS: "weights (no data)", BOTH: "both (compare)"}
 
 # Where a setting's control sits in the app's sidebar.
 BUDGET = "budget"  # beside the data: token budgets
@@ -62,8 +55,8 @@ class AlignSettings:
                              choices=ATTENTION_MODES, labels={m.name: m.label for m in ATTENTION.values()}, always_in_command=True)
     residual: str = setting("first", "Residual stream", "How the residual stream is matched: " + help_text("residual") + ".", group=MERGE, noun="residual mode",
                             choices=RESIDUAL_MODES, labels={m.name: m.label for m in RESIDUAL.values()}, always_in_command=True)
-    matcher: str = setting("activations", "Matcher", "How B's units are matched to A's: " + "; ".join(f"{k}: {v}" for k, v in MATCHERS.items()) + ".",
-                           group=MERGE, choices=tuple(MATCHERS), labels=MATCHER_LABELS, always_in_command=True)
+    matcher: str = setting("activations", "Matcher", "How B's units are matched to A's: " + "; ".join(f"{m.name}: {m.summary}" for m in MATCHERS.values()) + ".",
+                           group=MERGE, choices=tuple(MATCHERS), labels={m.name: m.label for m in MATCHERS.values()}, always_in_command=True)
     absolute: bool = setting(False, "Correlation", "Match on |correlation| instead of the signed correlation.", group=MERGE,
                              widget="radio", labels={False: "signed", True: "|absolute|"}, always_in_command=True)
     drop_special: bool = setting(False, "Drop [CLS]/[SEP] from statistics", "Leave the special tokens out of the activation statistics.")

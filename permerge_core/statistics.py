@@ -19,6 +19,7 @@ from typing import Callable, Collection
 
 import torch
 
+from . import spaces as sp
 from .architectures import EMBED, FINAL, Family, family_for_model_type
 from .data import TokenBatches
 
@@ -229,21 +230,13 @@ class Statistics:
 
     def residual_nodes(self) -> list[str]:
         """The residual nodes' space names, in depth order."""
-        nodes = [name for name in self.spaces if name.startswith("residual.")]
-        return sorted(nodes, key=lambda name: int(name.split(".")[1]))
+        return sp.depth_order(name for name in self.spaces if sp.is_node(name))
 
 
 def space_dims(config, family: Family | None = None) -> dict[str, int]:
     """Every space of a model with this config, with its width."""
     family = family or family_for_model_type(getattr(config, "model_type", ""))
-    shape = family.shape(config)
-    dims = {}
-    for i in range(shape.layers):
-        dims[f"layer.{i}.ffn"] = shape.ffn
-        dims[f"layer.{i}.attention"] = shape.hidden
-    for n in range(family.residual_layout.count(shape.layers)):
-        dims[f"residual.{n}"] = shape.hidden
-    return dims
+    return {name: space.width for name, space in sp.of_model(family, config).items()}
 
 
 def captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
@@ -252,13 +245,13 @@ def captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
     enc = family.encoder
     out = []
     for i in range(num_layers):
-        out.append((f"layer.{i}.ffn", enc.capture_ffn.module.format(i=i), enc.capture_ffn.io))
-        out.append((f"layer.{i}.attention", enc.capture_attention.module.format(i=i), enc.capture_attention.io))
+        out.append((sp.ffn(i), enc.capture_ffn.module.format(i=i), enc.capture_ffn.io))
+        out.append((sp.attention(i), enc.capture_attention.module.format(i=i), enc.capture_attention.io))
     for rule, cap in enc.capture_residual:
         layers = [None] if rule in (EMBED, FINAL) else range(num_layers)  # once, or in every layer
         for i in layers:
             node = family.residual_node(rule, i, num_layers)
-            out.append((f"residual.{node}", cap.module if i is None else cap.module.format(i=i), cap.io))
+            out.append((sp.node(node), cap.module if i is None else cap.module.format(i=i), cap.io))
     return out
 
 

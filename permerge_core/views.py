@@ -22,6 +22,7 @@ import numpy as np
 
 from .evaluation import barrier
 from .matching import HeadMatching, Matching, match_heads, matched_statistics
+from .modes import APP_VARIANTS
 from .modes import is_function_preserving, non_preserving
 
 __all__ = [
@@ -179,7 +180,7 @@ def display_heads(stats, matching: Matching, num_heads: int, layer: int) -> tupl
         corr = _as_numpy(stats.spaces[f"layer.{layer}.attention"].correlation())
         if matching.settings.get("absolute"):
             corr = np.abs(corr)
-        memo[key] = match_heads(corr, num_heads, "heads")
+        memo[key] = match_heads(corr, num_heads)
     return memo[key], False
 
 
@@ -232,20 +233,8 @@ def monotonic_comparison(heads: HeadMatching) -> list[dict]:
 
 # ---- loss paths -----------------------------------------------------------------------------
 
-# Component variants of the paper's comparisons: name → merge settings (ffn, attention, residual).
-VARIANTS: dict[str, dict] = {
-    "FFN only": {"ffn": True, "attention": "none", "residual": "none"},
-    "attention only (Head-Perm)": {"ffn": False, "attention": "heads", "residual": "none"},
-    "FFN + monotonic attention": {"ffn": True, "attention": "monotonic", "residual": "none"},
-    "FFN + ignore-heads attention": {"ffn": True, "attention": "ignore-heads", "residual": "none"},
-    "FFN + attention (Head-Perm)": {"ffn": True, "attention": "heads", "residual": "none"},
-    "FFN + attention + residual first": {"ffn": True, "attention": "heads", "residual": "first"},
-    "FFN + attention + residual last": {"ffn": True, "attention": "heads", "residual": "last"},
-    "FFN + attention + residual all": {"ffn": True, "attention": "heads", "residual": "all"},
-    "FFN + attention + residual sep": {"ffn": True, "attention": "heads", "residual": "sep"},
-    "residual first only": {"ffn": False, "attention": "none", "residual": "first"},
-    "residual all only": {"ffn": False, "attention": "none", "residual": "all"},
-}
+# Component variants of the paper's comparisons (modes.VARIANTS): name → merge settings.
+VARIANTS: dict[str, dict] = APP_VARIANTS
 
 
 def variant_settings(settings, name: str):

@@ -42,13 +42,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .assignment import assign
-from .matching import HeadMatching, Matching, heads_for_mode, identity, solve_heads
-from .modes import ATTENTION, ATTENTION_MODES, HEADS_IGNORE, HEADS_NONE, RESIDUAL, RESIDUAL_EACH, RESIDUAL_MODES, RESIDUAL_NONE
+from . import spaces as sp
+from .matching import HeadMatching, Matching, identity, merge_settings
+from .modes import ATTENTION, RESIDUAL, Problem, solve_permutation
 from .permuting import permutation_plan, reindex, touched_units, touches_by_tensor
 
 MAX_SWEEPS = 50  # a sweep visits every permuted space once; real pairs settle in a handful
-STREAM = "residual"  # the one residual space of the function-preserving modes
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -56,12 +55,12 @@ ProgressFn = Callable[[str, float, str], None]
 class WeightObjective:
     """J for one pair, and its linearisation in any one space (`similarity`).
 
-    Spaces are named as in a Matching: `layer.{i}.ffn`, `layer.{i}.attention`, and `residual`
-    (or `residual.{n}`, one per node, when `per_node`)."""
+    Spaces are named as in a Matching (spaces.py): every layer's, and the stream's one
+    permutation (or each residual node's, when `per_node`)."""
 
     def __init__(self, model_a: torch.nn.Module, model_b: torch.nn.Module, family, head, num_layers: int, per_node: bool = False):
-        labels = {f"layer.{i}.{kind}": f"layer.{i}.{kind}" for i in range(num_layers) for kind in ("ffn", "attention")}
-        node_label = (lambda n: f"residual.{n}") if per_node else (lambda n: STREAM)
+        labels = {sp.name_of(kind, i): sp.name_of(kind, i) for i in range(num_layers) for kind in sp.LAYER_KINDS}
+        node_label = sp.node if per_node else (lambda n: sp.STREAM)
         plan = permutation_plan(family, head, num_layers, labels, node_label)
         state_a, state_b = model_a.state_dict(), model_b.state_dict()
         touches: dict[str, list] = {}
@@ -131,72 +130,59 @@ def match_weights(
     model_b: torch.nn.Module,
     family,
     head,
-    num_layers: int,
-    num_heads: int,
-    ffn: bool = True,
-    attention: str = "heads",
-    residual: str = "first",
+    spaces: dict[str, sp.Space],
+    settings,
     seed: int = 0,
     max_sweeps: int = MAX_SWEEPS,
     progress: ProgressFn | None = None,
 ) -> Matching:
-    """The weight matching of B to A under the given modes (see the module docstring), as a
-    Matching in the usual convention: perm[i] = j, A's unit i ↔ B's unit j."""
-    if attention not in ATTENTION_MODES:
-        raise ValueError(f"unknown attention mode {attention!r}")
-    if residual not in RESIDUAL_MODES:
-        raise ValueError(f"unknown residual mode {residual!r}")
+    """The weight matching of B to A under `settings`' modes (see the module docstring), as a
+    Matching in the usual convention: perm[i] = j, A's unit i ↔ B's unit j. Each space is
+    solved by its mode's own solver (modes.py), on the weights' similarity."""
     started = time.perf_counter()
-    heads_rule, source = ATTENTION[attention].heads, RESIDUAL[residual].residual_source
-    problem = WeightObjective(model_a, model_b, family, head, num_layers, per_node=source == RESIDUAL_EACH)
-    spaces = []
-    for i in range(num_layers):
-        if ffn:
-            spaces.append(f"layer.{i}.ffn")
-        if heads_rule != HEADS_NONE:
-            spaces.append(f"layer.{i}.attention")
-    if source != RESIDUAL_NONE:
-        spaces += sorted((s for s in problem.dims if s.startswith(STREAM)), key=lambda s: int(s.split(".")[1]) if "." in s else 0)
-
-    def solve(space: str, score: np.ndarray) -> tuple[np.ndarray, HeadMatching | None]:
-        if space.endswith(".attention") and heads_rule != HEADS_IGNORE:
-            found = heads_for_mode(solve_heads(score, num_heads), attention)
-            return found.perm, found
-        return assign(score), None
+    attention, residual = ATTENTION[settings.attention], RESIDUAL[settings.residual]
+    layers = [s for s in spaces.values() if s.kind != sp.RESIDUAL]
+    problem = WeightObjective(model_a, model_b, family, head, sp.num_layers(spaces), per_node=residual.move == sp.PER_NODE)
+    solvers = {}
+    for space in layers:
+        if space.kind == sp.FFN and settings.ffn:
+            solvers[space.name] = (space, solve_permutation)
+        elif space.kind == sp.ATTENTION and attention.move != sp.IDENTITY:
+            solvers[space.name] = (space, attention.solve)
+    if residual.move == sp.SHARED:
+        solvers[sp.STREAM] = (sp.stream(spaces), residual.solve)
+    elif residual.move == sp.PER_NODE:
+        solvers.update({s.name: (s, residual.solve) for s in spaces.values() if s.kind == sp.RESIDUAL})
 
     rng = np.random.default_rng(seed)
     perms = problem.identity()
     heads: dict[int, HeadMatching] = {}
     residual_score = None
     objective = [problem.value(perms)]
-    converged = not spaces
+    converged = not solvers
     sweeps = 0
     while not converged and sweeps < max_sweeps:
         sweeps += 1
         changed = False
-        for space in rng.permutation(spaces):
-            score = problem.similarity(space, perms)
-            perm, found = solve(space, score)
-            if found is not None:
-                heads[int(space.split(".")[1])] = found
-            if space == STREAM:
+        for name in rng.permutation(list(solvers)):
+            space, solve = solvers[name]
+            score = problem.similarity(name, perms)
+            found = solve(Problem(space, lambda: score))
+            if found.heads is not None:
+                heads[space.layer] = found.heads
+            if name == sp.STREAM:
                 residual_score = score
-            if not np.array_equal(perm, perms[space]):
-                perms[space], changed = perm, True
+            if not np.array_equal(found.perm, perms[name]):
+                perms[name], changed = found.perm, True
         objective.append(problem.value(perms))
         converged = not changed
         if progress:
             progress("matching", sweeps / max_sweeps, f"weights: sweep {sweeps}, objective {objective[-1]:.6g}")
 
-    permutations = {}
-    for i in range(num_layers):
-        for kind in ("ffn", "attention"):
-            permutations[f"layer.{i}.{kind}"] = perms[f"layer.{i}.{kind}"]
-    for space in sorted(s for s in perms if s.startswith(STREAM)):
-        permutations[space] = perms[space]
+    permutations = {s.name: perms[s.name] for s in layers}
+    permutations.update({name: perms[name] for name in sp.depth_order(n for n in perms if sp.parse(n).kind == sp.RESIDUAL)})
     info = {
         "matcher": "weights", "sweeps": sweeps, "objective": objective, "converged": converged, "max_sweeps": max_sweeps,
         "seed": seed, "seconds": time.perf_counter() - started,
     }
-    settings = {"ffn": ffn, "attention": attention, "residual": residual, "absolute": False}
-    return Matching(permutations, heads, settings, residual_score, info)
+    return Matching(permutations, heads, {**merge_settings(settings), "absolute": False}, residual_score, info)

@@ -130,3 +130,18 @@ def random_head_perm(hidden: int, heads: int, rng: np.random.Generator) -> np.nd
     dk = hidden // heads
     order = rng.permutation(heads)
     return np.concatenate([order[j] * dk + rng.permutation(dk) for j in range(heads)])
+
+
+def spaces_of(model) -> dict:
+    """The spaces (permerge_core.spaces) of a tiny model, as Checkpoint.spaces gives them."""
+    from permerge_core import spaces
+    from permerge_core.checkpoints import family_for_model_type
+
+    return spaces.of_model(family_for_model_type(model.config.model_type), model.config)
+
+
+def merge(**fields):
+    """Settings with these merge fields (ffn, attention, residual, absolute) and defaults elsewhere."""
+    from permerge_core.settings import AlignSettings
+
+    return AlignSettings(**fields)

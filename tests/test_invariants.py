@@ -1,6 +1,7 @@
 """The method's invariants, tested directly on tiny random models (docs/method.md §4, §5)."""
 
 from dataclasses import astuple
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ from permerge_core.data import TokenBatches
 from permerge_core.evaluation import barrier, max_abs_logit_diff
 from permerge_core.interpolation import Interpolator, lambda_grid
 from permerge_core.matching import Matching, compute_matching
+from permerge_core.spaces import model_spaces
 from permerge_core.permuting import inverse, permutation_plan, permute_state_dict, permuted_model
 from permerge_core.statistics import collect_statistics
 
-from fixtures import FAMILY_CLASSES, random_head_perm, random_ids, random_model
+from fixtures import FAMILY_CLASSES, merge, random_head_perm, random_ids, random_model, spaces_of
 
 SHAPES = [
     dict(layers=2, hidden=16, heads=4, ffn=32),
@@ -134,7 +136,7 @@ def test_planted_permutation_is_recovered_exactly(family, residual):
     planted = random_matching(a.config, "heads", residual, seed=12)
     b = permuted_model(a, fam, head, 2, planted)  # B[i] = A[q[i]]
     stats = collect_statistics(a, b, fam, a.config, _batches(a.config.vocab_size))
-    found = compute_matching(stats, num_heads=4, ffn=True, attention="heads", residual=residual)
+    found = compute_matching(stats, spaces_of(a), merge(ffn=True, attention="heads", residual=residual))
     for name, q in planted.permutations.items():
         np.testing.assert_array_equal(found.permutations[name], inverse(q), err_msg=name)
     b_prime = permuted_model(b, fam, head, 2, found)
@@ -171,9 +173,10 @@ def _anti_correlated_statistics(layers=1, hidden=8, heads=2, ffn=12, tokens=400,
 
 def test_signed_matching_never_pairs_anti_correlated_units_and_absolute_does():
     stats, planted, negated = _anti_correlated_statistics()
-    signed = compute_matching(stats, num_heads=2, attention="heads", residual="first")
-    absolute = compute_matching(stats, num_heads=2, attention="heads", residual="first", absolute=True)
-    again = compute_matching(stats, num_heads=2, attention="heads", residual="first")  # not |corr| remembered
+    shape = model_spaces(SimpleNamespace(layers=1, hidden=8, heads=2, ffn=12), residual_nodes=3)  # as built above
+    signed = compute_matching(stats, shape, merge(attention="heads", residual="first"))
+    absolute = compute_matching(stats, shape, merge(attention="heads", residual="first", absolute=True))
+    again = compute_matching(stats, shape, merge(attention="heads", residual="first"))  # not |corr| remembered
     for name, space in (("layer.0.ffn", "layer.0.ffn"), ("layer.0.attention", "layer.0.attention"), ("residual", "residual.0")):
         partner = inverse(planted[space])  # A's unit i is B's unit partner[i], up to sign
         anti = negated[space][partner]  # rows whose partner is negated (correlation ≈ −1)
@@ -192,8 +195,8 @@ def test_matched_correlation_is_one_for_a_planted_pair_and_monotonic_reports_hea
     fam, head = head_for(a)
     b = permuted_model(a, fam, head, 1, random_matching(a.config, "heads", "none", seed=14))
     stats = collect_statistics(a, b, fam, a.config, _batches(a.config.vocab_size))
-    mono = compute_matching(stats, 4, attention="monotonic", residual="none")
-    full = compute_matching(stats, 4, attention="heads", residual="none")
+    mono = compute_matching(stats, spaces_of(a), merge(attention="monotonic", residual="none"))
+    full = compute_matching(stats, spaces_of(a), merge(attention="heads", residual="none"))
     assert list(mono.heads[0].assignment) == [0, 1, 2, 3]
     assert list(mono.heads[0].head_perm_assignment) == list(full.heads[0].assignment)
     corr = stats.spaces["layer.0.ffn"].correlation().numpy()

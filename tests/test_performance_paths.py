@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import torch
 
-from fixtures import random_ids, random_model
+from fixtures import merge, random_ids, random_model, spaces_of
 from permerge_core.architectures import FAMILIES
 from permerge_core.checkpoints import _choose_head
 from permerge_core.data import TokenBatches
@@ -41,14 +41,14 @@ def test_correlation_at_is_the_full_matrix_entry_for_entry():
 
 
 def test_matching_is_the_same_whether_solved_fresh_remembered_or_in_parallel():
-    *_, stats = _stats()
+    a, *_, stats = _stats()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = {m: compute_matching(copy.deepcopy(stats), 4, attention=m, residual=r) for m, r in (("heads", "first"), ("monotonic", "all"))}
+        serial = {m: compute_matching(copy.deepcopy(stats), spaces_of(a), merge(attention=m, residual=r)) for m, r in (("heads", "first"), ("monotonic", "all"))}
         torch.set_num_threads(2)
         for (mode, residual), fresh in zip((("heads", "first"), ("monotonic", "all")), serial.values()):
-            again = compute_matching(stats, 4, attention=mode, residual=residual)  # the second reuses the first's FFN work
+            again = compute_matching(stats, spaces_of(a), merge(attention=mode, residual=residual))  # the second reuses the first's FFN work
             assert again.permutations.keys() == fresh.permutations.keys()
             for k in fresh.permutations:
                 np.testing.assert_array_equal(again.permutations[k], fresh.permutations[k], err_msg=k)
@@ -63,7 +63,7 @@ def test_permuted_model_equals_loading_the_permuted_state_dict():
     a, b, fam, stats = _stats()
     _, head = head_for(b)
     for residual in ("first", "sep"):  # sep permutes the tied embedding/decoder differently
-        matching = compute_matching(stats, 4, attention="heads", residual=residual)
+        matching = compute_matching(stats, spaces_of(a), merge(attention="heads", residual=residual))
         expected = copy.deepcopy(b)
         expected.load_state_dict(permute_state_dict(b.state_dict(), plan_for_matching(fam, head, 2, matching)))
         got = permuted_model(b, fam, head, 2, matching)

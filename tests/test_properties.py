@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from permerge_core.matching import compute_matching
 from permerge_core.permuting import inverse, permutation_plan, permute_state_dict, permuted_model
 from permerge_core.statistics import collect_statistics
-from fixtures import random_ids, random_model
+from fixtures import merge, random_ids, random_model, spaces_of
 from test_invariants import _batches, head_for, random_matching
 
 shapes = st.builds(
@@ -62,7 +62,7 @@ def test_a_planted_permutation_is_recovered(family, shape, seed):
     planted = random_matching(a.config, "heads", "first", seed=seed)
     b = permuted_model(a, fam, head, shape["layers"], planted)
     stats = collect_statistics(a, b, fam, a.config, _batches(a.config.vocab_size, n=6))
-    found = compute_matching(stats, shape["heads"], attention="heads", residual="first")
+    found = compute_matching(stats, spaces_of(a), merge(attention="heads", residual="first"))
     # B = A shuffled by q (B[j] = A[q[j]]), so in the report's convention (perm[i] = j: A's unit
     # i ↔ B's unit j) the answer is q's inverse. Units with identical activations (possible in
     # tiny random models) may be matched either way, and dead ones anyhow: every unit that

@@ -15,7 +15,7 @@ from permerge_core.modes import ATTENTION, RESIDUAL
 from permerge_core.permuting import inverse, permuted_model
 from permerge_core.weight_matching import match_weights
 
-from fixtures import random_ids, random_model, random_text, save_model
+from fixtures import merge, random_ids, random_model, random_text, save_model, spaces_of
 from test_invariants import LM, SHAPES, head_for, random_matching
 
 PRESERVING = [(att, res) for att, a in ATTENTION.items() if a.preserves_function for res, r in RESIDUAL.items() if r.preserves_function]
@@ -30,7 +30,7 @@ def test_a_planted_shuffle_is_recovered_exactly_from_the_weights_alone(family, s
     # Residual stream, every FFN, every layer's heads and the features within each head.
     planted = random_matching(a.config, "heads", "first", seed=42)
     b = permuted_model(a, fam, head, layers, planted)  # B[i] = A[q[i]]
-    found = match_weights(a, b, fam, head, layers, heads, ffn=True, attention="heads", residual="first")
+    found = match_weights(a, b, fam, head, spaces_of(a), merge(ffn=True, attention="heads", residual="first"))
     for name, q in planted.permutations.items():
         np.testing.assert_array_equal(found.permutations[name], inverse(q), err_msg=name)
     dk = shape["hidden"] // heads
@@ -54,7 +54,7 @@ def test_b_prime_computes_b_under_the_weights_matcher(family, attention, residua
     a = random_model(family, LM[family], seed=51, layers=2, hidden=16, heads=4, ffn=32)
     b = random_model(family, LM[family], seed=52, layers=2, hidden=16, heads=4, ffn=32)
     fam, head = head_for(b)
-    found = match_weights(a, b, fam, head, 2, 4, ffn=ffn, attention=attention, residual=residual)
+    found = match_weights(a, b, fam, head, spaces_of(a), merge(ffn=ffn, attention=attention, residual=residual))
     assert found.function_preserving
     b_prime = permuted_model(b, fam, head, 2, found)
     ids, mask = random_ids(vocab=b.config.vocab_size)
@@ -70,7 +70,7 @@ def test_b_prime_computes_b_for_a_classifier_under_the_weights_matcher():
     a = random_model("bert", "classification", seed=53, layers=2, hidden=16, heads=4, ffn=32)
     b = random_model("bert", "classification", seed=54, layers=2, hidden=16, heads=4, ffn=32)
     fam, head = head_for(b)
-    b_prime = permuted_model(b, fam, head, 2, match_weights(a, b, fam, head, 2, 4))
+    b_prime = permuted_model(b, fam, head, 2, match_weights(a, b, fam, head, spaces_of(a), merge()))
     ids, mask = random_ids(vocab=b.config.vocab_size)
     assert max_abs_logit_diff(b_prime, b, ids, mask) < 1e-4
 
@@ -80,7 +80,7 @@ def test_sep_gives_every_residual_node_its_own_permutation():
     fam, head = head_for(a)
     planted = random_matching(a.config, "heads", "sep", seed=56)
     b = permuted_model(a, fam, head, 2, planted)
-    found = match_weights(a, b, fam, head, 2, 4, attention="heads", residual="sep")
+    found = match_weights(a, b, fam, head, spaces_of(a), merge(attention="heads", residual="sep"))
     assert sorted(k for k in found.permutations if k.startswith("residual")) == [f"residual.{n}" for n in range(5)]
     assert not found.function_preserving
 

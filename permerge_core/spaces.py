@@ -144,6 +144,30 @@ def stream(spaces: dict[str, Space]) -> Space:
     return Space(RESIDUAL, node.width, admits=node.admits)
 
 
+def fits(perm, space: Space, move: str) -> bool:
+    """Whether `perm` (perm[i] = j) is a move of kind `move` on `space`: what a mode's solver
+    must return for the mode to mean what it says. SHARED and PER_NODE are about how the
+    nodes' permutations relate, so for one permutation they ask only that it be one."""
+    import numpy as np
+
+    perm = np.asarray(perm)
+    if perm.shape != (space.width,) or not np.array_equal(np.sort(perm), np.arange(space.width)):
+        return False
+    if move == IDENTITY:
+        return bool(np.array_equal(perm, np.arange(space.width)))
+    if move in (PERMUTATION, SHARED, PER_NODE):
+        return True
+    if move not in (HEADS, WITHIN_HEADS):
+        raise ValueError(f"{move!r} is not a permutation move")
+    blocks = perm.reshape(space.heads, space.head_dim)
+    target = blocks // space.head_dim  # the B head each unit of A's head j comes from
+    if not (target == target[:, :1]).all():
+        return False  # a head was split across heads
+    if move == WITHIN_HEADS and not np.array_equal(target[:, 0], np.arange(space.heads)):
+        return False
+    return all((blocks[:, f] % space.head_dim == f).all() for f in space.fixed)
+
+
 def num_layers(spaces: dict[str, Space]) -> int:
     return sum(1 for s in spaces.values() if s.kind == FFN)
 

@@ -145,3 +145,23 @@ def merge(**fields):
     from permerge_core.settings import AlignSettings
 
     return AlignSettings(**fields)
+
+
+def random_move(space, move: str, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation of `space` of kind `move` (permerge_core.spaces), never the identity
+    where the move allows another: heads shuffled as wholes and features inside them (HEADS),
+    features inside each head only (WITHIN_HEADS), anything (PERMUTATION and the stream's moves)."""
+    from permerge_core import spaces
+
+    if move == spaces.IDENTITY:
+        return np.arange(space.width)
+    while True:
+        if move == spaces.HEADS:
+            perm = random_head_perm(space.width, space.heads, rng)
+        elif move == spaces.WITHIN_HEADS:
+            dk = space.head_dim
+            perm = np.concatenate([j * dk + rng.permutation(dk) for j in range(space.heads)])
+        else:
+            perm = rng.permutation(space.width)
+        if space.width == 1 or not np.array_equal(perm, np.arange(space.width)):
+            return perm

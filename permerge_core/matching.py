@@ -35,20 +35,30 @@ class HeadMatching:
     head_perm_assignment: np.ndarray  # what Head-Perm would choose (differs from `assignment` for monotonic)
 
 
-def solve_heads(corr: np.ndarray, num_heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Head-Perm's assignments, whatever the mode: (cost [H, H], inner [H, H, d_k], head_perm [H])."""
+def solve_heads(corr: np.ndarray, num_heads: int, fixed: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Head-Perm's assignments, whatever the mode: (cost [H, H], inner [H, H, d_k], head_perm [H]).
+
+    `fixed` are positions inside a head that must stay where they are (spaces.Space.fixed):
+    the inner assignment moves only the others, while the cost of a head pair still sums the
+    matched correlation of every position, fixed ones included (they too say which heads match)."""
     from .assignment import assign
 
     dim = corr.shape[0]
     if dim % num_heads:
         raise ValueError(f"{dim} features do not split into {num_heads} heads")
     dk = dim // num_heads
+    movable = np.setdiff1d(np.arange(dk), np.asarray(fixed, dtype=np.int64))
     blocks = corr.reshape(num_heads, dk, num_heads, dk).transpose(0, 2, 1, 3)  # [j, k, a, b]
     cost = np.empty((num_heads, num_heads))
     inner = np.empty((num_heads, num_heads, dk), dtype=np.int64)
     for j in range(num_heads):
         for k in range(num_heads):
-            p = assign(blocks[j, k])
+            if len(movable) == dk:
+                p = assign(blocks[j, k])
+            else:
+                p = np.arange(dk)
+                if len(movable):
+                    p[movable] = movable[assign(blocks[j, k][np.ix_(movable, movable)])]
             inner[j, k] = p
             cost[j, k] = blocks[j, k][np.arange(dk), p].sum()
     return cost, inner, assign(cost)

@@ -59,7 +59,7 @@ def _head_perm(match_heads: bool) -> Callable[[Problem], Solution]:
     def solve(problem: Problem) -> Solution:
         from .matching import heads_for_mode, solve_heads
 
-        solved = problem.cached("heads", lambda: solve_heads(problem.score(), problem.space.heads))
+        solved = problem.cached("heads", lambda: solve_heads(problem.score(), problem.space.heads, problem.space.fixed))
         found = heads_for_mode(solved, match_heads)
         return Solution(found.perm, found)
 

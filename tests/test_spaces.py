@@ -70,6 +70,23 @@ def test_each_attention_mode_solves_to_the_move_it_declares(mode):
         np.testing.assert_array_equal(found, best)
 
 
+def test_head_perm_keeps_fixed_positions_in_place_and_still_matches_heads_on_them():
+    """Rotary-style fixed positions (0 and 1 of each head) never move, and a planted head
+    shuffle is still found."""
+    rng = np.random.default_rng(5)
+    space = sp.Space(sp.ATTENTION, 16, layer=0, heads=4, fixed=(0, 1), admits=sp.ADMITS[sp.ATTENTION])
+    planted = random_move(space, sp.HEADS, rng)
+    planted = np.concatenate([h * 4 + np.r_[0, 1, 2 + rng.permutation(2)] for h in planted.reshape(4, 4)[:, 0] // 4])
+    assert sp.fits(planted, space, sp.HEADS)
+    score = rng.random((16, 16)) * 0.1
+    score[np.arange(16), planted] = 1.0
+    target = planted[0] // 4 * 4  # where A's head 0 goes
+    score[0, target + 1] = score[1, target] = 5.0  # a tempting swap of its two fixed positions
+    found = ATTENTION["heads"].solve(Problem(space, lambda: score)).perm
+    assert sp.fits(found, space, sp.HEADS)
+    np.testing.assert_array_equal(found, planted)
+
+
 MOVES = [(sp.FFN, sp.PERMUTATION), (sp.ATTENTION, sp.HEADS), (sp.ATTENTION, sp.WITHIN_HEADS), (sp.ATTENTION, sp.PERMUTATION),
          (sp.RESIDUAL, sp.SHARED), (sp.RESIDUAL, sp.PER_NODE)]
 

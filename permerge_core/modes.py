@@ -1,4 +1,4 @@
-"""The attention and residual modes, in one registry (docs/method.md §3).
+"""The attention and residual modes, in one registry (docs/method.md §4).
 
 Matching reads what a mode does from here (`heads`, `residual_source`); the CLI's help, the
 app's menus and warnings, the Heads page and the equivalence badge read its label, its

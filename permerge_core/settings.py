@@ -17,7 +17,7 @@ from .modes import ATTENTION, ATTENTION_MODES, RESIDUAL, RESIDUAL_MODES, help_te
 # data.PACKINGS, spelt out: importing data.py would load torch for every `--help`.
 PACKINGS = ("blocks", "lines")
 
-# How B's units are matched to A's (docs/method.md §3 and §12). `both` applies the activation
+# How B's units are matched to A's (docs/method.md §4 and §9). `both` applies the activation
 # matching and computes the weight matching beside it, for comparison.
 ACTIVATIONS, WEIGHTS, BOTH = "activations", "weights", "both"
 MATCHERS = {

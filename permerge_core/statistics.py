@@ -1,4 +1,4 @@
-"""Streaming cross-correlation between the units of A and B (docs/method.md §2).
+"""Streaming cross-correlation between the units of A and B (docs/method.md §3).
 
 Both models read the same token batches. For every permutable space we keep running sums
 Σx_A, Σx_B, Σx_A², Σx_B² in float64 and the cross product X_Aᵀ X_B as a float32 pair (see

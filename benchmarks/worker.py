@@ -248,7 +248,7 @@ def cross_products_alone(p, s, batches, repeats: int = 3) -> dict:
     of `repeats` runs.
 
     A statistics pass whose forward passes cost what the plain ones do cannot take less than
-    those passes plus these products in float32 (docs/method.md §2; everything else it does, the
+    those passes plus these products in float32 (docs/method.md §3; everything else it does, the
     gathers, shifts and sums, comes on top), so 1 + this time / the plain passes is the floor
     of the statistics ratio, short of forward passes or products faster than here."""
     import torch

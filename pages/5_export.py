@@ -25,7 +25,7 @@ target = c1.text_input("Save to folder", key="export_target", placeholder="/path
 overwrite = c2.checkbox("Overwrite if not empty", key="export_overwrite", help="Off: a folder that already holds files is never touched.")
 repair = st.checkbox("Apply the REPAIR correction", key="export_repair",
                      help="Rescale and shift each FFN unit of θ(λ) so that its mean and std on the matching text are the λ-interpolation "
-                          "of A's and B′'s (docs/method.md §5). Off: the plain θ(λ). Independent of the sidebar's REPAIR curve setting.")
+                          "of A's and B′'s (docs/method.md §11). Off: the plain θ(λ). Independent of the sidebar's REPAIR curve setting.")
 if st.button("Save merged model", disabled=not target.strip(), type="primary"):
     try:
         with ui.progress(), st.spinner("Writing the merged model…"):

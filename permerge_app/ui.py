@@ -88,7 +88,7 @@ def navigation_pages() -> list:
 # Streamlit slides a progress bar to each new value over 0.5 s. A loss path moves its bar at
 # every λ point (about every 0.5 s on the default pair), so the bar was always sliding and the
 # browser drew frames all the time, on the cores computing the curve: 5.9 to 7.9 CPU-s of
-# browser per settings change without this rule, 3.6 to 5.8 with it (docs/performance.md).
+# browser per settings change without this rule, 3.6 to 5.8 with it (docs/history.md).
 STYLE = "<style>[data-testid='stProgressBarTrack'] div { transition: none; }</style>"
 
 

@@ -1,5 +1,5 @@
 """How much matching text is enough: the data ablation behind `python -m permerge_core ablate`
-and the app's Stability page (docs/method.md §12).
+and the app's Stability page (docs/method.md §10).
 
 Protocol. The matching text is tokenised in text order, as the family reads it (passages
 wrapped in [CLS] … [SEP], `data.token_sequences`, or packed into blocks, `data.packed_sequences`),

@@ -1,4 +1,4 @@
-"""What interpolation does to activations: each unit's spread along a path (docs/method.md §5).
+"""What interpolation does to activations: each unit's spread along a path (docs/method.md §11).
 
 Averaging two networks' weights can shrink their activations' spread: Jordan et al. (2022,
 REPAIR) measured this "variance collapse" in CNNs, where the midpoint's units vary far less

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--merge-lambda", type=_unit_float, default=0.5)
     align.add_argument("--overwrite", action="store_true", help="allow --save-merged into a non-empty folder")
     align.add_argument("--merge-repair", action="store_true",
-                       help="REPAIR-correct the model written by --save-merged (docs/method.md §5); off: plain θ(λ), whatever --repair says")
+                       help="REPAIR-correct the model written by --save-merged (docs/method.md §11); off: plain θ(λ), whatever --repair says")
 
     grid = sub.add_parser(
         "grid", help="every pair of several checkpoints (B aligned to A), in this process or as Ray tasks",

@@ -1,5 +1,5 @@
 """How alike two matchings are: per space, per head assignment, per kind of space; and the
-activation and weight matchers of one pair side by side (docs/method.md §12).
+activation and weight matchers of one pair side by side (docs/method.md §9).
 
 Every permutation is in the report's convention, `perm[i] = j`: A's unit i ↔ B's unit j (and a
 head assignment `assignment[j] = k`: A's head j ↔ B's head k). Two matchings agree on A's unit

@@ -7,7 +7,7 @@ next to nothing beside the forward pass that follows. The formula is exact at th
 B′ is never held as a model of its own: given the permutation plan, each point gathers B's
 tensors through the permutations straight into the working model (B′[..i..] = B[..perm[i]..]).
 That is one model less in memory (438 MB for BERT-base) for a gather per point, which costs a
-few percent of the forward pass that follows (docs/performance.md).
+few percent of the forward pass that follows (docs/history.md).
 """
 
 from __future__ import annotations

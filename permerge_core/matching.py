@@ -1,4 +1,4 @@
-"""From correlation matrices to permutations (docs/method.md §3).
+"""From correlation matrices to permutations (docs/method.md §4).
 
 Convention everywhere: `perm[i] = j` means A's unit i is matched with B's unit j, so the
 aligned B′ is B reindexed by perm (B′[i] = B[perm[i]]). Every assignment maximises the sum of

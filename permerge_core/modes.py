@@ -1,4 +1,4 @@
-"""Attention modes, residual modes, matchers and the paper's variants: one registry each.
+"""Attention modes, residual modes, matchers and the paper's variants: one registry each (docs/method.md §4).
 
 A mode is data plus its own solver. It names the *move* it makes on its spaces (`spaces.py`)
 and so whether it keeps B's function: exactly when every space it acts on admits that move

@@ -3,7 +3,7 @@
 PyTorch splits each op across its intra-op threads; for the attention, GELU and small matrix
 products of a 192-wide model much of that is spent waiting at each op's end. Running
 independent evaluation chunks one per core keeps both cores of this machine busier: one λ
-point of the default pair took 20% less time, BERT-base's 9% less (docs/performance.md).
+point of the default pair took 20% less time, BERT-base's 9% less (docs/history.md).
 (The statistics pass's two forward passes side by side were slower: its slices are large
 enough to split well, and it has to hold both models' activations.) Forming θ(λ) uses it too,
 for groups of parameters, so that no OpenMP team is left spinning while the evaluation runs

@@ -1,4 +1,4 @@
-"""Applying permutations to B (docs/method.md §4), driven entirely by the family's data.
+"""Applying permutations to B (docs/method.md §5), driven entirely by the family's data.
 
 `permutation_plan` turns a Matching into a list of (tensor name, axis, permutation);
 `permute_state_dict` applies it with one generic loop. A tensor touched on two axes (a

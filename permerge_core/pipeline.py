@@ -100,7 +100,7 @@ class Pipeline:
             task = task or TaskSpec()
         self.notes: list[str] = []
         if classifier and match_data is None and eval_data is not None:
-            match_data = eval_data  # the task's input texts, as docs/method.md §6 asks
+            match_data = eval_data  # the task's input texts, as docs/method.md §8 asks
             self.notes.append("matching on the evaluation file's input texts (no separate matching file was given)")
         self.match_path = str(match_data or DEFAULT_MATCH_DATA)
         self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)
@@ -655,7 +655,7 @@ class Pipeline:
                 }
                 if repair:
                     about["note"] += (" Its FFN units are REPAIR-corrected: each unit's mean and std on the matching text are "
-                                      "the λ-interpolation of A's and B′'s (docs/method.md §5).")
+                                      "the λ-interpolation of A's and B′'s (docs/method.md §11).")
                     about["repair"] = {"tokens": repair_mod.budget(s.match_tokens), "match_text": text_fingerprint(self.match_passages)}
                 (staging / "permerge_merge.json").write_text(json.dumps(about, indent=1))
                 if out.exists():

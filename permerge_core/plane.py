@@ -1,4 +1,4 @@
-"""The loss plane through A, B and B′: coordinates, grid, fill order, outputs (docs/method.md §5).
+"""The loss plane through A, B and B′: coordinates, grid, fill order, outputs (docs/method.md §12).
 
 The loss path is one line through weight space; the plane through the three models shows
 both lines at once, the vanilla one A–B and the permuted one A–B′, and the landscape

@@ -1,4 +1,4 @@
-"""REPAIR-style correction of the permuted path's FFN units (docs/method.md §5).
+"""REPAIR-style correction of the permuted path's FFN units (docs/method.md §11).
 
 Jordan et al. (2022, REPAIR) found that averaging two aligned CNNs shrinks the spread of the
 merged units' activations, and that rescaling each unit back to the interpolation of its

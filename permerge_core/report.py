@@ -64,7 +64,7 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked, repa
         report["barrier"][REPAIRED] = barrier(loss(repaired))
         report["repair"] = {"label": LABEL, "statistics": "matching text", "match_tokens_budget": budget(s.match_tokens),
                             "match_fingerprint": text_fingerprint(p.match_passages),
-                            "corrected": "each layer's FFN pre-activation, layer by layer (docs/method.md §5)"}
+                            "corrected": "each layer's FFN pre-activation, layer by layer (docs/method.md §11)"}
     if masked is None:  # a classifier: every task metric along λ
         names = [k for k in vanilla[0] if k not in ("lambda", "loss")]
         paths = (("vanilla", vanilla), ("permuted", permuted)) + (((REPAIRED, repaired),) if repaired is not None else ())

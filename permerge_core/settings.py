@@ -17,7 +17,7 @@ from .modes import ATTENTION, ATTENTION_MODES, MATCHERS, RESIDUAL, RESIDUAL_MODE
 # data.PACKINGS, spelt out: importing data.py would load torch for every `--help`.
 PACKINGS = ("blocks", "lines")
 
-# The matchers' names (modes.MATCHERS holds what each does).
+# The matchers' names (modes.MATCHERS holds what each does; docs/method.md §4 and §9).
 ACTIVATIONS, WEIGHTS, BOTH = "activations", "weights", "both"
 
 # Where a setting's control sits in the app's sidebar.

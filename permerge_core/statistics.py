@@ -1,4 +1,4 @@
-"""Streaming cross-correlation between the units of A and B (docs/method.md §2).
+"""Streaming cross-correlation between the units of A and B (docs/method.md §3).
 
 Both models read the same token batches. For every permutable space we keep running sums
 Σx_A, Σx_B, Σx_A², Σx_B² in float64 and the cross product X_Aᵀ X_B as a float32 pair (see
@@ -29,7 +29,7 @@ from .data import TokenBatches
 # At 32 MiB the default pair's peak grew with the length of the pass (65,536 tokens peaked
 # 30 to 130 MiB above 4,096; the C heap was measured to fragment as slice shapes change). At
 # 16 MiB, 65,536 tokens peaked 20 MiB above 4,096 in isolated runs (up to 80 in some
-# benchmark runs), at the same speed (docs/performance.md).
+# benchmark runs), at the same speed (docs/history.md).
 HELD_BYTES = 16 * 2**20
 # ...but a slice has at least this many tokens (of padded width): a d×d product over a
 # 128-token row runs well below the matrix unit's speed for BERT-base's 3072-wide spaces.

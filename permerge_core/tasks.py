@@ -1,4 +1,4 @@
-"""Fine-tuned classifiers (docs/method.md §6): labelled data, task loss and task metrics.
+"""Fine-tuned classifiers (docs/method.md §8): labelled data, task loss and task metrics.
 
 Labelled data come from local CSV / TSV / JSON Lines files, read through `datasets`, with a
 text column (or two, for sentence pairs) and a label column chosen by the user. A single

@@ -1,5 +1,5 @@
 """Weight matching: B's units matched to A's from the weights alone, reading no data
-(docs/method.md §12).
+(docs/method.md §9).
 
 The data-free method of Ainsworth et al. (2023, "Git Re-Basin") maximises the summed inner
 products of the two models' weights over the permutations of B:

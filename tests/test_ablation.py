@@ -1,4 +1,4 @@
-"""The data ablation (docs/method.md §12): how the text is cut into budgets and resamples, that
+"""The data ablation (docs/method.md §10): how the text is cut into budgets and resamples, that
 one pass's snapshots are the statistics of its prefixes, and the study end to end on a tiny
 pair, cached."""
 

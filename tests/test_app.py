@@ -596,7 +596,7 @@ def test_loss_path_does_not_draw_a_cached_curve_on_its_own(world, monkeypatch):
 
 def test_streamlit_config_keeps_the_file_watcher_off():
     """With .venv inside the app's folder, Streamlit's recursive file watcher overflowed its
-    inotify queue hundreds of times per run, on the cores computing (docs/performance.md)."""
+    inotify queue hundreds of times per run, on the cores computing (docs/history.md)."""
     import tomllib
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())

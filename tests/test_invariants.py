@@ -1,4 +1,4 @@
-"""The method's invariants, tested directly on tiny random models (docs/method.md §4, §5)."""
+"""The method's invariants, tested directly on tiny random models (docs/method.md §5, §6)."""
 
 from dataclasses import astuple
 from types import SimpleNamespace

@@ -1,4 +1,4 @@
-"""Weight matching (docs/method.md §12) and the comparison of the two matchers, on tiny random
+"""Weight matching (docs/method.md §9) and the comparison of the two matchers, on tiny random
 models: planted shuffles come back exactly without any data, B′ computes B in every
 function-preserving mode, and agreement is counted in the report's convention."""
 

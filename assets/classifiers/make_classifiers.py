@@ -5,7 +5,7 @@
 Each bundled masked LM `assets/models/seed-N` is fine-tuned as a BertForSequenceClassification
 on `assets/tasks/source/train.tsv` (Bible or Shakespeare?) by `python -m permerge_core
 finetune`, with the same classifier-head initialisation (`--head-seed 0`) for every seed and
-the seed itself for data order (docs/method.md §6). The results are stored as float16 safetensors
+the seed itself for data order (docs/method.md §8). The results are stored as float16 safetensors
 in `assets/classifiers/source-seed-N`, then measured with the same pipeline the CLI and the app
 use, on `assets/tasks/source/eval.tsv` with the default settings: each model's held-out loss
 and accuracy against the majority-class baseline, and the barriers of the pair for vanilla
@@ -106,7 +106,7 @@ def write_markdown(card: dict) -> str:
         "BertForSequenceClassification on the bundled task `assets/tasks/source` (which text a passage comes",
         "from: `bible` or `shakespeare`; how the labels were made and the class balance are in",
         "`assets/tasks/README.md`). Both start from the **same classifier-head initialisation**",
-        f"(`--head-seed {cfg['head_seed']}`); each uses its own seed for data order (docs/method.md §6).",
+        f"(`--head-seed {cfg['head_seed']}`); each uses its own seed for data order (docs/method.md §8).",
         "",
         f"Fine-tuning: {cfg['steps']} steps, batch {cfg['batch_size']}, AdamW learning rate {cfg['lr']}, {cfg['warmup']} warm-up steps then",
         "linear decay, max length 128. Stored as float16 safetensors. Reproduce:",

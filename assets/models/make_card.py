@@ -227,7 +227,7 @@ def write_markdown(card: dict) -> str:
         "",
         f"What these small models gain: FFN + Head-Perm alone leaves {100 * pair['FFN + Head-Perm']['barrier'] / van:.0f}% of the vanilla barrier, "
         f"adding the residual stream ({best_label.rsplit(' ', 1)[1]}) leaves {100 * pair[best_label]['barrier'] / van:.0f}%: "
-        "the residual stream matters most for small models, as docs/method.md §8 says.",
+        "the residual stream matters most for small models, as docs/method.md §16 says.",
         "",
     ]
     if worst_loss > 4.5 or van < 1.0:

@@ -1,4 +1,4 @@
-"""The spaces a symmetry acts on, as values (docs/method.md, "What may move").
+"""The spaces a symmetry acts on, as values (docs/method.md §2).
 
 A *space* is a set of units that can be moved together without changing what the model
 computes: the FFN intermediate of one layer, the attention features (concatenated heads) of one

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .architectures import ARCHITECTURE_ALIASES, Family, Head, family_for_model_type, supported_architectures, FAMILIES
+from .families import FAMILIES, family_for_model_type, supported_architectures
+from .families.schema import Family, Head
 from .errors import CheckpointError, IncompatiblePairError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -188,9 +189,9 @@ def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def _choose_head(family: Family, architectures: list[str] | None, keys: set[str]) -> Head:
     for arch in architectures or []:
-        arch = ARCHITECTURE_ALIASES.get(arch, arch)
-        if arch in family.heads:
-            return family.heads[arch]
+        head = family.head_for_architecture(arch)
+        if head is not None:
+            return head
     if architectures:
         raise CheckpointError(
             f"Architecture {architectures[0]} is not supported.",

@@ -95,7 +95,7 @@ def tail_stop(tail: _Tail | None):
 
 
 def _position_wise_tail(model) -> _Tail | None:
-    from .architectures import family_for_model_type
+    from .families import family_for_model_type
 
     config = getattr(model, "config", None)
     family = family_for_model_type(getattr(config, "model_type", ""))

@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .architectures import Family, Head, Touch, expand
+from .families import expand
+from .families.schema import Family, Head, Touch
 
 
 def _prefix(family: Family, head: Head) -> str:

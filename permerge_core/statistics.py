@@ -19,7 +19,8 @@ from typing import Callable, Collection
 
 import torch
 
-from .architectures import EMBED, FINAL, Family, family_for_model_type
+from .families import family_for_model_type
+from .families.schema import EMBED, FINAL, Family
 from .data import TokenBatches
 
 # At most about this much of A's activations is held while B runs. Small slices keep every

@@ -7,7 +7,7 @@ products of the two models' weights over the permutations of B:
     J(π) = Σ_W ⟨W_A, W_B′⟩,   B′ = B with every permutation applied (B′[..i..] = B[..π(i)..]),
 
 W running over every tensor a permutation touches. Which tensors touch which space, and along
-which axis, is the family's data (`architectures.py`), read through the same permutation plan
+which axis, is the family's data (`families/`), read through the same permutation plan
 that builds B′ (`permuting.permutation_plan`) and cut into rows by `permuting.touched_units`:
 nothing here knows a tensor name, so every family works.
 

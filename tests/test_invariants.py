@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from permerge_core.architectures import FAMILIES
+from permerge_core.families import FAMILIES
 from permerge_core.checkpoints import _choose_head
 from permerge_core.data import TokenBatches
 from permerge_core.evaluation import barrier, max_abs_logit_diff

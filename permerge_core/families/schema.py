@@ -1,0 +1,258 @@
+"""What a model family is, as data: the schema every family module (`bert.py`, …) fills in.
+
+A permutation acts on a *space* (the units of one hidden layer). For each space a family lists
+every tensor that touches it (`Touch`) and the axis along which it does: producers have the
+space on their output rows (axis 0 of a Linear weight, the bias, LayerNorm gamma/beta),
+consumers on their input columns (axis 1 of a Linear weight, axis 1 of an Embedding table). The
+axis is data, not a convention: GPT-2's Conv1D stores [in, out], so a producer's space is on its
+axis 1. A touch may also address one of several equal blocks of a fused tensor (`part`):
+GPT-2's `c_attn` holds q | k | v in one matrix. Applying a permutation is then one generic loop
+(`permuting.py`).
+
+Names are templates: `{i}` is the layer index. Names in the `Encoder` are relative to the base
+model (`bert.`, `roberta.`, `transformer.` or nothing for a bare encoder); names in a `Head` are
+absolute.
+
+Residual tensors also say which *residual node* they sit at, so that the non-function-
+preserving `sep` mode (a different permutation per node) is described by the same data. The
+family's `ResidualLayout` numbers the nodes; for BERT, node 0 is the embedding LayerNorm,
+node 2i+1 the LayerNorm after layer i's attention, node 2i+2 the LayerNorm after layer i's FFN;
+for the pre-LayerNorm GPT-2 the nodes are the un-normalised stream at the same places.
+
+The rest is data too: what a family reads from its config (`ConfigKeys`), which tensors a
+checkpoint may lack, how a head is recognised from tensor names, old tensor names, which
+architecture names load as which head, what a language-model head predicts (`Prediction`) and
+how text is laid out for it. To add a family, write one module with one `Family` value and list
+it in `families/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Where a residual tensor sits, as a rule the family's ResidualLayout turns into a node index.
+EMBED = "embed"  # the first node: what the embeddings write
+LAYER_INPUT = "layer_input"  # the node layer i reads (the last node before layer i)
+AFTER_ATTENTION = "after_attention"  # layer i's first node
+AFTER_FFN = "after_ffn"  # layer i's second node
+FINAL = "final"  # the last node: what the head reads
+
+
+@dataclass(frozen=True)
+class ResidualLayout:
+    """The residual stream's nodes, in depth order: `before` the layers, `per_layer` in each
+    layer, and `after` them, each as (name, reader's label), `{i}` being the layer. A node is a
+    place where the stream is read for statistics; `sep` gives each node its own permutation."""
+
+    before: tuple[tuple[str, str], ...] = (("embeddings", "after the embeddings"),)
+    per_layer: tuple[tuple[str, str], ...] = (
+        ("layer.{i}.attention_out", "after layer {i} attention"),
+        ("layer.{i}.ffn_out", "after layer {i} FFN"),
+    )
+    after: tuple[tuple[str, str], ...] = ()
+
+    def count(self, num_layers: int) -> int:
+        return len(self.before) + len(self.per_layer) * num_layers + len(self.after)
+
+    def nodes(self, num_layers: int) -> list[tuple[str, str]]:
+        """(name, label) of every node, in depth order."""
+        inner = [(n.format(i=i), lab.format(i=i)) for i in range(num_layers) for n, lab in self.per_layer]
+        return [*self.before, *inner, *self.after]
+
+    def index(self, rule: str, layer: int | None, num_layers: int) -> int:
+        """Index of the node a tensor at `rule` (in layer `layer`) touches."""
+        first_of = lambda i: len(self.before) + len(self.per_layer) * i  # noqa: E731
+        if rule == EMBED:
+            return 0
+        if rule == FINAL:
+            return self.count(num_layers) - 1
+        if rule == LAYER_INPUT:
+            return first_of(layer) - 1
+        if rule == AFTER_ATTENTION:
+            return first_of(layer)
+        if rule == AFTER_FFN:
+            return first_of(layer) + 1
+        raise ValueError(f"unknown residual rule {rule!r}")
+
+
+@dataclass(frozen=True)
+class ConfigKeys:
+    """Where a family's config keeps the model's shape (transformers' attribute names)."""
+
+    layers: str = "num_hidden_layers"
+    hidden: str = "hidden_size"
+    heads: str = "num_attention_heads"
+    ffn: str = "intermediate_size"
+    ffn_multiple: int | None = None  # an unset FFN size means hidden × this (GPT-2's n_inner)
+    positions: str = "max_position_embeddings"  # the length of the learned position table
+    position_offset: int = 0  # table rows no token position uses (RoBERTa starts after the padding id)
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    positions: int  # rows of the position table (config value; see ConfigKeys.position_offset)
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One tensor touched by a permutation: its name template and the permuted axis.
+
+    `part=(k, n)` narrows the touch to the k-th of n equal blocks along that axis (the q, k or v
+    third of a fused projection); the other blocks are left to other touches, or alone."""
+
+    name: str
+    axis: int
+    node: str | None = None  # residual tensors only: which residual node
+    optional: bool = False  # e.g. a pooler that some checkpoints do not have
+    part: tuple[int, int] | None = None  # (index, count) of an equal block along `axis`
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Where the activation defining a space is read: a module's input or output."""
+
+    module: str
+    io: str  # "input" or "output"
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """The base model's layer stack (a BERT-style encoder or a GPT-2-style decoder): what each
+    space touches and where it is read."""
+
+    embeddings: tuple[Touch, ...]
+    ffn: tuple[Touch, ...]  # per layer; intermediate (d_ff) space
+    attention: tuple[Touch, ...]  # per layer; concatenated head context (d_model) space
+    residual_per_layer: tuple[Touch, ...]
+    capture_ffn: Capture
+    capture_attention: Capture
+    capture_residual: tuple[tuple[str, Capture], ...]  # (node rule, capture)
+    # The position-wise end of a layer: (attention output, intermediate, output) modules,
+    # called as a = m1(context, residual); out = m3(m2(a), a). Everything after the attention
+    # mixing acts on each position alone, so the last layer can run it at the masked
+    # positions only (evaluation.py). None: the family always runs the whole encoder.
+    position_wise_tail: tuple[str, str, str] | None = None
+    # The layer's self-attention module (query, key and value Linears, num_attention_heads,
+    # attention_head_size, scaling, as in transformers' BERT): in the last layer only the
+    # masked positions' queries are needed, the keys and values of every position.
+    # None: the last layer's attention runs at every position.
+    self_attention: str | None = None
+    # Residual tensors of the base model after its last layer (a pre-LN model's final LayerNorm).
+    final: tuple[Touch, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a language-model head is scored on along the path, and how the app names it.
+
+    `targets` picks how the evaluation batches are turned into (positions, targets)
+    (`data.prediction_batches`): "masked" draws BERT's masks once from the mask seed; "next"
+    makes every real token predict the token after it."""
+
+    targets: str  # "masked" or "next"
+    loss: str  # the loss's name: "masked-LM loss"
+    accuracy: str  # the accuracy's name: "masked-token accuracy"
+    predicted: str  # what is counted: "masked tokens"
+    explanation: str  # one sentence on how the loss is computed (captions, reports)
+
+
+MASKED_LM = Prediction(
+    "masked", "masked-LM loss", "masked-token accuracy", "masked tokens",
+    "Masked-LM cross-entropy on the evaluation text (15% of tokens masked, masks drawn once from the mask seed), in nats.",
+)
+NEXT_TOKEN = Prediction(
+    "next", "next-token loss", "next-token accuracy", "predicted tokens",
+    "Next-token cross-entropy on the evaluation text (every line followed by the end-of-text token, the stream cut "
+    "into blocks of the maximum length), averaged over every predicted token, in nats.",
+)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A task head on top of the encoder, with the residual tensors it consumes."""
+
+    kind: str  # "mlm", "causal-lm", "base" or "classification"
+    model_class: str  # transformers class name that loads it
+    residual: tuple[Touch, ...] = ()
+    mlm_module: str | None = None  # module mapping hidden states to vocabulary logits
+    # Tensor-name prefixes that show a checkpoint has this head, for folders whose
+    # config.json names no architecture (the bare encoder is the fallback).
+    detect: tuple[str, ...] = ()
+    prediction: Prediction | None = None  # language-model heads: what the loss path scores
+    tied_decoder: bool = False  # the vocabulary projection is the word-embedding table
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]  # config.model_type values
+    base_prefix: str  # attribute of the base model inside a head model, with a dot
+    encoder: Encoder
+    heads: dict[str, Head] = field(default_factory=dict)  # by architecture class name
+    # Architectures that load as one of `heads`: pre-training checkpoints (MultiBERTs ship as
+    # BertForPreTraining) are used through their masked-LM head.
+    aliases: dict[str, str] = field(default_factory=dict)
+    config_keys: ConfigKeys = ConfigKeys()
+    residual_layout: ResidualLayout = ResidualLayout()
+    # Tensors a checkpoint may lack (name suffixes or parts): tied decoders and buffers that
+    # transformers rebuilds itself, poolers that some checkpoints leave out.
+    may_lack: tuple[str, ...] = ()
+    # Old checkpoints' tensor names and today's.
+    renamed: tuple[tuple[str, str], ...] = ()
+    # Text is read as one stream (every line + end-of-text, cut into blocks of the maximum
+    # length), as causal LMs are trained, rather than one passage per sequence.
+    packed_text: bool = False
+
+    def shape(self, config) -> Shape:
+        keys = self.config_keys
+        hidden = getattr(config, keys.hidden)
+        ffn = getattr(config, keys.ffn, None) or hidden * (keys.ffn_multiple or 0)
+        return Shape(getattr(config, keys.layers), hidden, getattr(config, keys.heads), ffn, getattr(config, keys.positions, None))
+
+    def usable_positions(self, config) -> int | None:
+        """The longest sequence the model can read, None if its config does not say."""
+        positions = self.shape(config).positions
+        return None if positions is None else positions - self.config_keys.position_offset
+
+    def residual_node(self, rule: str, layer: int | None, num_layers: int) -> int:
+        return self.residual_layout.index(rule, layer, num_layers)
+
+    def lacks_ok(self, key: str) -> bool:
+        return any(part in key for part in self.may_lack)
+
+    def head_for_architecture(self, architecture: str) -> Head | None:
+        """The head a config.json `architectures` entry loads as, None if not this family's."""
+        return self.heads.get(self.aliases.get(architecture, architecture))
+
+    def head_for_keys(self, keys) -> Head:
+        """The head a checkpoint without an `architectures` field has, from its tensor names."""
+        for head in self.heads.values():
+            if head.detect and any(k.startswith(head.detect) for k in keys):
+                return head
+        return next(h for h in self.heads.values() if h.kind == "base")
+
+
+def linear(prefix: str, axis: int, node: str | None = None, bias: bool = True) -> tuple[Touch, ...]:
+    """A Linear's touches on one space: axis 0 (weight rows and bias, a producer) or axis 1
+    (weight columns, a consumer)."""
+    touches = [Touch(f"{prefix}.weight", axis, node)]
+    if bias and axis == 0:
+        touches.append(Touch(f"{prefix}.bias", 0, node))
+    return tuple(touches)
+
+
+def norm(prefix: str, node: str) -> tuple[Touch, ...]:
+    """A LayerNorm's gain and bias, on the residual node `node`."""
+    return (Touch(f"{prefix}.weight", 0, node), Touch(f"{prefix}.bias", 0, node))
+
+
+def conv1d(prefix: str, role: str, node: str | None = None, part: tuple[int, int] | None = None) -> tuple[Touch, ...]:
+    """A Conv1D's touches on one space: 'out' (weight columns and bias) or 'in' (weight rows);
+    Conv1D stores [in, out], the transpose of a Linear."""
+    if role == "in":
+        return (Touch(f"{prefix}.weight", 0, node),)
+    return (Touch(f"{prefix}.weight", 1, node, part=part), Touch(f"{prefix}.bias", 0, node, part=part))

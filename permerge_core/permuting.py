@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from .families import expand
-from .families.schema import Family, Head, Touch
+from .families.schema import BASE, Family, Head, Touch
 
 
 def _prefix(family: Family, head: Head) -> str:
-    return "" if head.kind == "base" else family.base_prefix
+    return "" if head.kind == BASE else family.base_prefix
 
 
 def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[str, np.ndarray], residual_for_node) -> list[tuple[Touch, np.ndarray]]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .data import CORPUS, draw_mlm_masks, masked_batches, packed_stream, read_passages, special_token_ids, tokenize
 from .evaluation import mlm_logits_at, mlm_loss
 from .errors import SettingsError
+from .families.schema import CLASSIFICATION
 
 DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
 DEFAULT_BPE_TOKENIZER = DEFAULT_TOKENIZER.parent / "tokenizer-bpe"
@@ -474,7 +475,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     num_labels = 1 if cfg.regression else int(max(data.labels)) + 1
     config = source.config.__class__.from_dict(source.config.to_dict())
     config.num_labels = num_labels
-    config.architectures = [source.family.heads[next(h for h in source.family.heads if source.family.heads[h].kind == "classification")].model_class]
+    config.architectures = [source.family.head_of_kind(CLASSIFICATION).model_class]
     if data.label_names:
         config.id2label = dict(enumerate(data.label_names))
         config.label2id = {n: i for i, n in enumerate(data.label_names)}

@@ -1,6 +1,9 @@
 """BERT: a post-LayerNorm encoder with a tied masked-LM head; its encoder is shared by RoBERTa."""
 
-from .schema import AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, MASKED_LM, Capture, Encoder, Family, Head, Touch, linear, norm
+from .schema import (
+    AFTER_ATTENTION, AFTER_FFN, BASE, CLASSIFICATION, EMBED, FINAL, LAYER_INPUT, MASKED_LM, MLM,
+    Capture, Encoder, Family, Head, Touch, linear, norm,
+)
 
 LAYER = "encoder.layer.{i}"
 
@@ -74,7 +77,7 @@ FAMILY = Family(
     base_prefix="bert.",
     heads={
         "BertForMaskedLM": Head(
-            kind="mlm",
+            kind=MLM,
             model_class="BertForMaskedLM",
             residual=(
                 *mlm_transform("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
@@ -86,12 +89,12 @@ FAMILY = Family(
             tied_decoder=True,
         ),
         "BertModel": Head(
-            kind="base",
+            kind=BASE,
             model_class="BertModel",
             residual=(Touch("pooler.dense.weight", 1, FINAL, optional=True),),
         ),
         "BertForSequenceClassification": Head(
-            kind="classification",
+            kind=CLASSIFICATION,
             model_class="BertForSequenceClassification",
             residual=(Touch("bert.pooler.dense.weight", 1, FINAL),),
             detect=("classifier",),

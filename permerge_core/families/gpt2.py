@@ -5,7 +5,8 @@ axis 0. `c_attn` is q | k | v along its output axis; each third takes the attent
 permutation, as BERT's query, key and value do."""
 
 from .schema import (
-    AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, NEXT_TOKEN, Capture, ConfigKeys, Encoder, Family, Head, Touch, conv1d, norm,
+    AFTER_ATTENTION, AFTER_FFN, BASE, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, NEXT_TOKEN,
+    Capture, ConfigKeys, Encoder, Family, Head, Touch, conv1d, norm,
 )
 
 BLOCK = "h.{i}"
@@ -52,7 +53,7 @@ FAMILY = Family(
     ),
     heads={
         "GPT2LMHeadModel": Head(
-            kind="causal-lm",
+            kind=CAUSAL_LM,
             model_class="GPT2LMHeadModel",
             residual=(Touch("lm_head.weight", 1, FINAL),),  # tied to wte: one tensor, one permutation
             mlm_module="lm_head",
@@ -60,7 +61,7 @@ FAMILY = Family(
             prediction=NEXT_TOKEN,
             tied_decoder=True,
         ),
-        "GPT2Model": Head(kind="base", model_class="GPT2Model"),
+        "GPT2Model": Head(kind=BASE, model_class="GPT2Model"),
     },
     config_keys=ConfigKeys(layers="n_layer", hidden="n_embd", heads="n_head", ffn="n_inner", ffn_multiple=4, positions="n_positions"),
     # The causal-mask buffers that older transformers saved, and the tied lm_head that

@@ -1,7 +1,7 @@
 """RoBERTa: BERT's encoder (bert.py) under another prefix, with its own heads and positions."""
 
 from .bert import BERT_STYLE, mlm_transform
-from .schema import FINAL, MASKED_LM, ConfigKeys, Family, Head, Touch
+from .schema import BASE, CLASSIFICATION, FINAL, MASKED_LM, MLM, ConfigKeys, Family, Head, Touch
 
 FAMILY = Family(
     name="roberta",
@@ -9,7 +9,7 @@ FAMILY = Family(
     base_prefix="roberta.",
     heads={
         "RobertaForMaskedLM": Head(
-            kind="mlm",
+            kind=MLM,
             model_class="RobertaForMaskedLM",
             residual=(
                 *mlm_transform("lm_head.dense", "lm_head.layer_norm"),
@@ -21,12 +21,12 @@ FAMILY = Family(
             tied_decoder=True,
         ),
         "RobertaModel": Head(
-            kind="base",
+            kind=BASE,
             model_class="RobertaModel",
             residual=(Touch("pooler.dense.weight", 1, FINAL, optional=True),),
         ),
         "RobertaForSequenceClassification": Head(
-            kind="classification",
+            kind=CLASSIFICATION,
             model_class="RobertaForSequenceClassification",
             # RoBERTa's classifier reads the <s> hidden state directly (no pooler).
             residual=(Touch("classifier.dense.weight", 1, FINAL),),

@@ -37,6 +37,12 @@ AFTER_ATTENTION = "after_attention"  # layer i's first node
 AFTER_FFN = "after_ffn"  # layer i's second node
 FINAL = "final"  # the last node: what the head reads
 
+# What a head does, `Head.kind`.
+MLM = "mlm"  # predicts masked tokens
+CAUSAL_LM = "causal-lm"  # predicts the next token
+BASE = "base"  # the bare encoder or decoder: hidden states out
+CLASSIFICATION = "classification"  # a sequence classifier
+
 
 @dataclass(frozen=True)
 class ResidualLayout:
@@ -175,7 +181,7 @@ NEXT_TOKEN = Prediction(
 class Head:
     """A task head on top of the encoder, with the residual tensors it consumes."""
 
-    kind: str  # "mlm", "causal-lm", "base" or "classification"
+    kind: str  # MLM, CAUSAL_LM, BASE or CLASSIFICATION
     model_class: str  # transformers class name that loads it
     residual: tuple[Touch, ...] = ()
     mlm_module: str | None = None  # module mapping hidden states to vocabulary logits
@@ -224,6 +230,9 @@ class Family:
     def lacks_ok(self, key: str) -> bool:
         return any(part in key for part in self.may_lack)
 
+    def head_of_kind(self, kind: str) -> Head | None:
+        return next((h for h in self.heads.values() if h.kind == kind), None)
+
     def head_for_architecture(self, architecture: str) -> Head | None:
         """The head a config.json `architectures` entry loads as, None if not this family's."""
         return self.heads.get(self.aliases.get(architecture, architecture))
@@ -233,7 +242,7 @@ class Family:
         for head in self.heads.values():
             if head.detect and any(k.startswith(head.detect) for k in keys):
                 return head
-        return next(h for h in self.heads.values() if h.kind == "base")
+        return self.head_of_kind(BASE)
 
 
 def linear(prefix: str, axis: int, node: str | None = None, bias: bool = True) -> tuple[Touch, ...]:

@@ -20,7 +20,7 @@ from typing import Callable, Collection
 import torch
 
 from .families import family_for_model_type
-from .families.schema import EMBED, FINAL, Family
+from .families.schema import Family
 from .data import TokenBatches
 
 # At most about this much of A's activations is held while B runs. Small slices keep every
@@ -256,7 +256,7 @@ def captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
         out.append((f"layer.{i}.ffn", enc.capture_ffn.module.format(i=i), enc.capture_ffn.io))
         out.append((f"layer.{i}.attention", enc.capture_attention.module.format(i=i), enc.capture_attention.io))
     for rule, cap in enc.capture_residual:
-        layers = [None] if rule in (EMBED, FINAL) else range(num_layers)  # once, or in every layer
+        layers = range(num_layers) if family.residual_layout.in_every_layer(rule) else [None]
         for i in layers:
             node = family.residual_node(rule, i, num_layers)
             out.append((f"residual.{node}", cap.module if i is None else cap.module.format(i=i), cap.io))

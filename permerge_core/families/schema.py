@@ -13,11 +13,12 @@ Names are templates: `{i}` is the layer index. Names in the `Encoder` are relati
 model (`bert.`, `roberta.`, `transformer.` or nothing for a bare encoder); names in a `Head` are
 absolute.
 
-Residual tensors also say which *residual node* they sit at, so that the non-function-
-preserving `sep` mode (a different permutation per node) is described by the same data. The
-family's `ResidualLayout` numbers the nodes; for BERT, node 0 is the embedding LayerNorm,
-node 2i+1 the LayerNorm after layer i's attention, node 2i+2 the LayerNorm after layer i's FFN;
-for the pre-LayerNorm GPT-2 the nodes are the un-normalised stream at the same places.
+Residual tensors also say which *residual node* they sit at (a rule such as AFTER_FFN), so that
+the non-function-preserving `sep` mode (a different permutation per node) is described by the
+same data. The family's `ResidualLayout` lists the nodes, each with its rule, and turns a rule
+into a node index: for BERT, node 0 is the embedding LayerNorm, node 2i+1 the LayerNorm after
+layer i's attention, node 2i+2 the LayerNorm after layer i's FFN; for the pre-LayerNorm GPT-2
+the nodes are the un-normalised stream at the same places.
 
 The rest is data too: what a family reads from its config (`ConfigKeys`), which tensors a
 checkpoint may lack, how a head is recognised from tensor names, old tensor names, which
@@ -31,10 +32,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Where a residual tensor sits, as a rule the family's ResidualLayout turns into a node index.
-EMBED = "embed"  # the first node: what the embeddings write
-LAYER_INPUT = "layer_input"  # the node layer i reads (the last node before layer i)
-AFTER_ATTENTION = "after_attention"  # layer i's first node
-AFTER_FFN = "after_ffn"  # layer i's second node
+EMBED = "embed"  # the node the embeddings write
+AFTER_ATTENTION = "after_attention"  # what layer i's attention writes
+AFTER_FFN = "after_ffn"  # what layer i's FFN writes
+# Two rules name a node by where it is rather than by what writes it:
+LAYER_INPUT = "layer_input"  # the node layer i reads: the last node before layer i's first
 FINAL = "final"  # the last node: what the head reads
 
 # What a head does, `Head.kind`.
@@ -45,40 +47,56 @@ CLASSIFICATION = "classification"  # a sequence classifier
 
 
 @dataclass(frozen=True)
+class Node:
+    """One residual node: the rule of the tensors that write it, its space name (a template in
+    `{i}` for a node of every layer) and a reader's label."""
+
+    rule: str
+    name: str
+    label: str
+
+
+@dataclass(frozen=True)
 class ResidualLayout:
     """The residual stream's nodes, in depth order: `before` the layers, `per_layer` in each
-    layer, and `after` them, each as (name, reader's label), `{i}` being the layer. A node is a
-    place where the stream is read for statistics; `sep` gives each node its own permutation."""
+    layer, and `after` them. A node is a place where the stream is read for statistics; `sep`
+    gives each node its own permutation. A rule is found by its node's position, so a layer
+    may have any number of nodes (a parallel-residual block writes the stream once)."""
 
-    before: tuple[tuple[str, str], ...] = (("embeddings", "after the embeddings"),)
-    per_layer: tuple[tuple[str, str], ...] = (
-        ("layer.{i}.attention_out", "after layer {i} attention"),
-        ("layer.{i}.ffn_out", "after layer {i} FFN"),
+    before: tuple[Node, ...] = (Node(EMBED, "embeddings", "after the embeddings"),)
+    per_layer: tuple[Node, ...] = (
+        Node(AFTER_ATTENTION, "layer.{i}.attention_out", "after layer {i} attention"),
+        Node(AFTER_FFN, "layer.{i}.ffn_out", "after layer {i} FFN"),
     )
-    after: tuple[tuple[str, str], ...] = ()
+    after: tuple[Node, ...] = ()
 
     def count(self, num_layers: int) -> int:
         return len(self.before) + len(self.per_layer) * num_layers + len(self.after)
 
     def nodes(self, num_layers: int) -> list[tuple[str, str]]:
         """(name, label) of every node, in depth order."""
-        inner = [(n.format(i=i), lab.format(i=i)) for i in range(num_layers) for n, lab in self.per_layer]
-        return [*self.before, *inner, *self.after]
+        inner = [(n.name.format(i=i), n.label.format(i=i)) for i in range(num_layers) for n in self.per_layer]
+        return [*((n.name, n.label) for n in self.before), *inner, *((n.name, n.label) for n in self.after)]
+
+    def in_every_layer(self, rule: str) -> bool:
+        """Whether `rule` names one node per layer (rather than one node in all)."""
+        return rule == LAYER_INPUT or any(n.rule == rule for n in self.per_layer)
 
     def index(self, rule: str, layer: int | None, num_layers: int) -> int:
         """Index of the node a tensor at `rule` (in layer `layer`) touches."""
-        first_of = lambda i: len(self.before) + len(self.per_layer) * i  # noqa: E731
-        if rule == EMBED:
-            return 0
         if rule == FINAL:
             return self.count(num_layers) - 1
-        if rule == LAYER_INPUT:
-            return first_of(layer) - 1
-        if rule == AFTER_ATTENTION:
-            return first_of(layer)
-        if rule == AFTER_FFN:
-            return first_of(layer) + 1
-        raise ValueError(f"unknown residual rule {rule!r}")
+        before, per_layer, after = ([n.rule for n in nodes] for nodes in (self.before, self.per_layer, self.after))
+        if rule in before:
+            return before.index(rule)
+        if rule in after:
+            return self.count(num_layers) - len(after) + after.index(rule)
+        if rule != LAYER_INPUT and rule not in per_layer:
+            raise ValueError(f"unknown residual rule {rule!r}")
+        if layer is None:
+            raise ValueError(f"residual rule {rule!r} names a node of every layer: give the layer")
+        first = len(before) + len(per_layer) * layer  # the layer's first node
+        return first - 1 if rule == LAYER_INPUT else first + per_layer.index(rule)
 
 
 @dataclass(frozen=True)

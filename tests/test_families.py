@@ -1,0 +1,63 @@
+"""The family declarations (permerge_core/families/): what each declares is what its models have."""
+
+from dataclasses import replace
+
+import pytest
+
+from permerge_core.families import FAMILIES
+from permerge_core.families.schema import (
+    AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, Capture, Node, ResidualLayout,
+)
+from permerge_core.statistics import captures
+
+
+def test_the_default_layout_numbers_two_nodes_per_layer():
+    layout = ResidualLayout()
+    assert [layout.index(EMBED, None, 3), layout.index(FINAL, None, 3)] == [0, 6]
+    for i in range(3):
+        assert layout.index(LAYER_INPUT, i, 3) == 2 * i
+        assert layout.index(AFTER_ATTENTION, i, 3) == 2 * i + 1
+        assert layout.index(AFTER_FFN, i, 3) == 2 * i + 2
+    assert layout.nodes(3)[3] == ("layer.1.attention_out", "after layer 1 attention")
+
+
+def test_a_layout_with_one_node_per_layer():
+    # A parallel-residual block (attention and FFN read the same input, both write one sum).
+    layout = ResidualLayout(per_layer=(Node(AFTER_FFN, "layer.{i}.out", "after layer {i}"),))
+    assert layout.count(4) == 5
+    assert [layout.index(AFTER_FFN, i, 4) for i in range(4)] == [1, 2, 3, 4]
+    assert [layout.index(LAYER_INPUT, i, 4) for i in range(4)] == [0, 1, 2, 3]
+    assert layout.index(FINAL, None, 4) == 4
+    assert [name for name, _ in layout.nodes(2)] == ["embeddings", "layer.0.out", "layer.1.out"]
+    with pytest.raises(ValueError, match="unknown residual rule"):
+        layout.index(AFTER_ATTENTION, 0, 4)  # this layout has no such node
+
+
+def test_a_layout_with_three_nodes_per_layer_and_one_after_them():
+    cross = "after_cross_attention"
+    layout = ResidualLayout(
+        per_layer=(
+            Node(AFTER_ATTENTION, "layer.{i}.attention_out", "after layer {i} attention"),
+            Node(cross, "layer.{i}.cross_out", "after layer {i} cross-attention"),
+            Node(AFTER_FFN, "layer.{i}.ffn_out", "after layer {i} FFN"),
+        ),
+        after=(Node("final_norm", "final_norm", "after the final LayerNorm"),),
+    )
+    assert layout.count(2) == 8
+    assert [layout.index(rule, 1, 2) for rule in (LAYER_INPUT, AFTER_ATTENTION, cross, AFTER_FFN)] == [3, 4, 5, 6]
+    assert layout.index("final_norm", None, 2) == layout.index(FINAL, None, 2) == 7
+    assert layout.nodes(2)[5] == ("layer.1.cross_out", "after layer 1 cross-attention")
+    with pytest.raises(ValueError, match="give the layer"):
+        layout.index(cross, None, 2)
+
+
+def test_statistics_read_every_node_of_a_one_node_layout_once():
+    family = replace(
+        FAMILIES["gpt2"],
+        residual_layout=ResidualLayout(per_layer=(Node(AFTER_FFN, "layer.{i}.out", "after layer {i}"),)),
+    )
+    family = replace(family, encoder=replace(family.encoder, capture_residual=(
+        (EMBED, Capture("drop", "output")), (AFTER_FFN, Capture("h.{i}", "output")),
+    )))
+    residual = [(space, module) for space, module, _ in captures(family, 3) if space.startswith("residual.")]
+    assert residual == [("residual.0", "drop"), ("residual.1", "h.0"), ("residual.2", "h.1"), ("residual.3", "h.2")]

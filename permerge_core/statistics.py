@@ -241,7 +241,7 @@ def space_dims(config, family: Family | None = None) -> dict[str, int]:
     dims = {}
     for i in range(shape.layers):
         dims[f"layer.{i}.ffn"] = shape.ffn
-        dims[f"layer.{i}.attention"] = shape.hidden
+        dims[f"layer.{i}.attention"] = shape.attention
     for n in range(family.residual_layout.count(shape.layers)):
         dims[f"residual.{n}"] = shape.hidden
     return dims

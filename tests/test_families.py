@@ -1,6 +1,7 @@
 """The family declarations (permerge_core/families/): what each declares is what its models have."""
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -8,7 +9,7 @@ from permerge_core.families import FAMILIES
 from permerge_core.families.schema import (
     AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, Capture, Node, ResidualLayout,
 )
-from permerge_core.statistics import captures
+from permerge_core.statistics import _held_per_token, captures, space_dims
 
 
 def test_the_default_layout_numbers_two_nodes_per_layer():
@@ -61,3 +62,16 @@ def test_statistics_read_every_node_of_a_one_node_layout_once():
     )))
     residual = [(space, module) for space, module, _ in captures(family, 3) if space.startswith("residual.")]
     assert residual == [("residual.0", "drop"), ("residual.1", "h.0"), ("residual.2", "h.1"), ("residual.3", "h.2")]
+
+
+def test_the_attention_space_is_heads_times_head_width_where_the_config_sets_it():
+    config = SimpleNamespace(num_hidden_layers=2, hidden_size=16, num_attention_heads=4, intermediate_size=24,
+                             max_position_embeddings=64, head_dim=8)
+    bert = FAMILIES["bert"]
+    assert bert.shape(config).attention == 16  # BERT's keys name no head width: hidden // heads
+    wide = replace(bert, config_keys=replace(bert.config_keys, head_dim="head_dim"))
+    dims = space_dims(config, wide)
+    assert wide.shape(config).attention == dims["layer.0.attention"] == dims["layer.1.attention"] == 32
+    assert dims["residual.0"] == 16 and dims["layer.1.ffn"] == 24
+    # A's activations held per token (4 bytes per unit) grow by the two attention spaces' extra 16 units.
+    assert _held_per_token(config, wide) - _held_per_token(config, bert) == 4 * 2 * 16

@@ -34,7 +34,7 @@ def head_for(model):
 
 def random_matching(cfg, attention="heads", residual="first", seed=0) -> Matching:
     rng = np.random.default_rng(seed)
-    L, d, H, f, _ = astuple(FAMILIES[cfg.model_type].shape(cfg))
+    L, d, H, f, *_ = astuple(FAMILIES[cfg.model_type].shape(cfg))
     perms = {}
     for i in range(L):
         perms[f"layer.{i}.ffn"] = rng.permutation(f)

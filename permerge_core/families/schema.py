@@ -110,15 +110,17 @@ class ConfigKeys:
     ffn_multiple: int | None = None  # an unset FFN size means hidden × this (GPT-2's n_inner)
     positions: str = "max_position_embeddings"  # the length of the learned position table
     position_offset: int = 0  # table rows no token position uses (RoBERTa starts after the padding id)
+    head_dim: str | None = None  # a head's width, where the config sets it; else hidden // heads
 
 
 @dataclass(frozen=True)
 class Shape:
     layers: int
-    hidden: int
+    hidden: int  # the residual stream's width
     heads: int
     ffn: int
     positions: int  # rows of the position table (config value; see ConfigKeys.position_offset)
+    attention: int  # the concatenated heads' width, heads × head width (the attention space)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class Encoder:
 
     embeddings: tuple[Touch, ...]
     ffn: tuple[Touch, ...]  # per layer; intermediate (d_ff) space
-    attention: tuple[Touch, ...]  # per layer; concatenated head context (d_model) space
+    attention: tuple[Touch, ...]  # per layer; concatenated head context space (Shape.attention wide)
     residual_per_layer: tuple[Touch, ...]
     capture_ffn: Capture
     capture_attention: Capture
@@ -233,9 +235,10 @@ class Family:
 
     def shape(self, config) -> Shape:
         keys = self.config_keys
-        hidden = getattr(config, keys.hidden)
+        hidden, heads = getattr(config, keys.hidden), getattr(config, keys.heads)
         ffn = getattr(config, keys.ffn, None) or hidden * (keys.ffn_multiple or 0)
-        return Shape(getattr(config, keys.layers), hidden, getattr(config, keys.heads), ffn, getattr(config, keys.positions, None))
+        head_dim = (getattr(config, keys.head_dim, None) if keys.head_dim else None) or hidden // heads
+        return Shape(getattr(config, keys.layers), hidden, heads, ffn, getattr(config, keys.positions, None), heads * head_dim)
 
     def usable_positions(self, config) -> int | None:
         """The longest sequence the model can read, None if its config does not say."""

@@ -113,13 +113,12 @@ class WeightObjective:
 
 
 def _block(tensor: torch.Tensor, touch) -> torch.Tensor:
-    """The part of `tensor` a touch permutes: all of it, or block k of n along its axis (the
-    q, k or v third of a fused attention tensor)."""
+    """The part of `tensor` a touch permutes: all of it, or its part's rows along its axis (the
+    q, k or v rows of a fused attention tensor), in the order of the space's units."""
     if touch.part is None:
         return tensor
-    k, count = touch.part
-    size = tensor.shape[touch.axis] // count
-    return tensor.narrow(touch.axis, k * size, size)
+    rows = torch.as_tensor(touch.part.indices(tensor.shape[touch.axis]), device=tensor.device)
+    return tensor.index_select(touch.axis, rows)
 
 
 def _indices(perms: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:

@@ -3,12 +3,16 @@
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 from permerge_core.families import FAMILIES
 from permerge_core.families.schema import (
-    AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, Capture, Node, ResidualLayout,
+    AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, Capture, Node, Part, ResidualLayout, Touch,
 )
+from permerge_core.permuting import permute_state_dict, touched_units
+from permerge_core.weight_matching import _block
 from permerge_core.statistics import _held_per_token, captures, space_dims
 
 
@@ -75,3 +79,41 @@ def test_the_attention_space_is_heads_times_head_width_where_the_config_sets_it(
     assert dims["residual.0"] == 16 and dims["layer.1.ffn"] == 24
     # A's activations held per token (4 bytes per unit) grow by the two attention spaces' extra 16 units.
     assert _held_per_token(config, wide) - _held_per_token(config, bert) == 4 * 2 * 16
+
+
+def test_a_part_addresses_one_block_of_every_chunk():
+    assert Part(1, 3).indices(6).tolist() == [2, 3]  # GPT-2's c_attn: q | k | v
+    assert Part(1, 3, chunks=2).indices(12).tolist() == [2, 3, 8, 9]  # [q0|k0|v0|q1|k1|v1]: k of each head
+    assert Part(2, 3, chunks=2).indices(12).tolist() == [4, 5, 10, 11]
+    with pytest.raises(ValueError, match="equal blocks"):
+        Part(0, 3, chunks=2).indices(10)
+
+
+HEADS, HEAD_DIM, IN = 3, 2, 5  # a made-up fused attention: [q_h | k_h | v_h] for every head h, as GPT-NeoX lays it out
+
+
+def _fuse_per_head(q, k, v):
+    """Rows of q, k and v ([HEADS × HEAD_DIM, ...] each) interleaved head by head."""
+    split = lambda t: t.reshape(HEADS, HEAD_DIM, *t.shape[1:])  # noqa: E731
+    return torch.stack([split(q), split(k), split(v)], dim=1).reshape(3 * HEADS * HEAD_DIM, *q.shape[1:])
+
+
+def test_permuting_a_per_head_interleaved_fused_tensor_equals_permuting_q_k_and_v():
+    g = torch.Generator().manual_seed(0)
+    width = HEADS * HEAD_DIM
+    unfused = {f"{n}.{p}": torch.randn(width, *((IN,) if p == "weight" else ()), generator=g) for n in "qkv" for p in ("weight", "bias")}
+    fused = {f"qkv.{p}": _fuse_per_head(*(unfused[f"{n}.{p}"] for n in "qkv")) for p in ("weight", "bias")}
+    perm = np.random.default_rng(1).permutation(width)  # any permutation of the attention space
+    interleaved = [(Touch(f"qkv.{p}", 0, part=Part(j, 3, chunks=HEADS)), perm) for j in range(3) for p in ("weight", "bias")]
+    separate = [(Touch(name, 0), perm) for name in unfused]
+    moved, expected = permute_state_dict(fused, interleaved), permute_state_dict(unfused, separate)
+    for p in ("weight", "bias"):
+        assert torch.equal(moved[f"qkv.{p}"], _fuse_per_head(*(expected[f"{n}.{p}"] for n in "qkv")))
+        assert not torch.equal(moved[f"qkv.{p}"], fused[f"qkv.{p}"])
+    # Read as contiguous thirds (GPT-2's layout), the same touches would mix heads' q, k and v.
+    contiguous = [(Touch(f"qkv.{p}", 0, part=Part(j, 3)), perm) for j in range(3) for p in ("weight", "bias")]
+    assert not torch.equal(permute_state_dict(fused, contiguous)["qkv.weight"], moved["qkv.weight"])
+    # Weight matching compares the same rows: unit u of the part is row u of q (k, v).
+    for j, n in enumerate("qkv"):
+        touch = Touch("qkv.weight", 0, part=Part(j, 3, chunks=HEADS))
+        assert torch.equal(touched_units(_block(fused["qkv.weight"], touch), touch), unfused[f"{n}.weight"])

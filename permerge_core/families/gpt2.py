@@ -6,7 +6,7 @@ permutation, as BERT's query, key and value do."""
 
 from .schema import (
     AFTER_ATTENTION, AFTER_FFN, BASE, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, NEXT_TOKEN,
-    Capture, ConfigKeys, Encoder, Family, Head, Touch, conv1d, norm,
+    Capture, ConfigKeys, Encoder, Family, Head, Part, Touch, conv1d, norm,
 )
 
 BLOCK = "h.{i}"
@@ -26,7 +26,7 @@ FAMILY = Family(
             *conv1d(f"{BLOCK}.mlp.c_proj", "in"),
         ),
         attention=(
-            *(t for k in range(QKV) for t in conv1d(f"{BLOCK}.attn.c_attn", "out", part=(k, QKV))),
+            *(t for k in range(QKV) for t in conv1d(f"{BLOCK}.attn.c_attn", "out", part=Part(k, QKV))),
             *conv1d(f"{BLOCK}.attn.c_proj", "in"),
         ),
         residual_per_layer=(

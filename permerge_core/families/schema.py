@@ -5,9 +5,9 @@ every tensor that touches it (`Touch`) and the axis along which it does: produce
 space on their output rows (axis 0 of a Linear weight, the bias, LayerNorm gamma/beta),
 consumers on their input columns (axis 1 of a Linear weight, axis 1 of an Embedding table). The
 axis is data, not a convention: GPT-2's Conv1D stores [in, out], so a producer's space is on its
-axis 1. A touch may also address one of several equal blocks of a fused tensor (`part`):
-GPT-2's `c_attn` holds q | k | v in one matrix. Applying a permutation is then one generic loop
-(`permuting.py`).
+axis 1. A touch may address only some rows of its axis (`Part`): one of q | k | v in a fused
+projection, contiguous (GPT-2's c_attn) or interleaved per head (GPT-NeoX's query_key_value).
+Applying a permutation is then one generic loop (`permuting.py`).
 
 Names are templates: `{i}` is the layer index. Names in the `Encoder` are relative to the base
 model (`bert.`, `roberta.`, `transformer.` or nothing for a bare encoder); names in a `Head` are
@@ -30,6 +30,8 @@ it in `families/__init__.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 # Where a residual tensor sits, as a rule the family's ResidualLayout turns into a node index.
 EMBED = "embed"  # the node the embeddings write
@@ -124,17 +126,37 @@ class Shape:
 
 
 @dataclass(frozen=True)
-class Touch:
-    """One tensor touched by a permutation: its name template and the permuted axis.
+class Part:
+    """Some rows of a fused tensor's axis: the axis is `chunks` equal chunks, each cut into
+    `count` equal blocks, and the part is block `index` of every chunk, in chunk order.
 
-    `part=(k, n)` narrows the touch to the k-th of n equal blocks along that axis (the q, k or v
-    third of a fused projection); the other blocks are left to other touches, or alone."""
+    GPT-2's c_attn is q | k | v: (k, 3) with one chunk. GPT-NeoX's query_key_value holds
+    [q_h | k_h | v_h] for every head h: (k, 3, chunks=heads), so the part's units come head by
+    head, as the attention space numbers them."""
+
+    index: int
+    count: int
+    chunks: int = 1
+
+    def indices(self, length: int) -> np.ndarray:
+        """The positions along an axis of `length` that the part addresses, in unit order:
+        unit u of the touched space is row indices()[u] of the tensor."""
+        if length % (self.chunks * self.count):
+            raise ValueError(f"an axis of {length} does not split into {self.chunks} × {self.count} equal blocks")
+        block = length // (self.chunks * self.count)
+        return np.arange(length).reshape(self.chunks, self.count, block)[:, self.index].reshape(-1)
+
+
+@dataclass(frozen=True)
+class Touch:
+    """One tensor touched by a permutation: its name template and the permuted axis. With a
+    `part`, only those rows of the axis; the other rows are left to other touches, or alone."""
 
     name: str
     axis: int
-    node: str | None = None  # residual tensors only: which residual node
+    node: str | None = None  # residual tensors only: the residual rule of its node
     optional: bool = False  # e.g. a pooler that some checkpoints do not have
-    part: tuple[int, int] | None = None  # (index, count) of an equal block along `axis`
+    part: Part | None = None
 
 
 @dataclass(frozen=True)
@@ -280,7 +302,7 @@ def norm(prefix: str, node: str) -> tuple[Touch, ...]:
     return (Touch(f"{prefix}.weight", 0, node), Touch(f"{prefix}.bias", 0, node))
 
 
-def conv1d(prefix: str, role: str, node: str | None = None, part: tuple[int, int] | None = None) -> tuple[Touch, ...]:
+def conv1d(prefix: str, role: str, node: str | None = None, part: Part | None = None) -> tuple[Touch, ...]:
     """A Conv1D's touches on one space: 'out' (weight columns and bias) or 'in' (weight rows);
     Conv1D stores [in, out], the transpose of a Linear."""
     if role == "in":

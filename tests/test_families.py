@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures import random_model
+from permerge_core.evaluation import _position_wise_tail
 from permerge_core.families import FAMILIES
 from permerge_core.families.schema import (
-    AFTER_ATTENTION, AFTER_FFN, EMBED, FINAL, LAYER_INPUT, Capture, Node, Part, ResidualLayout, Touch,
+    AFTER_ATTENTION, AFTER_FFN, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, MLM, Capture, Node, Part, ResidualLayout, Touch,
 )
 from permerge_core.permuting import permute_state_dict, touched_units
 from permerge_core.weight_matching import _block
@@ -117,3 +119,17 @@ def test_permuting_a_per_head_interleaved_fused_tensor_equals_permuting_q_k_and_
     for j, n in enumerate("qkv"):
         touch = Touch("qkv.weight", 0, part=Part(j, 3, chunks=HEADS))
         assert torch.equal(touched_units(_block(fused["qkv.weight"], touch), touch), unfused[f"{n}.weight"])
+
+
+def test_the_evaluation_takes_the_fast_path_its_family_declares(monkeypatch):
+    model = random_model("bert", MLM, seed=1, layers=2, hidden=16, heads=4, ffn=32)
+    last = model.bert.encoder.layer[1]
+    tail = _position_wise_tail(model)
+    assert tail.self_attention is last.attention.self and tail.attention_output is last.attention.output
+    bert = FAMILIES["bert"]
+    monkeypatch.setitem(FAMILIES, "bert", replace(bert, fast_path=replace(bert.fast_path, self_attention=None)))
+    tail = _position_wise_tail(model)
+    assert tail.self_attention is None and tail.output is last.output  # the tail alone
+    monkeypatch.setitem(FAMILIES, "bert", replace(bert, fast_path=None))
+    assert _position_wise_tail(model) is None
+    assert FAMILIES["gpt2"].fast_path is None and _position_wise_tail(random_model("gpt2", CAUSAL_LM, seed=1)) is None

@@ -2,7 +2,7 @@
 
 from .schema import (
     AFTER_ATTENTION, AFTER_FFN, BASE, CLASSIFICATION, EMBED, FINAL, LAYER_INPUT, MASKED_LM, MLM,
-    Capture, Encoder, Family, Head, Touch, linear, norm,
+    Capture, Encoder, Family, FastPath, Head, Touch, linear, norm,
 )
 
 LAYER = "encoder.layer.{i}"
@@ -43,7 +43,10 @@ ENCODER = Encoder(
         (AFTER_ATTENTION, Capture(f"{LAYER}.attention.output.LayerNorm", "output")),
         (AFTER_FFN, Capture(f"{LAYER}.output.LayerNorm", "output")),
     ),
-    position_wise_tail=(f"{LAYER}.attention.output", f"{LAYER}.intermediate", f"{LAYER}.output"),
+)
+
+FAST_PATH = FastPath(
+    tail=(f"{LAYER}.attention.output", f"{LAYER}.intermediate", f"{LAYER}.output"),
     self_attention=f"{LAYER}.attention.self",
 )
 
@@ -67,6 +70,7 @@ def mlm_transform(prefix: str, norm_prefix: str) -> tuple[Touch, ...]:
 # What every BERT-style family shares besides its encoder.
 BERT_STYLE = dict(
     encoder=ENCODER,
+    fast_path=FAST_PATH,
     may_lack=("position_ids", "decoder.weight", "decoder.bias", "token_type_ids", "pooler"),
     renamed=(("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")),
 )

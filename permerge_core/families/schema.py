@@ -22,8 +22,9 @@ the nodes are the un-normalised stream at the same places.
 
 The rest is data too: what a family reads from its config (`ConfigKeys`), which tensors a
 checkpoint may lack, how a head is recognised from tensor names, old tensor names, which
-architecture names load as which head, what a language-model head predicts (`Prediction`) and
-how text is laid out for it. To add a family, write one module with one `Family` value and list
+architecture names load as which head, what a language-model head predicts (`Prediction`), how
+text is laid out for it and whether the evaluation may run the last layer at the scored
+positions only (`FastPath`). To add a family, write one module with one `Family` value and list
 it in `families/__init__.py`.
 """
 
@@ -179,18 +180,24 @@ class Encoder:
     capture_ffn: Capture
     capture_attention: Capture
     capture_residual: tuple[tuple[str, Capture], ...]  # (node rule, capture)
-    # The position-wise end of a layer: (attention output, intermediate, output) modules,
-    # called as a = m1(context, residual); out = m3(m2(a), a). Everything after the attention
-    # mixing acts on each position alone, so the last layer can run it at the masked
-    # positions only (evaluation.py). None: the family always runs the whole encoder.
-    position_wise_tail: tuple[str, str, str] | None = None
-    # The layer's self-attention module (query, key and value Linears, num_attention_heads,
-    # attention_head_size, scaling, as in transformers' BERT): in the last layer only the
-    # masked positions' queries are needed, the keys and values of every position.
-    # None: the last layer's attention runs at every position.
-    self_attention: str | None = None
     # Residual tensors of the base model after its last layer (a pre-LN model's final LayerNorm).
     final: tuple[Touch, ...] = ()
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What lets the evaluation run a masked LM's last layer at the masked positions only
+    (`evaluation.py`).
+
+    `tail` is the layer's position-wise end, (attention output, intermediate, output) modules,
+    called as a = m1(context, residual); out = m3(m2(a), a): everything after the attention
+    mixing acts on each position alone. `self_attention` is the layer's self-attention module,
+    with transformers' BERT attributes (query, key and value Linears, num_attention_heads,
+    attention_head_size, scaling): only the masked positions need to ask queries (keys and
+    values still come from every position). None: that attention runs at every position."""
+
+    tail: tuple[str, str, str]
+    self_attention: str | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +261,7 @@ class Family:
     # Text is read as one stream (every line + end-of-text, cut into blocks of the maximum
     # length), as causal LMs are trained, rather than one passage per sequence.
     packed_text: bool = False
+    fast_path: FastPath | None = None  # None: the evaluation always runs the whole model
 
     def shape(self, config) -> Shape:
         keys = self.config_keys

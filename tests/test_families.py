@@ -1,6 +1,7 @@
 """The family declarations (permerge_core/families/): what each declares is what its models have."""
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,10 +9,12 @@ import pytest
 import torch
 
 from fixtures import random_model
+from permerge_core import training
+from permerge_core.errors import SettingsError
 from permerge_core.evaluation import _position_wise_tail
 from permerge_core.families import FAMILIES
 from permerge_core.families.schema import (
-    AFTER_ATTENTION, AFTER_FFN, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, MLM, Capture, Node, Part, ResidualLayout, Touch,
+    AFTER_ATTENTION, AFTER_FFN, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, MLM, Capture, Node, Part, ResidualLayout, Shape, Touch,
 )
 from permerge_core.permuting import permute_state_dict, touched_units
 from permerge_core.weight_matching import _block
@@ -133,3 +136,22 @@ def test_the_evaluation_takes_the_fast_path_its_family_declares(monkeypatch):
     monkeypatch.setitem(FAMILIES, "bert", replace(bert, fast_path=None))
     assert _position_wise_tail(model) is None
     assert FAMILIES["gpt2"].fast_path is None and _position_wise_tail(random_model("gpt2", CAUSAL_LM, seed=1)) is None
+
+
+@pytest.mark.parametrize("name", [name for name, family in FAMILIES.items() if family.training is not None])
+def test_train_builds_the_head_and_shape_the_family_declares(name):
+    family = FAMILIES[name]
+    cfg = training.TrainConfig(seed=0, out="", family=name, layers=2, hidden=24, heads=3, ffn=40, max_length=20, dropout=0.25)
+    model = training.build_model(cfg, 50, 7)
+    assert type(model).__name__ == family.heads[family.training.head].model_class
+    assert family.shape(model.config) == Shape(2, 24, 3, 40, 20 + family.config_keys.position_offset, 24)
+    assert family.usable_positions(model.config) == 20 and model.config.vocab_size == 50
+    assert all(getattr(model.config, key) == 0.25 for key in family.training.dropout)
+    assert all(getattr(model.config, key) == 7 for key in family.training.token_ids)
+    assert Path(cfg.tokenizer) == training.ASSETS / family.training.tokenizer and (Path(cfg.tokenizer) / "tokenizer.json").exists()
+
+
+def test_train_refuses_a_family_that_declares_no_training():
+    assert FAMILIES["roberta"].training is None
+    with pytest.raises(SettingsError, match="family"):
+        training.TrainConfig(seed=0, out="", family="roberta")

@@ -2,7 +2,7 @@
 
 from .schema import (
     AFTER_ATTENTION, AFTER_FFN, BASE, CLASSIFICATION, EMBED, FINAL, LAYER_INPUT, MASKED_LM, MLM,
-    Capture, Encoder, Family, FastPath, Head, Touch, linear, norm,
+    Capture, Encoder, Family, FastPath, Head, Touch, Training, linear, norm,
 )
 
 LAYER = "encoder.layer.{i}"
@@ -105,5 +105,12 @@ FAMILY = Family(
         ),
     },
     aliases={"BertForPreTraining": "BertForMaskedLM", "BertLMHeadModel": "BertForMaskedLM"},
+    training=Training(
+        config_class="BertConfig",
+        head="BertForMaskedLM",
+        tokenizer="tokenizer",
+        dropout=("hidden_dropout_prob", "attention_probs_dropout_prob"),
+        token_ids=("pad_token_id",),
+    ),
     **BERT_STYLE,
 )

@@ -6,7 +6,7 @@ permutation, as BERT's query, key and value do."""
 
 from .schema import (
     AFTER_ATTENTION, AFTER_FFN, BASE, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, NEXT_TOKEN,
-    Capture, ConfigKeys, Encoder, Family, Head, Part, Touch, conv1d, norm,
+    Capture, ConfigKeys, Encoder, Family, Head, Part, Touch, Training, conv1d, norm,
 )
 
 BLOCK = "h.{i}"
@@ -68,4 +68,11 @@ FAMILY = Family(
     # checkpoints (the hub's gpt2 among them) leave out.
     may_lack=(".attn.bias", ".attn.masked_bias", "lm_head.weight"),
     packed_text=True,
+    training=Training(
+        config_class="GPT2Config",
+        head="GPT2LMHeadModel",  # lm_head tied to the token embeddings (transformers' default)
+        tokenizer="tokenizer-bpe",
+        dropout=("resid_pdrop", "embd_pdrop", "attn_pdrop"),
+        token_ids=("bos_token_id", "eos_token_id", "pad_token_id"),  # all the end-of-text token
+    ),
 )

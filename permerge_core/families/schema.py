@@ -23,9 +23,9 @@ the nodes are the un-normalised stream at the same places.
 The rest is data too: what a family reads from its config (`ConfigKeys`), which tensors a
 checkpoint may lack, how a head is recognised from tensor names, old tensor names, which
 architecture names load as which head, what a language-model head predicts (`Prediction`), how
-text is laid out for it and whether the evaluation may run the last layer at the scored
-positions only (`FastPath`). To add a family, write one module with one `Family` value and list
-it in `families/__init__.py`.
+text is laid out for it, how a fresh model is built for training (`Training`) and whether the
+evaluation may run the last layer at the scored positions only (`FastPath`). To add a family,
+write one module with one `Family` value and list it in `families/__init__.py`.
 """
 
 from __future__ import annotations
@@ -205,8 +205,8 @@ class Prediction:
     """What a language-model head is scored on along the path, and how the app names it.
 
     `targets` picks how the evaluation batches are turned into (positions, targets)
-    (`data.prediction_batches`): "masked" draws BERT's masks once from the mask seed; "next"
-    makes every real token predict the token after it."""
+    (`data.prediction_batches`) and how `train` trains the head: "masked" draws BERT's masks
+    once from the mask seed; "next" makes every real token predict the token after it."""
 
     targets: str  # "masked" or "next"
     loss: str  # the loss's name: "masked-LM loss"
@@ -242,6 +242,19 @@ class Head:
 
 
 @dataclass(frozen=True)
+class Training:
+    """How `train` (training.py) builds a fresh model of the family. The trained head's
+    `prediction` is the objective (masked or next-token); the shape goes to the config under the
+    family's ConfigKeys."""
+
+    config_class: str  # transformers config class
+    head: str  # the architecture trained, a key of Family.heads
+    tokenizer: str  # the bundled default tokenizer, a folder of assets/
+    dropout: tuple[str, ...]  # config keys that take the run's dropout
+    token_ids: tuple[str, ...]  # config keys that take the tokenizer's padding id
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     model_types: tuple[str, ...]  # config.model_type values
@@ -262,6 +275,7 @@ class Family:
     # length), as causal LMs are trained, rather than one passage per sequence.
     packed_text: bool = False
     fast_path: FastPath | None = None  # None: the evaluation always runs the whole model
+    training: Training | None = None  # None: `train` does not build this family
 
     def shape(self, config) -> Shape:
         keys = self.config_keys

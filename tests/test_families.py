@@ -8,17 +8,79 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures import random_model
+from fixtures import random_head_perm, random_ids, random_model
 from permerge_core import training
 from permerge_core.errors import SettingsError
-from permerge_core.evaluation import _position_wise_tail
+from permerge_core.evaluation import _position_wise_tail, max_abs_logit_diff
 from permerge_core.families import FAMILIES
 from permerge_core.families.schema import (
-    AFTER_ATTENTION, AFTER_FFN, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, MLM, Capture, Node, Part, ResidualLayout, Shape, Touch,
+    AFTER_ATTENTION, AFTER_FFN, BASE, CAUSAL_LM, EMBED, FINAL, LAYER_INPUT, MLM,
+    Capture, Node, Part, ResidualLayout, Shape, Touch,
 )
-from permerge_core.permuting import permute_state_dict, touched_units
-from permerge_core.weight_matching import _block
+from permerge_core.matching import Matching
+from permerge_core.permuting import inverse, permutation_plan, permute_state_dict, permuted_model, plan_for_matching, touched_units
 from permerge_core.statistics import _held_per_token, captures, space_dims
+from permerge_core.weight_matching import _block
+
+HEADS = [(name, architecture) for name, family in FAMILIES.items() for architecture in family.heads]
+SHAPE = dict(layers=2, hidden=16, heads=4, ffn=32)
+
+
+def _model(name: str, architecture: str):
+    family = FAMILIES[name]
+    head = family.heads[architecture]
+    model = random_model(name, head.kind, seed=3, **SHAPE)
+    assert type(model).__name__ == head.model_class
+    return family, head, model
+
+
+@pytest.mark.parametrize("name,architecture", HEADS)
+def test_every_touch_resolves_to_a_tensor_with_its_space_on_the_axis(name, architecture):
+    family, head, model = _model(name, architecture)
+    state = model.state_dict()
+    dims = space_dims(model.config, family)
+    # The plan with each space's name in place of its permutation (every residual node its own).
+    plan = permutation_plan(family, head, SHAPE["layers"], {space: space for space in dims}, lambda n: f"residual.{n}")
+    reached = set()
+    for touch, space in plan:
+        if touch.name not in state:
+            assert touch.optional or family.lacks_ok(touch.name), f"{architecture} has no tensor {touch.name}"
+            continue
+        length = state[touch.name].shape[touch.axis]
+        units = length if touch.part is None else len(touch.part.indices(length))
+        assert units == dims[space], f"{touch.name} axis {touch.axis}: {units} units, but {space} has {dims[space]}"
+        reached.add(space)
+    assert reached == set(dims)  # every space moves some tensor
+
+
+def _planted(family, config, rng) -> Matching:
+    """Random function-preserving permutations of every space: heads kept whole, one residual
+    permutation."""
+    shape = family.shape(config)
+    perms = {"residual": rng.permutation(shape.hidden)}
+    for i in range(shape.layers):
+        perms[f"layer.{i}.ffn"] = rng.permutation(shape.ffn)
+        perms[f"layer.{i}.attention"] = random_head_perm(shape.attention, shape.heads, rng)
+    return Matching(perms, {}, {"ffn": True, "attention": "heads", "residual": "first", "absolute": False})
+
+
+@pytest.mark.parametrize("name,architecture", HEADS)
+def test_a_planted_shuffle_keeps_the_function_and_its_inverse_gives_back_every_weight(name, architecture):
+    family, head, model = _model(name, architecture)
+    layers = SHAPE["layers"]
+    planted = _planted(family, model.config, np.random.default_rng(4))
+    shuffled = permuted_model(model, family, head, layers, planted)
+    ids, mask = random_ids(vocab=model.config.vocab_size)
+    last = planted.residual_perm(family.residual_layout.count(layers) - 1)  # what a bare model's hidden states take
+    assert max_abs_logit_diff(shuffled, model, ids, mask, hidden_perm=last if head.kind == BASE else None) < 1e-4
+    state, moved = model.state_dict(), shuffled.state_dict()
+    for touch, _ in plan_for_matching(family, head, layers, planted):
+        if touch.name in state:
+            assert not torch.equal(moved[touch.name], state[touch.name]), f"{touch.name} did not move"
+    undo = {space: inverse(perm) for space, perm in planted.permutations.items()}
+    back = permute_state_dict(moved, permutation_plan(family, head, layers, undo, lambda n: undo["residual"]))
+    for key, value in state.items():
+        assert torch.equal(back[key], value), key
 
 
 def test_the_default_layout_numbers_two_nodes_per_layer():

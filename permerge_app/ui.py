@@ -48,6 +48,7 @@ from permerge_core.checkpoints import (
     is_bundled_classifier, load_checkpoint, read_head,
 )
 from permerge_core.errors import DataError
+from permerge_core.families.schema import CLASSIFICATION
 from permerge_core.modes import non_preserving
 from permerge_core.settings import ADVANCED, BUDGET, MERGE, SETTINGS, TaskSpec
 
@@ -255,7 +256,7 @@ def sidebar() -> None:
     if len(bundled_seeds()) < 2:
         sb.caption("The bundled seed models are not in assets/models yet: pick two checkpoints above.")
 
-    if head_kind(ss.get("model_a")) == "classification":
+    if head_kind(ss.get("model_a")) == CLASSIFICATION:
         labelled_data_controls(sb)
     else:
         text_data_controls(sb)
@@ -394,7 +395,7 @@ def data_path(which: str) -> str | None:
 
 
 def head_kind(source: str | None) -> str | None:
-    """'mlm', 'causal-lm', 'classification' or 'base' for a checkpoint, None if it cannot be read.
+    """The head's kind (`families.schema`: MLM, CAUSAL_LM, CLASSIFICATION or BASE) for a checkpoint, None if it cannot be read.
     From its config.json: the pipeline loads the model once, and this never loads it a second time."""
     if not source:
         return None
@@ -466,7 +467,7 @@ def _pipeline(model_a: str, sig_a: str, model_b: str, sig_b: str, tokenizer: str
 def _pipeline_args(model_a: str, model_b: str) -> tuple:
     """The arguments of `_pipeline` for a pair with the sidebar's tokenizer and data."""
     task = None
-    if head_kind(model_a) == "classification":
+    if head_kind(model_a) == CLASSIFICATION:
         eval_, match = labelled_paths()
         task = task_spec()
     else:

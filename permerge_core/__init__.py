@@ -12,7 +12,7 @@ transformers.
 from importlib import import_module
 
 _EXPORTS = {
-    "FAMILIES": "architectures", "supported_architectures": "architectures",
+    "FAMILIES": "families", "supported_architectures": "families",
     "Checkpoint": "checkpoints", "load_checkpoint": "checkpoints", "validate_pair": "checkpoints",
     "CheckpointError": "errors", "DataError": "errors", "IncompatiblePairError": "errors",
     "PermergeError": "errors", "SettingsError": "errors",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import spaces as sp
-from .architectures import Family
+from .families.schema import Family
 from .evaluation import encoder_of
 from .statistics import DEAD_UNIT_STD, captures, register_captures
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .architectures import ARCHITECTURE_ALIASES, Family, Head, family_for_model_type, supported_architectures, FAMILIES
+from .families import FAMILIES, family_for_model_type, supported_architectures
+from .families.schema import BASE, CLASSIFICATION, Family, Head
 from .errors import CheckpointError, IncompatiblePairError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -195,9 +196,9 @@ def read_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def _choose_head(family: Family, architectures: list[str] | None, keys: set[str]) -> Head:
     for arch in architectures or []:
-        arch = ARCHITECTURE_ALIASES.get(arch, arch)
-        if arch in family.heads:
-            return family.heads[arch]
+        head = family.head_for_architecture(arch)
+        if head is not None:
+            return head
     if architectures:
         raise CheckpointError(
             f"Architecture {architectures[0]} is not supported.",
@@ -251,12 +252,12 @@ def _tensor_names(folder: Path) -> set[str]:
 def _normalise_keys(state: dict[str, torch.Tensor], family: Family, head: Head) -> dict[str, torch.Tensor]:
     """Old checkpoints' tensor names (e.g. LayerNorm gamma/beta) become today's; bare encoders
     lack the prefix, and a head model saved without it (the hub's gpt2) gets it."""
-    unprefixed = head.kind != "base" and not any(k.startswith(family.base_prefix) for k in state)
+    unprefixed = head.kind != BASE and not any(k.startswith(family.base_prefix) for k in state)
     out = {}
     for key, value in state.items():
         for old, new in family.renamed:
             key = key.replace(old, new)
-        if head.kind == "base" and key.startswith(family.base_prefix):
+        if head.kind == BASE and key.startswith(family.base_prefix):
             key = key[len(family.base_prefix):]
         elif unprefixed and not (head.detect and key.startswith(head.detect)):
             key = family.base_prefix + key
@@ -375,7 +376,7 @@ def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
     differ("FFN size", a.ffn, b.ffn)
     differ("number of positions", a.shape.positions, b.shape.positions, "Pick two checkpoints with the same maximum sequence length (n_positions).")
     differ("vocabulary size", a.config.vocab_size, b.config.vocab_size)
-    if a.head.kind == "classification":
+    if a.head.kind == CLASSIFICATION:
         differ("number of labels", a.config.num_labels, b.config.num_labels, "Both classifiers must be fine-tuned on the same task.")
         names_a = [a.config.id2label[i] for i in range(a.config.num_labels)]
         names_b = [b.config.id2label[i] for i in range(b.config.num_labels)]

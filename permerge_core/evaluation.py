@@ -95,31 +95,33 @@ def tail_stop(tail: _Tail | None):
 
 
 def _position_wise_tail(model) -> _Tail | None:
-    from .architectures import family_for_model_type
+    """The last layer's modules for the fast path its family declares (`FastPath`), None where
+    the family declares none or this config rules it out."""
+    from .families import family_for_model_type
 
     config = getattr(model, "config", None)
     family = family_for_model_type(getattr(config, "model_type", ""))
-    if family is None or family.encoder.position_wise_tail is None or getattr(config, "add_cross_attention", False):
+    fast = family.fast_path if family is not None else None
+    if fast is None or getattr(config, "add_cross_attention", False):
         return None  # (cross-attention would sit between the self-attention and the tail)
     modules = dict(encoder_of(model).named_modules())
     last = family.shape(config).layers - 1
-    names = [name.format(i=last) for name in family.encoder.position_wise_tail]
-    if not all(n in modules for n in names):
-        return None
-    self_attention = modules.get((family.encoder.self_attention or "").format(i=last))
-    if not _queries_at_positions_supported(self_attention, config):
+
+    def module(template: str) -> torch.nn.Module:  # a missing one is wrong family data: the KeyError names it
+        return modules[template.format(i=last)]
+
+    self_attention = module(fast.self_attention) if fast.self_attention is not None else None
+    if self_attention is not None and not _queries_at_positions_supported(self_attention, config):
         self_attention = None
-    return _Tail(self_attention, *(modules[n] for n in names))
+    return _Tail(self_attention, *(module(name) for name in fast.tail))
 
 
 def _queries_at_positions_supported(module, config) -> bool:
-    """Whether `_attention_at` computes exactly what this self-attention module computes:
-    bidirectional, no relative positions, the attributes transformers' BERT has."""
-    needed = ("query", "key", "value", "num_attention_heads", "attention_head_size", "scaling")
+    """Whether `_attention_at` computes exactly what this self-attention module computes: the
+    family declares a BERT-style module; this config must make it bidirectional, with
+    absolute positions only."""
     return (
-        module is not None
-        and all(hasattr(module, n) for n in needed)
-        and not getattr(module, "is_causal", False)
+        not getattr(module, "is_causal", False)
         and not getattr(config, "is_decoder", False)
         and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
     )

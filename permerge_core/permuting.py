@@ -2,9 +2,9 @@
 
 `permutation_plan` turns a Matching into a list of (tensor name, axis, permutation);
 `permute_state_dict` applies it with one generic loop. A tensor touched on two axes (a
-Linear between two permuted spaces) gets both, which commute. Touches of equal blocks of one
-axis (the q, k and v thirds of a fused projection) make one index for that axis, each block
-reindexed within itself.
+Linear between two permuted spaces) gets both, which commute. Touches of parts of one axis (the
+q, k and v rows of a fused projection, `Part`) make one index for that axis, each part's rows
+reindexed among themselves.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from . import spaces as sp
-from .architectures import Family, Head, Touch, expand
+from .families import expand
+from .families.schema import BASE, Family, Head, Touch
 
 
 def _prefix(family: Family, head: Head) -> str:
-    return "" if head.kind == "base" else family.base_prefix
+    return "" if head.kind == BASE else family.base_prefix
 
 
 def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[str, np.ndarray], residual_for_node) -> list[tuple[Touch, np.ndarray]]:
@@ -55,8 +56,8 @@ def permutation_plan(family: Family, head: Head, num_layers: int, perms: dict[st
 
 def touches_by_tensor(state: dict[str, torch.Tensor], plan) -> dict[str, list[tuple[int, torch.Tensor]]]:
     """Tensor name → [(axis, index)] for every planned tensor of `state`, in the plan's order
-    (optional tensors the model lacks are skipped). A touch of block k of n along an axis
-    sets that block's slice of the axis's index (the rest stay in place)."""
+    (optional tensors the model lacks are skipped). A touch of a part of an axis sets the
+    part's rows of the axis's index, reindexed among themselves (the other rows stay put)."""
     indices: dict[str, dict[int, torch.Tensor]] = {}
     for touch, perm in plan:
         if touch.name not in state:
@@ -69,13 +70,12 @@ def touches_by_tensor(state: dict[str, torch.Tensor], plan) -> dict[str, list[tu
         if touch.part is None:
             by_axis[touch.axis] = perm
             continue
-        k, count = touch.part
         length = tensor.shape[touch.axis]
-        block = length // count
-        if length % count or len(perm) != block:
-            raise ValueError(f"{touch.name} axis {touch.axis} ({length}) does not split into {count} blocks of {len(perm)}")
+        rows = torch.as_tensor(touch.part.indices(length), device=tensor.device)
+        if len(rows) != len(perm):
+            raise ValueError(f"{touch.name} axis {touch.axis}: {touch.part} has {len(rows)} rows, the permutation {len(perm)}")
         index = by_axis.setdefault(touch.axis, torch.arange(length, device=tensor.device))
-        index[k * block : (k + 1) * block] = perm + k * block
+        index[rows] = rows[perm]
     return {name: list(by_axis.items()) for name, by_axis in indices.items()}
 
 

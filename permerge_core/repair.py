@@ -18,7 +18,7 @@ layers < l are already corrected (its FFN input depends on them; nothing of laye
 later does). A unit whose σ under θ(λ) is ~0 (`DEAD_UNIT_STD`) cannot be rescaled: it is only
 shifted to its target mean.
 
-Which tensors produce the FFN space is read from the family data (`architectures.py`): the
+Which tensors produce the FFN space is read from the family data (`families/`): the
 FFN touches' one bias belongs to the producer, and its weight's touch gives the unit axis.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .architectures import Family
+from .families.schema import Family
 from .errors import SettingsError
 from .evaluation import chunk_sizes, encoder_of, row_slices
 from .parallel import map_chunks

@@ -190,5 +190,5 @@ def model_spaces(shape, residual_nodes: int, *, attention_width: int | None = No
 def of_model(family, config) -> dict[str, Space]:
     """The spaces of a checkpoint of `family` with this config (Checkpoint.spaces)."""
     shape = family.shape(config)
-    return model_spaces(shape, family.residual_layout.count(shape.layers), attention_width=getattr(shape, "attention", None),
+    return model_spaces(shape, family.residual_layout.count(shape.layers), attention_width=shape.attention,
                         stream_admits=getattr(family, "stream_admits", ()))

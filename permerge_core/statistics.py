@@ -20,7 +20,8 @@ from typing import Callable, Collection
 import torch
 
 from . import spaces as sp
-from .architectures import EMBED, FINAL, Family, family_for_model_type
+from .families import family_for_model_type
+from .families.schema import Family
 from .data import TokenBatches
 
 # At most about this much of A's activations is held while B runs. Small slices keep every
@@ -248,7 +249,7 @@ def captures(family: Family, num_layers: int) -> list[tuple[str, str, str]]:
         out.append((sp.ffn(i), enc.capture_ffn.module.format(i=i), enc.capture_ffn.io))
         out.append((sp.attention(i), enc.capture_attention.module.format(i=i), enc.capture_attention.io))
     for rule, cap in enc.capture_residual:
-        layers = [None] if rule in (EMBED, FINAL) else range(num_layers)  # once, or in every layer
+        layers = range(num_layers) if family.residual_layout.in_every_layer(rule) else [None]
         for i in layers:
             node = family.residual_node(rule, i, num_layers)
             out.append((sp.node(node), cap.module if i is None else cap.module.format(i=i), cap.io))

@@ -1,13 +1,16 @@
 """Pre-training from scratch, for the bundled seed models: BERT masked LMs and GPT-2 decoders.
 
 Models that differ only in `seed` (initialisation, data order, masks, dropout) are exactly
-what the method compares. What depends on the family (the model, the training rows, the loss
-and the held-out evaluation) is one `Objective` per family; the loop, the seeded data order,
-the schedule, saving, resuming, --init-from and the export are shared. Everything random is derived from (seed, step), so a run is
-deterministic for a given seed and device, and resuming from the last checkpoint continues
-the very same run. BERT: only masked positions go through the vocabulary projection. GPT-2:
-the training text is packed into blocks of `max_length` tokens, every line ending in the
-end-of-text token (standard causal-LM packing); the loss is next-token cross-entropy.
+what the method compares. How a fresh model is built (config class, head, bundled tokenizer)
+is the family's `Training` declaration (`families/`); what depends on the objective (the
+training rows, the loss and the held-out evaluation) follows what the trained head predicts,
+masked tokens or the next token, as one `Objective` per family; the loop, the seeded data
+order, the schedule, saving, resuming, --init-from and the export are shared. Everything
+random is derived from (seed, step), so a run is deterministic for a given seed and device,
+and resuming from the last checkpoint continues the very same run. Masked LM: only masked
+positions go through the vocabulary projection. Next-token LM: the training text is packed
+into blocks of `max_length` tokens, every line ending in the end-of-text token (standard
+causal-LM packing); the loss is next-token cross-entropy.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -26,16 +30,17 @@ import torch.nn.functional as F
 from .data import CORPUS, draw_mlm_masks, masked_batches, packed_stream, read_passages, special_token_ids, tokenize
 from .evaluation import mlm_logits_at, mlm_loss
 from .errors import SettingsError
+from .families import FAMILIES
+from .families.schema import CLASSIFICATION, MASKED_LM, NEXT_TOKEN, Family
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
-DEFAULT_BPE_TOKENIZER = DEFAULT_TOKENIZER.parent / "tokenizer-bpe"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # the families' bundled tokenizers
 
 
 @dataclass
 class TrainConfig:
     seed: int
     out: str
-    family: str = "bert"  # a key of OBJECTIVES
+    family: str = "bert"  # a family that declares its training: a key of OBJECTIVES
     layers: int = 4
     hidden: int = 256
     heads: int = 4
@@ -75,64 +80,38 @@ def _stream_seed(seed: int, stream: int, step: int) -> int:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int, pad_id: int):
-    """A freshly initialised model of the run's family, seeded by the run's seed."""
-    return OBJECTIVES[cfg.family].build(cfg, vocab_size, pad_id)
+    """A freshly initialised model of the run's family, seeded by the run's seed: the config
+    class and the head its `Training` names, the run's shape under the family's ConfigKeys."""
+    import transformers
 
-
-def _build_bert(cfg: TrainConfig, vocab_size: int, pad_id: int):
-    from transformers import BertConfig, BertForMaskedLM
-
-    config = BertConfig(
+    family = FAMILIES[cfg.family]
+    how, keys = family.training, family.config_keys
+    config = getattr(transformers, how.config_class)(
         vocab_size=vocab_size,
-        hidden_size=cfg.hidden,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        intermediate_size=cfg.ffn,
-        max_position_embeddings=cfg.max_length,
-        hidden_dropout_prob=cfg.dropout,
-        attention_probs_dropout_prob=cfg.dropout,
-        pad_token_id=pad_id,
+        **{keys.hidden: cfg.hidden, keys.layers: cfg.layers, keys.heads: cfg.heads, keys.ffn: cfg.ffn},
+        **{keys.positions: cfg.max_length + keys.position_offset},
+        **dict.fromkeys(how.dropout, cfg.dropout),
+        **dict.fromkeys(how.token_ids, pad_id),
     )
     torch.manual_seed(_stream_seed(cfg.seed, 0, 0))
-    return BertForMaskedLM(config)
+    return getattr(transformers, family.heads[how.head].model_class)(config)
 
 
-def _build_gpt2(cfg: TrainConfig, vocab_size: int, eot_id: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
+# ------------------------------------------------------------------ masked LM
 
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=cfg.max_length,
-        n_embd=cfg.hidden,
-        n_layer=cfg.layers,
-        n_head=cfg.heads,
-        n_inner=cfg.ffn,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=eot_id,
-        eos_token_id=eot_id,
-        pad_token_id=eot_id,
-    )
-    torch.manual_seed(_stream_seed(cfg.seed, 0, 0))
-    return GPT2LMHeadModel(config)  # lm_head tied to the token embeddings (the default)
-
-
-# ------------------------------------------------------------------ BERT: masked LM
-
-def _bert_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
+def _masked_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
     """One unpadded row per passage (cut at max_length), and the number of tokens."""
     batches = tokenize(tokenizer, read_passages(cfg.train_data), 10**12, cfg.max_length, batch_size=1)
     return [ids[0] for ids in batches.input_ids], batches.num_tokens
 
 
-def _bert_eval_set(cfg: TrainConfig, tokenizer):
+def _masked_eval_set(cfg: TrainConfig, tokenizer):
     return masked_batches(
         tokenize(tokenizer, read_passages(cfg.eval_data), cfg.eval_tokens, cfg.max_length, 64), tokenizer, len(tokenizer), seed=1234
     )
 
 
-def _bert_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -> tuple[torch.Tensor, int]:
+def _masked_batch_loss(mlm_module: str, model, rows, tokenizer, cfg: TrainConfig, data_step: int) -> tuple[torch.Tensor, int]:
     """Masked-LM loss of one batch of rows (padded here), and how many real tokens it had."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -146,18 +125,18 @@ def _bert_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -
     )
     torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
     logits = mlm_logits_at(
-        model, "cls", batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device),
+        model, mlm_module, batch.input_ids.to(cfg.device), mask.to(cfg.device), batch.positions.to(cfg.device),
         tail_at_positions=False,  # keeps training bit-identical to the runs that made assets/models
     )
     return F.cross_entropy(logits.float(), batch.targets.to(cfg.device)), int(mask.sum())
 
 
-def _bert_evaluate(model, eval_set, device: str) -> tuple[float, float]:
-    result = mlm_loss(model, "cls", eval_set, device)
+def _masked_evaluate(mlm_module: str, model, eval_set, device: str) -> tuple[float, float]:
+    result = mlm_loss(model, mlm_module, eval_set, device)
     return result.loss, result.accuracy
 
 
-# ------------------------------------------------------------ GPT-2: next-token LM
+# ------------------------------------------------------------ next-token LM
 
 def packed_ids(tokenizer, path: str) -> torch.Tensor:
     """All lines of a text file as one id stream, each line followed by the end-of-text token
@@ -165,7 +144,7 @@ def packed_ids(tokenizer, path: str) -> torch.Tensor:
     return torch.tensor(packed_stream(tokenizer, read_passages(path)), dtype=torch.long)
 
 
-def _gpt2_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
+def _next_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
     """The packed training stream cut into whole blocks of max_length ids (the rest dropped)."""
     stream = packed_ids(tokenizer, cfg.train_data)
     blocks = len(stream) // cfg.max_length
@@ -174,13 +153,13 @@ def _gpt2_rows(cfg: TrainConfig, tokenizer) -> tuple[list[torch.Tensor], int]:
     return list(stream[: blocks * cfg.max_length].view(blocks, cfg.max_length)), len(stream)
 
 
-def _gpt2_eval_set(cfg: TrainConfig, tokenizer) -> list[torch.Tensor]:
+def _next_eval_set(cfg: TrainConfig, tokenizer) -> list[torch.Tensor]:
     """The first eval_tokens ids of the packed eval text, in blocks of max_length (the last may be shorter)."""
     stream = packed_ids(tokenizer, cfg.eval_data)[: cfg.eval_tokens]
     return [block for block in stream.split(cfg.max_length) if len(block) >= 2]
 
 
-def _gpt2_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -> tuple[torch.Tensor, int]:
+def _next_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over every predicted position of a batch of full blocks."""
     ids = torch.stack(rows).to(cfg.device)
     torch.manual_seed(_stream_seed(cfg.seed, 3, data_step))  # dropout
@@ -189,7 +168,7 @@ def _gpt2_batch_loss(model, rows, tokenizer, cfg: TrainConfig, data_step: int) -
 
 
 @torch.no_grad()
-def _gpt2_evaluate(model, eval_set: list[torch.Tensor], device: str) -> tuple[float, float]:
+def _next_evaluate(model, eval_set: list[torch.Tensor], device: str) -> tuple[float, float]:
     """Mean next-token loss (nats) and accuracy over all predicted positions of the eval blocks."""
     model.eval()
     total, hits, count = torch.zeros((), dtype=torch.float64), 0, 0
@@ -205,20 +184,29 @@ def _gpt2_evaluate(model, eval_set: list[torch.Tensor], device: str) -> tuple[fl
 
 @dataclass(frozen=True)
 class Objective:
-    """What `train` does differently per model family."""
+    """What `train` does differently per family: its bundled tokenizer, and the rows, loss and
+    held-out evaluation of its objective (masked or next-token)."""
 
     tokenizer: Path  # the bundled default
-    build: Callable  # (cfg, vocab_size, pad_id) -> seeded model
     rows: Callable  # (cfg, tokenizer) -> (training rows, token count)
     eval_set: Callable  # (cfg, tokenizer) -> fixed held-out data
     batch_loss: Callable  # (model, rows, tokenizer, cfg, data_step) -> (loss, tokens in the batch)
     evaluate: Callable  # (model, eval_set, device) -> (loss, accuracy)
 
 
-OBJECTIVES = {
-    "bert": Objective(DEFAULT_TOKENIZER, _build_bert, _bert_rows, _bert_eval_set, _bert_batch_loss, _bert_evaluate),
-    "gpt2": Objective(DEFAULT_BPE_TOKENIZER, _build_gpt2, _gpt2_rows, _gpt2_eval_set, _gpt2_batch_loss, _gpt2_evaluate),
-}
+def _objective(family: Family) -> Objective:
+    """The family's training objective, from what its trained head predicts."""
+    head = family.heads[family.training.head]
+    tokenizer = ASSETS / family.training.tokenizer
+    if head.prediction == MASKED_LM:
+        return Objective(tokenizer, _masked_rows, _masked_eval_set, partial(_masked_batch_loss, head.mlm_module), partial(_masked_evaluate, head.mlm_module))
+    if head.prediction == NEXT_TOKEN:
+        return Objective(tokenizer, _next_rows, _next_eval_set, _next_batch_loss, _next_evaluate)
+    raise ValueError(f"{family.name} trains {head.model_class}, which predicts neither masked nor next tokens")
+
+
+# Every family that declares how it is trained, by name: read from the families, not a list of its own.
+OBJECTIVES = {name: _objective(family) for name, family in FAMILIES.items() if family.training is not None}
 
 
 def _schedule(cfg: TrainConfig):
@@ -474,7 +462,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
     num_labels = 1 if cfg.regression else int(max(data.labels)) + 1
     config = source.config.__class__.from_dict(source.config.to_dict())
     config.num_labels = num_labels
-    config.architectures = [source.family.heads[next(h for h in source.family.heads if source.family.heads[h].kind == "classification")].model_class]
+    config.architectures = [source.family.head_of_kind(CLASSIFICATION).model_class]
     if data.label_names:
         config.id2label = dict(enumerate(data.label_names))
         config.label2id = {n: i for i, n in enumerate(data.label_names)}

@@ -7,7 +7,7 @@ products of the two models' weights over the permutations of B:
     J(π) = Σ_W ⟨W_A, W_B′⟩,   B′ = B with every permutation applied (B′[..i..] = B[..π(i)..]),
 
 W running over every tensor a permutation touches. Which tensors touch which space, and along
-which axis, is the family's data (`architectures.py`), read through the same permutation plan
+which axis, is the family's data (`families/`), read through the same permutation plan
 that builds B′ (`permuting.permutation_plan`) and cut into rows by `permuting.touched_units`:
 nothing here knows a tensor name, so every family works.
 
@@ -112,13 +112,12 @@ class WeightObjective:
 
 
 def _block(tensor: torch.Tensor, touch) -> torch.Tensor:
-    """The part of `tensor` a touch permutes: all of it, or block k of n along its axis (the
-    q, k or v third of a fused attention tensor)."""
+    """The part of `tensor` a touch permutes: all of it, or its part's rows along its axis (the
+    q, k or v rows of a fused attention tensor), in the order of the space's units."""
     if touch.part is None:
         return tensor
-    k, count = touch.part
-    size = tensor.shape[touch.axis] // count
-    return tensor.narrow(touch.axis, k * size, size)
+    rows = torch.as_tensor(touch.part.indices(tensor.shape[touch.axis]), device=tensor.device)
+    return tensor.index_select(touch.axis, rows)
 
 
 def _indices(perms: dict[str, np.ndarray], device) -> dict[str, torch.Tensor]:

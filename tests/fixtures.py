@@ -8,22 +8,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from permerge_core.families import FAMILIES
+
 WORDS = (
     "the of and to in that he shall unto for his lord they be is him not them it with all thou thy "
     "was god which my me said but ye their have will thee from as are when this out were upon man by "
     "king love sir good come now what our your here there night day heart fair sweet death life"
 ).split()
 
-FAMILY_CLASSES = {
-    ("bert", "mlm"): "BertForMaskedLM",
-    ("bert", "base"): "BertModel",
-    ("bert", "classification"): "BertForSequenceClassification",
-    ("roberta", "mlm"): "RobertaForMaskedLM",
-    ("roberta", "base"): "RobertaModel",
-    ("roberta", "classification"): "RobertaForSequenceClassification",
-    ("gpt2", "causal-lm"): "GPT2LMHeadModel",
-    ("gpt2", "base"): "GPT2Model",
-}
+# (family, head kind) → the transformers class of every head of every registered family.
+FAMILY_CLASSES = {(family.name, head.kind): head.model_class for family in FAMILIES.values() for head in family.heads.values()}
 GPT2_VOCAB = 300  # the tiny byte-level BPE below: 256 bytes, <|endoftext|> and 43 merges
 EOT = "<|endoftext|>"
 

@@ -96,7 +96,7 @@ def test_the_timed_products_are_the_statistics_passs_own_slices(monkeypatch):
 
     from benchmarks.worker import cross_products_alone
     from fixtures import random_model
-    from permerge_core.architectures import family_for_model_type
+    from permerge_core.families import family_for_model_type
     from permerge_core.data import TokenBatches
     from permerge_core import statistics
     from permerge_core.statistics import collect_statistics, slice_token_counts, space_dims

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fixtures import make_gpt2_tokenizer, random_head_perm, random_model, random_text, save_model
 from permerge_core import AlignSettings, Pipeline
-from permerge_core.architectures import FAMILIES
+from permerge_core.families import FAMILIES
 from permerge_core.checkpoints import load_checkpoint, validate_pair
 from permerge_core.data import next_token_batches, packed_blocks
 from permerge_core.errors import IncompatiblePairError, SettingsError

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from permerge_core.architectures import FAMILIES
+from permerge_core.families import FAMILIES
+from permerge_core.families.schema import BASE, CAUSAL_LM, MLM
 from permerge_core.checkpoints import _choose_head
 from permerge_core.data import TokenBatches
 from permerge_core.evaluation import barrier, max_abs_logit_diff
@@ -25,7 +26,7 @@ SHAPES = [
     dict(layers=2, hidden=6, heads=6, ffn=10),  # heads of size 1
     dict(layers=2, hidden=9, heads=3, ffn=13),  # odd widths
 ]
-LM = {"bert": "mlm", "roberta": "mlm", "gpt2": "causal-lm"}  # each family's language-model head
+LM = {"bert": MLM, "roberta": MLM, "gpt2": CAUSAL_LM}  # each family's language-model head
 
 
 def head_for(model):
@@ -35,7 +36,7 @@ def head_for(model):
 
 def random_matching(cfg, attention="heads", residual="first", seed=0) -> Matching:
     rng = np.random.default_rng(seed)
-    L, d, H, f, _ = astuple(FAMILIES[cfg.model_type].shape(cfg))
+    L, d, H, f, *_ = astuple(FAMILIES[cfg.model_type].shape(cfg))
     perms = {}
     for i in range(L):
         perms[f"layer.{i}.ffn"] = rng.permutation(f)
@@ -68,7 +69,7 @@ def test_permuted_model_computes_the_same_function(family, kind, shape, attentio
     b_prime = permuted_model(model, fam, head, model.config.num_hidden_layers, matching)
     ids, mask = random_ids(vocab=model.config.vocab_size)
     final = matching.residual_perm(2 * model.config.num_hidden_layers)  # a bare model's output: the last node
-    assert max_abs_logit_diff(b_prime, model, ids, mask, hidden_perm=final if kind == "base" else None) < 1e-4
+    assert max_abs_logit_diff(b_prime, model, ids, mask, hidden_perm=final if kind == BASE else None) < 1e-4
     # ... and the permutation really moved weights (the test would pass trivially otherwise).
     changed = [k for k, v in b_prime.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert len(changed) >= 6 * model.config.num_hidden_layers  # every layer's FFN and attention tensors at least

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from fixtures import merge, random_ids, random_model, spaces_of
-from permerge_core.architectures import FAMILIES
+from permerge_core.families import FAMILIES
 from permerge_core.checkpoints import _choose_head
 from permerge_core.data import TokenBatches
 from permerge_core.matching import compute_matching

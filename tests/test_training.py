@@ -96,7 +96,7 @@ def test_a_tiny_gpt2_learns_and_exports_a_loadable_causal_lm(texts, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = config(texts, tmp_path / "gpt2", family="gpt2", steps=12, warmup=2, lr=3e-3, dropout=0.0, eval_every=12)
-    assert cfg.tokenizer == str(training.DEFAULT_BPE_TOKENIZER)
+    assert cfg.tokenizer == str(training.ASSETS / "tokenizer-bpe")
     untrained = training.build_model(cfg, 4096, 0)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer)
     before, _ = training.OBJECTIVES["gpt2"].evaluate(untrained, training.OBJECTIVES["gpt2"].eval_set(cfg, tokenizer), "cpu")
@@ -117,7 +117,7 @@ def test_a_tiny_gpt2_learns_and_exports_a_loadable_causal_lm(texts, tmp_path):
 def test_packing_ends_every_line_with_end_of_text(texts, tmp_path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(training.DEFAULT_BPE_TOKENIZER)
+    tokenizer = AutoTokenizer.from_pretrained(training.ASSETS / "tokenizer-bpe")
     (tmp_path / "two.txt").write_text("In the beginning\n\nGod created\n")
     ids = training.packed_ids(tokenizer, tmp_path / "two.txt").tolist()
     assert ids.count(0) == 2 and ids[-1] == 0

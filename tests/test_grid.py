@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +18,7 @@ from fixtures import random_model, random_text, save_model
 from permerge_core import AlignSettings, Pipeline, grid
 from permerge_core.cli import main
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=3)
 FLAGS = ["--match-tokens", "1500", "--eval-tokens", "1000", "--lambdas", "3"]
 
@@ -147,6 +152,43 @@ def test_bad_grid_requests_exit_with_one_line(trio, tmp_path, capsys, monkeypatc
     assert "requirements-ray.txt" in capsys.readouterr().err
 
 
+def run_cli_grid(trio, out, *extra) -> subprocess.CompletedProcess:
+    """`python -m permerge_core grid` on the first two models in a process of its own, given a
+    minute: a Ray engine that hangs fails the test by its timeout instead of hanging it."""
+    command = [sys.executable, "-m", "permerge_core", "grid", "--models", *trio["models"][:2], "--out", str(out), "--no-cache",
+               "--quiet", *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_ray_address_where_nothing_listens_fails_at_once_naming_it_and_the_fix(trio, tmp_path):
+    """ray.init retries such an address for about a quarter of an hour; the grid checks it first."""
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a loopback port that nothing listens on: bound once, then released
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    done = run_cli_grid(trio, tmp_path / "g", "--engine", "ray", "--ray-address", address)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr
+    assert last.startswith("permerge: error:") and f"Nothing answers at the Ray address {address}" in last
+    assert "Fix:" in last and "--ray-address" in last and "ray start --head" in last
+    assert not (tmp_path / "g" / "grid.json").exists()
+
+
+def test_a_ray_address_where_something_else_listens_fails_naming_it_and_the_fix(trio, tmp_path):
+    """A server that is not Ray's head node (here one that never says anything; the dashboard's
+    HTTP port is the likely mistake) would keep ray.init waiting as long."""
+    pytest.importorskip("ray")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        done = run_cli_grid(trio, tmp_path / "g", "--engine", "ray", "--ray-address", address)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr
+    assert f"Something listens at the Ray address {address}" in last and "not a Ray head node" in last
+    assert "Fix:" in last and "6379" in last
+
+
 def test_the_ray_engine_on_a_local_ray_equals_the_local_engine(trio, tmp_path):
     pytest.importorskip("ray")
     local = grid.run_grid(spec(trio, tmp_path / "local-cache"), grid.LocalEngine(), tmp_path / "local", log=lambda m: None)
@@ -158,6 +200,7 @@ def test_the_ray_engine_on_a_local_ray_equals_the_local_engine(trio, tmp_path):
         with pytest.raises(grid.PermergeError, match="no node of this Ray cluster has any"):
             grid.RayEngine(gpus_per_task=1).__enter__()
         assert engine.ray.is_initialized()  # (it joined the running Ray, so it leaves it running)
+        grid.check_ray_address(engine.ray.get_runtime_context().gcs_address)  # a real head node passes the address check
     assert (result["engine"], result["workers"]) == ("ray", 2)
     assert not engine.ray.is_initialized()  # the engine started Ray, so it shut it down
     assert [(c["a"], c["b"]) for c in result["pairs"]] == [(c["a"], c["b"]) for c in local["pairs"]]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .comparison import KINDS, by_kind, space_agreement, unit_agreement
+from .comparison import KINDS, by_kind, head_agreement, space_agreement
 from .data import TokenBatches, batch_sequences, packed_sequences, special_token_ids, special_wrapping, text_fingerprint, token_sequences
 from .errors import DataError, SettingsError
 from .evaluation import barrier
@@ -254,8 +254,8 @@ def _summarise(p, s, budgets, resamples, points, vanilla, available, notes) -> d
         per_space = [space_agreement(run["permutations"], ref["permutations"]) for run, ref in zip(runs, refs)]
         agreement = {space: float(np.mean([a[space] for a in per_space])) for space in per_space[0]}
         between = [by_kind(space_agreement(x["permutations"], y["permutations"])) for x, y in combinations(runs, 2)]
-        heads = {layer: float(np.mean([unit_agreement(run["heads"][layer], ref["heads"][layer]) for run, ref in zip(runs, refs)]))
-                 for layer in runs[0]["heads"]}
+        per_layer = [head_agreement(run["heads"], ref["heads"]) for run, ref in zip(runs, refs)]
+        heads = {layer: float(np.mean([h[layer] for h in per_layer])) for layer in per_layer[0]}
         barriers = [barrier([loss for _, loss in run["curve"]]) for run in runs]
         rows.append({
             "budget": b,

@@ -70,14 +70,15 @@ def compare_matchers(pipeline, settings) -> dict:
     losses = lambda s, which: [p["loss"] for p in pipeline.curve(s, which)]  # noqa: E731
     agreement = space_agreement(m_act.permutations, m_w.permutations)
     heads_act, heads_w = assignments(m_act), assignments(m_w)
+    heads_alike = head_agreement(heads_act, heads_w)
     return {
         "convention": "perm[i] = j: A's unit i <-> B's unit j; agreement = fraction of A's units both matchers pair with the same B unit",
         "agreement": agreement,
         "agreement_by_kind": by_kind(agreement),
         "head_assignment": {
             sp.layer_name(layer): {"activations": [int(x) for x in heads_act[layer]], "weights": [int(x) for x in heads_w[layer]],
-                               "agreement": unit_agreement(heads_act[layer], heads_w[layer])}
-            for layer in sorted(set(heads_act) & set(heads_w))
+                               "agreement": heads_alike[layer]}
+            for layer in sorted(heads_alike)
         },
         "barrier": {
             "vanilla": barrier(losses(by_activations, "vanilla")),

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 from .errors import PermergeError, SettingsError
 from .modes import PAPER_TABLES, paper_table
@@ -176,6 +177,58 @@ def _ray_pair(task: PairTask):
     return run_pair(task)
 
 
+RAY_CHECK_SECONDS = 5.0  # how long the address check waits for a connection, and then for a reply
+RAY_PORT, RAY_CLIENT_PORT = 6379, 10001  # `ray start --head`'s defaults: its GCS, and Ray Client (ray://)
+# An HTTP/2 client's first bytes: the connection preface and an empty SETTINGS frame.
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+HTTP2_SETTINGS = 0x04  # the frame type an HTTP/2 server opens every connection with
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse, within seconds, a Ray address (`--ray-address`, else RAY_ADDRESS) where no Ray head
+    node answers.
+
+    Where nothing listens, or a server that is not Ray's (the dashboard's HTTP port 8265 is the
+    likely mistake), `ray.init` retries for about a quarter of an hour (Ray 2.60: 20 tries of some
+    40 s) before it gives up. A TCP connection shows that something listens; the head node's GCS
+    speaks gRPC, and an HTTP/2 server opens every connection with a SETTINGS frame, so its first
+    bytes tell it from other servers. With TLS (RAY_USE_TLS) only the connection is checked.
+    `auto`, `local` and no address at all are left to Ray: they start or find a local Ray."""
+    origin = "--ray-address"
+    if address is None:
+        address, origin = os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS"
+    if not address or address in ("auto", "local"):
+        return
+    scheme, _, rest = address.rpartition("://")
+    try:
+        parts = urlsplit("//" + rest)
+        host, port = parts.hostname, parts.port or (RAY_CLIENT_PORT if scheme == "ray" else RAY_PORT)
+    except ValueError:
+        host = None
+    if not host:
+        raise SettingsError(f"{origin} {address} is not a Ray address.",
+                            f"Give the head node's host:port, e.g. 10.0.0.1:{RAY_PORT} (or ray://10.0.0.1:{RAY_CLIENT_PORT} for Ray Client).")
+    fix = (f"Start the cluster's head node there (`ray start --head --port={port}` on {host}), or correct {origin} to the "
+           f"host:port that `ray start --head` printed (default port {RAY_PORT}), or leave it out to run a local Ray.")
+    try:
+        connection = socket.create_connection((host, port), timeout=RAY_CHECK_SECONDS)
+    except OSError as err:
+        raise PermergeError(f"Nothing answers at the Ray address {address} ({origin}): {err.strerror or err}.", fix) from None
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        reply = b""
+        try:
+            connection.sendall(HTTP2_HELLO)
+            while len(reply) < 4 and (chunk := connection.recv(4 - len(reply))):
+                reply += chunk
+        except OSError:
+            pass
+    if len(reply) < 4 or reply[3] != HTTP2_SETTINGS:
+        raise PermergeError(f"Something listens at the Ray address {address} ({origin}), but not a Ray head node: "
+                            f"no gRPC reply within {RAY_CHECK_SECONDS:g} s.", fix)
+
+
 class RayEngine:
     """Each task a Ray task: `ray.init()` starts a local Ray (or joins the cluster that
     `address`, or the RAY_ADDRESS of a `ray job submit`, names). A task asks for
@@ -195,6 +248,7 @@ class RayEngine:
                                 "Install it with `pip install -r requirements-ray.txt`, or use --engine local.") from None
         self.ray = ray
         if not ray.is_initialized():
+            check_ray_address(self.address)
             try:
                 ray.init(address=self.address, **self.init_kwargs)
             except ConnectionError as err:

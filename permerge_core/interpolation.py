@@ -8,6 +8,12 @@ B′ is never held as a model of its own: given the permutation plan, each point
 tensors through the permutations straight into the working model (B′[..i..] = B[..perm[i]..]).
 That is one model less in memory (438 MB for BERT-base) for a gather per point, which costs a
 few percent of the forward pass that follows (docs/history.md).
+
+The working model is a copy of A that holds, as a parameter of its own, every tensor that
+either end holds as one (`working_model`): where one checkpoint ties its head to the word
+embeddings and the other does not, θ(λ)'s head is λ·(A's head) + (1−λ)·(B′'s head), which is
+not its embeddings, so it cannot be tied. An end that ties the two is read through its alias:
+its head is its embedding table.
 """
 
 from __future__ import annotations
@@ -24,19 +30,22 @@ class Interpolator:
     """Holds the endpoints' parameters and one working model that takes any θ(λ)."""
 
     def __init__(self, model_a: torch.nn.Module, model_b: torch.nn.Module, work: torch.nn.Module | None = None, plan=None):
-        self.work = work if work is not None else copy.deepcopy(model_a)
+        self.work = work if work is not None else working_model(model_a, model_b)
         self.work.eval()
         self._targets = dict(self.work.named_parameters())
         self.set_endpoints(model_a, model_b, plan)
 
     def set_endpoints(self, model_a: torch.nn.Module, model_b: torch.nn.Module, plan=None) -> None:
-        """A and B; `plan` (permuting's [(Touch, perm)]) makes the far end B′ = P(B), else B."""
-        params_a = dict(model_a.named_parameters())
-        params_b = dict(model_b.named_parameters())
-        if params_a.keys() != self._targets.keys() or params_b.keys() != self._targets.keys():
+        """A and B; `plan` (permuting's [(Touch, perm)]) makes the far end B′ = P(B), else B.
+        Each working parameter is read from the ends by name, through a tied alias where an end
+        ties it; an end's own parameter that the working model lacks is refused."""
+        tensors_a = model_a.state_dict(keep_vars=True)
+        tensors_b = model_b.state_dict(keep_vars=True)
+        own = {n for n, _ in model_a.named_parameters()} | {n for n, _ in model_b.named_parameters()}
+        if not own <= self._targets.keys() or any(n not in tensors_a or n not in tensors_b for n in self._targets):
             raise ValueError("the endpoints do not have the working model's parameters")
         gathers = _gathers(model_b, plan) if plan is not None else {}
-        pairs = [(self._targets[n], params_a[n].detach(), params_b[n].detach(), gathers.get(n, ())) for n in self._targets]
+        pairs = [(self._targets[n], tensors_a[n].detach(), tensors_b[n].detach(), gathers.get(n, ())) for n in self._targets]
         self._device = str(pairs[0][0].device) if pairs else "cpu"
         self._groups = _balanced_groups(pairs, worker_count(self._device))
         self.lam: float | None = None
@@ -105,22 +114,47 @@ def _balanced_groups(pairs: list, count: int) -> list[list]:
 
 
 def _gathers(model: torch.nn.Module, plan) -> dict[str, list[tuple[int, torch.Tensor]]]:
-    """Parameter name → [(axis, index)] from a permutation plan.
+    """Tensor name → [(axis, index)] from a permutation plan, for every name of `model`'s
+    state dict whose parameter the plan moves.
 
-    Tied aliases (decoder ↔ word embeddings) are one parameter; where the plan permutes them
-    differently (residual mode `sep`), the later name in state-dict order wins, exactly as
-    when the permuted state dict is loaded (`permuting.permuted_model`).
+    Tied aliases (decoder ↔ word embeddings) are one parameter, and B′ holds it once: where the
+    plan permutes the two names differently (residual mode `sep`), the later name in state-dict
+    order wins for both, exactly as when the permuted state dict is loaded
+    (`permuting.permuted_model`).
     """
-    canonical = {id(p): name for name, p in model.named_parameters()}
+    params = {id(p) for p in model.parameters()}
     state = model.state_dict(keep_vars=True)
     touches = touches_by_tensor(state, plan)
-    out: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    by_tensor: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for name, tensor in state.items():
         if name in touches:
-            if id(tensor) not in canonical:
+            if id(tensor) not in params:
                 raise ValueError(f"{name} is a buffer, not a parameter: it cannot be interpolated")
-            out[canonical[id(tensor)]] = touches[name]
-    return out
+            by_tensor[id(tensor)] = touches[name]
+    return {name: by_tensor[id(tensor)] for name, tensor in state.items() if id(tensor) in by_tensor}
+
+
+def working_model(model_a: torch.nn.Module, model_b: torch.nn.Module) -> torch.nn.Module:
+    """The model every θ(λ) is written into: a copy of A in which every tensor that either end
+    holds as a parameter of its own is one too.
+
+    A checkpoint that ties its head to the word embeddings (GPT-2's `lm_head`, BERT's decoder)
+    holds one parameter under two names. When A ties and B does not, the copy gets a head of its
+    own (A's embeddings, cloned) and a config that says it is untied, so that θ(λ) can hold
+    λ·(A's head, which is A's embeddings) + (1−λ)·(B′'s head), and a merged export reloads as it
+    was computed. Both ends tied, or A untied: the copy as it is (a tied B's head is then read
+    through its alias, B's embeddings, by `Interpolator.set_endpoints`)."""
+    work = copy.deepcopy(model_a)
+    own_b = {name for name, _ in model_b.named_parameters()}
+    own_work = {name for name, _ in work.named_parameters()}
+    aliases = [name for name in work.state_dict(keep_vars=True) if name in own_b and name not in own_work]
+    for name in aliases:
+        module_name, _, attr = name.rpartition(".")
+        module = work.get_submodule(module_name)
+        setattr(module, attr, torch.nn.Parameter(getattr(module, attr).detach().clone()))
+    if aliases:
+        work.config.tie_word_embeddings = False
+    return work
 
 
 def lambda_grid(points: int) -> list[float]:

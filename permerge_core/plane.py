@@ -54,10 +54,15 @@ def basis(model_a: torch.nn.Module, model_b: torch.nn.Module, model_b_prime: tor
     """The plane's basis from the three models' parameters (float64 sums over every tensor).
 
     PermergeError when the three models span no plane: B′ = A (B is A, or a permuted copy of
-    it) or B on the line through A and B′ (the alignment moved nothing: B′ = B)."""
-    params_a = dict(model_a.named_parameters())
-    params_b = dict(model_b.named_parameters())
+    it) or B on the line through A and B′ (the alignment moved nothing: B′ = B).
+
+    The sums run over B′'s parameters, B′ being the interpolator's working model, which holds a
+    head of its own where either end does (`interpolation.working_model`); A and B are read by
+    name, a tied head through its alias."""
     params_p = dict(model_b_prime.named_parameters())
+    state_a = model_a.state_dict(keep_vars=True)
+    params_a = {name: state_a[name] for name in params_p}
+    params_b = model_b.state_dict(keep_vars=True)
     uu = uw = ww = aa = 0.0
     for name, a in params_a.items():
         a64 = a.detach().double()

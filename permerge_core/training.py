@@ -424,11 +424,6 @@ def _hardware(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
 
 
-def learning_rate_at(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * _schedule(cfg)(step)
-
-
-
 @dataclass
 class FinetuneConfig:
     model: str  # a masked-LM checkpoint folder

@@ -72,10 +72,11 @@ class WeightObjective:
             touches.setdefault(touch.name, []).append((touch, space))
         # A tied tensor (the MLM decoder is the word-embedding matrix) counts once: under its
         # last name in state-dict order, whose permutation is the one B′ keeps (interpolation.py).
+        # Tied in one end only, it is two tensors of the working model, and counts twice.
         owner = {}
         for name in state_b:
             if name in touches:
-                owner[(state_b[name].data_ptr(), tuple(state_b[name].shape))] = name
+                owner[(state_a[name].data_ptr(), state_b[name].data_ptr(), tuple(state_b[name].shape))] = name
         self.tensors = {name: (state_a[name].detach(), state_b[name].detach(), touches[name]) for name in owner.values()}
         self.by_space: dict[str, list] = {}
         for name, (_, _, ts) in self.tensors.items():

@@ -63,13 +63,14 @@ def vocab_size(family: str = "bert") -> int:
     return GPT2_VOCAB if family == "gpt2" else 5 + len(set(WORDS)) + 28
 
 
-def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2, positions=128):
+def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2, positions=128, tied=True):
     from transformers import BertConfig, GPT2Config, RobertaConfig
 
-    if family == "gpt2":
+    if family == "gpt2":  # `tied` False: an lm_head of its own, not the token embeddings
         return GPT2Config(
             vocab_size=vocab or GPT2_VOCAB, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            tie_word_embeddings=tied,
         )
 
     cls = BertConfig if family == "bert" else RobertaConfig

@@ -19,6 +19,7 @@ from permerge_core.errors import IncompatiblePairError, SettingsError
 from permerge_core.evaluation import max_abs_logit_diff, mlm_loss
 from permerge_core.matching import Matching
 from permerge_core.permuting import inverse, permuted_model
+from permerge_core.weight_matching import WeightObjective
 
 SHAPE = dict(layers=2, hidden=16, heads=4, ffn=32)
 SMALL = dict(match_tokens=3000, eval_tokens=1000, lambdas=5, max_length=32, batch_size=8)
@@ -187,3 +188,71 @@ def test_bare_gpt2_has_no_loss_path_but_an_equivalence_check(tmp_path, text):
     with pytest.raises(SettingsError, match="language-model heads"):
         p.curve(AlignSettings(**SMALL), "vanilla")
     assert p.equivalence(AlignSettings(**SMALL)) < 1e-4  # the last hidden state, in A's order
+
+
+@pytest.fixture(scope="module")
+def tie_mixed(tmp_path_factory):
+    """Two valid GPT-2 checkpoints: one ties its head to the token embeddings (transformers'
+    default), the other has an lm_head of its own (`tie_word_embeddings` false)."""
+    root = tmp_path_factory.mktemp("ties")
+    tied = random_model("gpt2", "causal-lm", seed=21, **SHAPE)
+    untied = random_model("gpt2", "causal-lm", seed=22, tied=False, **SHAPE)
+    assert not torch.equal(untied.lm_head.weight, untied.transformer.wte.weight)
+    return {"tied": save_model(tied, root / "tied"), "untied": save_model(untied, root / "untied"), "root": root}
+
+
+@pytest.mark.parametrize("ends", [("tied", "untied"), ("untied", "tied")], ids=["A-tied", "B-tied"])
+def test_a_pair_tied_at_one_end_only_aligns_with_an_untied_working_model(tie_mixed, text, ends, tmp_path):
+    """The working model (interpolation.working_model) holds a head of its own when either end
+    does: θ(λ)'s head is λ·(A's head) + (1−λ)·(B′'s head), which is not θ(λ)'s embeddings, so it
+    cannot be tied. A tied end's head is its token embeddings; B′ keeps an untied B's head,
+    permuted like wte (the residual permutation on its columns), and so computes B's logits."""
+    s = AlignSettings(**{**SMALL, "lambdas": 3})
+    a_folder, b_folder = (tie_mixed[end] for end in ends)
+    p = Pipeline(a_folder, b_folder, match_data=str(text), eval_data=str(text), cache_dir=tmp_path / "cache")
+    report = p.run(s)
+    a, b = p.a.model, p.b.model
+    head = lambda m: m.lm_head.weight  # noqa: E731  (a tied model's is its wte)
+    work = p._interpolator_for(s, "permuted").set(0.0)  # bitwise B′
+    assert work.lm_head.weight is not work.transformer.wte.weight and work.config.tie_word_embeddings is False
+    assert (a.lm_head.weight is a.transformer.wte.weight) == (ends[0] == "tied") == a.config.tie_word_embeddings  # A as loaded
+    perm = torch.as_tensor(p.matching(s).residual_perm(p.a.family.residual_layout.count(2) - 1))
+    assert torch.equal(work.lm_head.weight, head(b)[:, perm]) and torch.equal(work.transformer.wte.weight, b.transformer.wte.weight[:, perm])
+    ids = torch.randint(1, 300, (3, 16))
+    with torch.no_grad():
+        assert torch.allclose(work(input_ids=ids).logits, b(input_ids=ids).logits, atol=1e-5, rtol=0)  # B′ computes B
+    assert report["function_preserving"] and report["max_abs_logit_diff"] < 1e-5
+    b_prime_head = work.lm_head.weight.detach().clone()
+    work = p._interpolator_for(s, "permuted").set(0.5)
+    assert torch.allclose(work.lm_head.weight, 0.5 * head(a) + 0.5 * b_prime_head, atol=1e-6)
+    work = p._interpolator_for(s, "permuted").set(1.0)
+    assert all(torch.equal(t, a.state_dict()[n]) for n, t in work.state_dict().items())  # θ(1) is A, head included
+    assert report["curves"]["permuted"][-1][1] == report["curves"]["vanilla"][-1][1] == report["endpoint_loss"]["a"]  # ...evaluated
+    # The plane's distances count the head as the working model holds it: B − A over every parameter.
+    wanted = sum(float((b.state_dict()[n].double() - a.state_dict()[n].double()).square().sum()) for n, _ in work.named_parameters())
+    assert p.plane_basis(s).distance_b == pytest.approx(wanted ** 0.5, rel=1e-9)
+    assert p.equivalence(AlignSettings(**{**SMALL, "matcher": "weights"})) < 1e-5  # the weight matcher too
+    # ...whose objective counts the head and the embeddings apart, as the working model holds them
+    # (a tied pair: once).
+    embeddings_and_head = {"transformer.wte.weight", "lm_head.weight"}
+    assert embeddings_and_head <= set(WeightObjective(a, b, p.b.family, p.b.head, 2).tensors)
+    tied = load_checkpoint(tie_mixed["tied"]).model
+    assert len(embeddings_and_head & set(WeightObjective(tied, tied, p.b.family, p.b.head, 2).tensors)) == 1
+    # The merged model is a valid checkpoint that reloads untied and computes θ(½).
+    merged = load_checkpoint(p.save_merged(s, 0.5, tmp_path / "merged"))
+    assert merged.model.lm_head.weight.data_ptr() != merged.model.transformer.wte.weight.data_ptr()
+    with torch.no_grad():
+        want = p._interpolator_for(s, "permuted").set(0.5)(input_ids=ids).logits
+        assert torch.allclose(merged.model(input_ids=ids).logits, want, atol=1e-5, rtol=0)
+
+
+def test_cli_align_on_a_pair_tied_at_one_end_only_exits_0(tie_mixed, text, tmp_path):
+    from permerge_core.cli import main
+
+    code = main(["align", "--model-a", str(tie_mixed["tied"]), "--model-b", str(tie_mixed["untied"]), "--match-data", str(text),
+                 "--eval-data", str(text), "--match-tokens", "2000", "--eval-tokens", "600", "--max-length", "32", "--lambdas", "3",
+                 "--out", str(tmp_path / "out"), "--no-cache", "--quiet", "--save-merged", str(tmp_path / "merged")])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["function_preserving"] and report["max_abs_logit_diff"] < 1e-5
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is False

@@ -6,22 +6,39 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from fixtures import random_model, random_text, save_model
 from permerge_core import AlignSettings, Pipeline, grid
 from permerge_core.cli import main
+from permerge_core.permuting import permuted_model
+from test_invariants import head_for, random_matching
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=3)
 FLAGS = ["--match-tokens", "1500", "--eval-tokens", "1000", "--lambdas", "3"]
 
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory) -> dict:
+    """Two unrelated random models and a planted shuffle of the first, listed third so that its
+    pair with the first is not the first pair. Between unrelated random models both paths dip
+    below their ends, so the vanilla and the permuted barrier are both |L(A) − L(B)|/2 and a
+    cell that wrote one for the other would look right; for the planted pair they differ
+    clearly: B′ is A (permuted barrier 0), and averaging this model (seed 61, chosen for it:
+    most random models are better averaged, being less confident) with its shuffle is worse."""
     root = tmp_path_factory.mktemp("trio")
-    models = [str(save_model(random_model("bert", "mlm", seed=s, layers=2, hidden=16, heads=4, ffn=32), root / f"m{s}")) for s in range(3)]
+    first = random_model("bert", "mlm", seed=61, layers=2, hidden=16, heads=4, ffn=32)
+    family, head = head_for(first)
+    shuffled = permuted_model(first, family, head, 2, random_matching(first.config, "heads", "first", seed=62))
+    other = random_model("bert", "mlm", seed=1, layers=2, hidden=16, heads=4, ffn=32)
+    models = [str(save_model(m, root / name)) for m, name in ((first, "m61"), (other, "m1"), (shuffled, "m61-shuffled"))]
     text = root / "text.txt"
     text.write_text(random_text(200))
     return {"models": models, "text": str(text), "root": root}
@@ -37,25 +54,40 @@ def cli_grid(trio, out, *extra, models=None) -> int:
                  *FLAGS, "--out", str(out), "--cache-dir", str(out / "cache"), "--quiet", *extra])
 
 
-def test_every_cell_equals_align_for_its_pair(trio, tmp_path, capsys):
+def test_every_cell_and_the_table_equal_align_for_its_pairs(trio, tmp_path, capsys):
     assert cli_grid(trio, tmp_path / "g") == 0
     result = json.loads((tmp_path / "g" / "grid.json").read_text())
     assert (result["engine"], result["workers"]) == ("local", 1)
-    assert [(c["a"], c["b"]) for c in result["pairs"]] == [(trio["models"][i], trio["models"][j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    pairs = ((0, 1), (0, 2), (1, 2))
+    assert [(c["a"], c["b"]) for c in result["pairs"]] == [(trio["models"][i], trio["models"][j]) for i, j in pairs]
+    reports = []
     for cell in result["pairs"]:
         out = tmp_path / "align"
         assert main(["align", "--model-a", cell["a"], "--model-b", cell["b"], "--match-data", trio["text"], "--eval-data",
                      trio["text"], *FLAGS, "--no-cache", "--out", str(out), "--quiet"]) == 0
-        report = json.loads((out / "report.json").read_text())
+        reports.append(json.loads((out / "report.json").read_text()))
+    planted = reports[1]["barrier"]  # the fixture's point: here a swapped number shows
+    assert planted["permuted"] < 1e-4 and planted["vanilla"] > 0.5, planted
+    for cell, report in zip(result["pairs"], reports):
         assert cell["barrier"] == report["barrier"] and cell["endpoint_loss"] == report["endpoint_loss"]
         assert cell["function_preserving"] is report["function_preserving"] is True and cell["seconds"] > 0
     rows = list(csv.DictReader((tmp_path / "g" / "grid.csv").open()))
-    assert len(rows) == 3 and float(rows[2]["permuted_barrier"]) == pytest.approx(result["pairs"][2]["barrier"]["permuted"], abs=1e-6)
+    assert [(r["a"], r["b"]) for r in rows] == [(c["a"], c["b"]) for c in result["pairs"]]
+    for r, report in zip(rows, reports):
+        for which in ("vanilla", "permuted"):
+            assert float(r[f"{which}_barrier"]) == pytest.approx(report["barrier"][which], abs=1e-6)
     square = list(csv.reader((tmp_path / "g" / "matrix.csv").open()))
-    assert square[0][1:] == trio["models"] and float(square[1][3]) == pytest.approx(result["pairs"][1]["barrier"]["permuted"], abs=1e-6)
-    assert float(square[3][1]) == pytest.approx(result["pairs"][1]["barrier"]["vanilla"], abs=1e-6)  # vanilla below the diagonal
+    assert square[0][1:] == trio["models"]
+    for (i, j), report in zip(pairs, reports):  # permuted above the diagonal, vanilla below it
+        assert float(square[1 + i][1 + j]) == pytest.approx(report["barrier"]["permuted"], abs=1e-6)
+        assert float(square[1 + j][1 + i]) == pytest.approx(report["barrier"]["vanilla"], abs=1e-6)
     (row,) = result["table"]
-    assert row["pairs"] == 3 and row["permuted_mean"] == pytest.approx(sum(c["barrier"]["permuted"] for c in result["pairs"]) / 3)
+    assert row["pairs"] == 3 and row["function_preserving"] is True
+    for which in ("vanilla", "permuted"):
+        values = [report["barrier"][which] for report in reports]
+        mean = sum(values) / 3
+        assert row[f"{which}_mean"] == pytest.approx(mean, abs=1e-9)
+        assert row[f"{which}_std"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 2) ** 0.5, abs=1e-9)
     assert "3 of 3 pairs done" in capsys.readouterr().out
 
 
@@ -147,6 +179,43 @@ def test_bad_grid_requests_exit_with_one_line(trio, tmp_path, capsys, monkeypatc
     assert "requirements-ray.txt" in capsys.readouterr().err
 
 
+def run_cli_grid(trio, out, *extra) -> subprocess.CompletedProcess:
+    """`python -m permerge_core grid` on the first two models in a process of its own, given a
+    minute: a Ray engine that hangs fails the test by its timeout instead of hanging it."""
+    command = [sys.executable, "-m", "permerge_core", "grid", "--models", *trio["models"][:2], "--out", str(out), "--no-cache",
+               "--quiet", *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_ray_address_where_nothing_listens_fails_at_once_naming_it_and_the_fix(trio, tmp_path):
+    """ray.init retries such an address for about a quarter of an hour; the grid checks it first."""
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a loopback port that nothing listens on: bound once, then released
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    done = run_cli_grid(trio, tmp_path / "g", "--engine", "ray", "--ray-address", address)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr
+    assert last.startswith("permerge: error:") and f"Nothing answers at the Ray address {address}" in last
+    assert "Fix:" in last and "--ray-address" in last and "ray start --head" in last
+    assert not (tmp_path / "g" / "grid.json").exists()
+
+
+def test_a_ray_address_where_something_else_listens_fails_naming_it_and_the_fix(trio, tmp_path):
+    """A server that is not Ray's head node (here one that never says anything; the dashboard's
+    HTTP port is the likely mistake) would keep ray.init waiting as long."""
+    pytest.importorskip("ray")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        done = run_cli_grid(trio, tmp_path / "g", "--engine", "ray", "--ray-address", address)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2, done.stderr
+    assert f"Something listens at the Ray address {address}" in last and "not a Ray head node" in last
+    assert "Fix:" in last and "6379" in last
+
+
 def test_the_ray_engine_on_a_local_ray_equals_the_local_engine(trio, tmp_path):
     pytest.importorskip("ray")
     local = grid.run_grid(spec(trio, tmp_path / "local-cache"), grid.LocalEngine(), tmp_path / "local", log=lambda m: None)
@@ -158,6 +227,7 @@ def test_the_ray_engine_on_a_local_ray_equals_the_local_engine(trio, tmp_path):
         with pytest.raises(grid.PermergeError, match="no node of this Ray cluster has any"):
             grid.RayEngine(gpus_per_task=1).__enter__()
         assert engine.ray.is_initialized()  # (it joined the running Ray, so it leaves it running)
+        grid.check_ray_address(engine.ray.get_runtime_context().gcs_address)  # a real head node passes the address check
     assert (result["engine"], result["workers"]) == ("ray", 2)
     assert not engine.ray.is_initialized()  # the engine started Ray, so it shut it down
     assert [(c["a"], c["b"]) for c in result["pairs"]] == [(c["a"], c["b"]) for c in local["pairs"]]

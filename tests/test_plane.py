@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -69,12 +70,31 @@ def test_plane_points_equal_the_endpoint_losses_of_align(pipeline):
     report = pipeline.run(SETTINGS)
     plane = pipeline.plane(SETTINGS, grid=3, margin=0.1)
     points = plane["points"]
-    assert points["a"]["loss"] == pytest.approx(report["endpoint_loss"]["a"], abs=1e-9)
+    # A's point is L(A) from A's own model, as the report's endpoint is: compare it with θ(1) on
+    # both paths instead, evaluated on the working model (bitwise A), not read back from L(A).
+    assert points["a"]["loss"] == pytest.approx(report["curves"]["vanilla"][-1][1], abs=1e-9)
+    assert points["a"]["loss"] == pytest.approx(report["curves"]["permuted"][-1][1], abs=1e-9)
     assert points["b"]["loss"] == pytest.approx(report["endpoint_loss"]["b"], abs=1e-9)
     assert points["b_prime"]["loss"] == pytest.approx(report["endpoint_loss"]["b_prime"], abs=1e-9)
     assert points["b_prime"]["loss"] == pytest.approx(points["b"]["loss"], abs=1e-4)  # B′ ≡ B: the same function
     assert (points["b"]["x"], points["b"]["y"]) == (pipeline.plane_basis(SETTINGS).x_b, 1.0)
     assert plane["complete"] and len(plane["grid"]) == 3 and all(len(row) == 3 and None not in row for row in plane["grid"])
+
+
+def test_the_grid_cells_at_the_three_models_coordinates_have_their_losses(pipeline):
+    """A grid point is θ(x, y) = α·A + β·B′ + γ·B; at B's coordinates (x_B, 1) it must be B. The
+    settings do not preserve the function, so B′'s loss differs from B's and a wrong convention
+    (B′ where B belongs) shows. B's loss comes from B's own model in a pipeline of its own."""
+    s = replace(SETTINGS, attention="ignore-heads")
+    x_b = pipeline.plane_basis(s).x_b
+    plane = pipeline.plane(s, axes=([0.0, x_b, 1.0], [0.0, 1.0]))  # grid[j][i]: the loss at (x[i], y[j])
+    own_b = Pipeline(pipeline.b.source, pipeline.a.source, match_data=pipeline.match_path, eval_data=pipeline.eval_path,
+                     cache_dir=None).loss_of_a(s)["loss"]
+    b_prime = pipeline.curve(s, "permuted")[0]["loss"]  # θ(0) of the permuted path
+    assert abs(b_prime - own_b) > 1e-2
+    assert plane["grid"][1][1] == pytest.approx(own_b, abs=1e-6)
+    assert plane["grid"][0][0] == pytest.approx(pipeline.loss_of_a(s)["loss"], abs=1e-6)
+    assert plane["grid"][0][2] == pytest.approx(b_prime, abs=1e-6)
 
 
 def test_the_row_y_0_is_the_permuted_path(pipeline):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from permerge_core import AlignSettings, Pipeline
-from permerge_core.comparison import space_agreement, unit_agreement
+from permerge_core.comparison import head_agreement, space_agreement, unit_agreement
 from permerge_core.evaluation import max_abs_logit_diff
 from permerge_core.modes import ATTENTION, RESIDUAL
 from permerge_core.permuting import inverse, permuted_model
@@ -137,7 +137,13 @@ def test_both_matchers_agree_on_a_planted_pair_in_the_reports_convention(planted
     assert comparison["barrier"]["vanilla"] > 0.1
 
 
-def test_space_agreement_counts_units_paired_alike():
-    p = {"layer.0.ffn": np.array([1, 2, 0, 3]), "residual": np.array([0, 1])}
-    q = {"layer.0.ffn": np.array([1, 0, 2, 3]), "residual": np.array([1, 0])}
-    assert space_agreement(p, q) == {"layer.0.ffn": 0.5, "residual": 0.0}
+def test_space_and_head_agreement_count_units_paired_alike_in_one_convention():
+    """3-cycles, not swaps: a swap is its own inverse, so comparing p with q's inverse (a mixed
+    convention) would give the same numbers; a 3-cycle's inverse is another permutation."""
+    cycle, back = np.array([1, 2, 0, 3]), np.array([2, 0, 1, 3])  # back = inverse(cycle) ≠ cycle
+    assert np.array_equal(inverse(cycle), back) and not np.array_equal(cycle, back)
+    p = {"layer.0.ffn": cycle, "residual": back, "layer.0.attention": np.array([0, 1, 2, 3])}
+    q = {"layer.0.ffn": cycle, "residual": cycle, "layer.1.ffn": cycle}
+    # Same pairs: 1; back vs cycle: only unit 3 paired alike (against its inverse it would be 1).
+    assert space_agreement(p, q) == {"layer.0.ffn": 1.0, "residual": 0.25}
+    assert head_agreement({0: [1, 2, 0], 1: [2, 0, 1]}, {0: [1, 2, 0], 1: [1, 2, 0], 2: [0, 1, 2]}) == {0: 1.0, 1: 0.0}

@@ -306,6 +306,14 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
         )
     if head.tied_decoder:
         model.tie_weights()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {params[k].data_ptr() for k in state if k in params}
+    untied = [k for k in incompatible.missing_keys if any(part in k for part in family.tied_only) and k in params and params[k].data_ptr() not in loaded]
+    if untied:
+        raise CheckpointError(
+            f"{source} has no {untied[0]}, and its config does not tie it to the embeddings, so that head would be random.",
+            "Use the checkpoint's complete weights, or set tie_word_embeddings to true in config.json if the head is the embedding table.",
+        )
     model.eval().to(device)
 
     tok_source = Path(tokenizer).expanduser() if tokenizer else folder

@@ -256,3 +256,24 @@ def test_cli_align_on_a_pair_tied_at_one_end_only_exits_0(tie_mixed, text, tmp_p
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["function_preserving"] and report["max_abs_logit_diff"] < 1e-5
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
+
+
+def test_an_untied_checkpoint_without_its_head_is_refused_not_given_a_random_one(tie_mixed, tmp_path):
+    """`lm_head.weight` may be missing only where the config ties it to the token embeddings;
+    an untied model would otherwise run with a randomly initialised head."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from permerge_core.errors import CheckpointError
+
+    for name in ("tied", "untied"):
+        folder = tmp_path / name
+        shutil.copytree(tie_mixed[name], folder)
+        state = {k: v.contiguous() for k, v in load_file(str(folder / "model.safetensors")).items() if k != "lm_head.weight"}
+        save_file(state, str(folder / "model.safetensors"))
+    tied = load_checkpoint(tmp_path / "tied").model  # lacks it too, and ties it: fine
+    assert tied.lm_head.weight.data_ptr() == tied.transformer.wte.weight.data_ptr()
+    with pytest.raises(CheckpointError, match="has no lm_head.weight.*would be random") as refused:
+        load_checkpoint(tmp_path / "untied")
+    assert "tie_word_embeddings" in refused.value.fix

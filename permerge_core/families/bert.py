@@ -72,6 +72,7 @@ BERT_STYLE = dict(
     encoder=ENCODER,
     fast_path=FAST_PATH,
     may_lack=("position_ids", "decoder.weight", "decoder.bias", "token_type_ids", "pooler"),
+    tied_only=("decoder.weight", "decoder.bias"),
     renamed=(("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")),
 )
 

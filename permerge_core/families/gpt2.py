@@ -67,6 +67,7 @@ FAMILY = Family(
     # The causal-mask buffers that older transformers saved, and the tied lm_head that
     # checkpoints (the hub's gpt2 among them) leave out.
     may_lack=(".attn.bias", ".attn.masked_bias", "lm_head.weight"),
+    tied_only=("lm_head.weight",),
     packed_text=True,
     training=Training(
         config_class="GPT2Config",

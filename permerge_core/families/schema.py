@@ -269,6 +269,10 @@ class Family:
     # Tensors a checkpoint may lack (name suffixes or parts): tied decoders and buffers that
     # transformers rebuilds itself, poolers that some checkpoints leave out.
     may_lack: tuple[str, ...] = ()
+    # Of those, the ones a checkpoint may lack only because the model ties them to a tensor it
+    # has (a decoder tied to the word embeddings): an untied model without them would run with
+    # a random head, so the checkpoint is refused.
+    tied_only: tuple[str, ...] = ()
     # Old checkpoints' tensor names and today's.
     renamed: tuple[tuple[str, str], ...] = ()
     # Text is read as one stream (every line + end-of-text, cut into blocks of the maximum

@@ -3,8 +3,8 @@ whether B′ (B permuted into A's order) computes the same function as B."""
 
 import streamlit as st
 
-from permerge_app import ui
-from permerge_core import PermergeError, views
+from permerge_app import ui, views
+from permerge_core import PermergeError
 
 ui.page_start()
 st.title("Models")

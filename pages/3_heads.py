@@ -4,8 +4,7 @@ graph, all layers at once) and the d_k×d_k correlation block of any head pair."
 import numpy as np
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import views
+from permerge_app import charts, ui, views
 from permerge_core.modes import ATTENTION, HEADS_KEEP
 
 ui.page_start()

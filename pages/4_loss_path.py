@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import is_function_preserving, tasks, views
+from permerge_app import charts, ui, views
+from permerge_core import is_function_preserving, tasks
 from permerge_core.repair import LABEL as REPAIR_LABEL, REPAIRED
 from permerge_core.settings import BOTH, WEIGHTS
+from permerge_core.sources import short_names
 
 ui.page_start()
 st.title("Loss path")
@@ -31,7 +32,7 @@ variants = st.multiselect(
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
          "Variants marked sep or ignore-heads are not function-preserving.",
 )
-name_a, name_b = views.short_names([ss.model_a, ss.model_b])
+name_a, name_b = short_names([ss.model_a, ss.model_b])
 title = f"Loss along the path: A = {name_a} (λ=1) ↔ B = {name_b} (λ=0)"
 permuted_label = (f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual}, "
                   f"matched on {'weights' if s.matcher == WEIGHTS else 'activations'})")

@@ -5,8 +5,8 @@ import json
 
 import streamlit as st
 
-from permerge_app import ui
-from permerge_core import PermergeError, views
+from permerge_app import ui, views
+from permerge_core import PermergeError
 
 ui.page_start()
 st.title("Export")

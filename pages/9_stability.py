@@ -7,8 +7,7 @@ from dataclasses import replace
 
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import views
+from permerge_app import charts, ui, views
 from permerge_core.ablation import ablation_csv, doubling, run_ablation
 from permerge_core.comparison import compare_matchers
 from permerge_core.settings import ACTIVATIONS, BOTH, WEIGHTS

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
+from permerge_app import views
+from permerge_core import AlignSettings, Pipeline, PermergeError, tasks
 from permerge_core.cache import default_cache_dir
 from permerge_core.checkpoints import (
     BUNDLED_DECODERS, BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_decoders, bundled_seeds, find_checkpoints,
@@ -50,6 +51,7 @@ from permerge_core.checkpoints import (
 from permerge_core.errors import DataError
 from permerge_core.modes import non_preserving
 from permerge_core.settings import ADVANCED, BUDGET, MERGE, SETTINGS, TaskSpec
+from permerge_core.sources import short_names, source_signature
 
 log = logging.getLogger("permerge.app")
 ROOT = Path(__file__).resolve().parent.parent
@@ -398,7 +400,7 @@ def head_kind(source: str | None) -> str | None:
     From its config.json: the pipeline loads the model once, and this never loads it a second time."""
     if not source:
         return None
-    return _head_kind(source, views.source_signature(source))
+    return _head_kind(source, source_signature(source))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -429,7 +431,7 @@ def labelled_paths() -> tuple[str, str | None]:
 
 def labelled_preview(path: str) -> tuple[list[str], list[dict]]:
     """Column names and the first rows of a labelled file (cached by content signature)."""
-    return _labelled_preview(path, views.source_signature(path))
+    return _labelled_preview(path, source_signature(path))
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the labelled file…")
@@ -471,8 +473,8 @@ def _pipeline_args(model_a: str, model_b: str) -> tuple:
         task = task_spec()
     else:
         match, eval_ = data_path("match"), data_path("eval")
-    return (model_a, views.source_signature(model_a), model_b, views.source_signature(model_b), st.session_state.get("tokenizer") or "",
-            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()), task)
+    return (model_a, source_signature(model_a), model_b, source_signature(model_b), st.session_state.get("tokenizer") or "",
+            match, source_signature(match), eval_, source_signature(eval_), str(default_cache_dir()), task)
 
 
 def loaded_pipeline(model_a: str, model_b: str) -> Pipeline | None:
@@ -626,7 +628,7 @@ def render_status(container) -> None:
         container.caption("Status: settings out of range.")
         return
     container.caption(
-        "**Status** ({} ↔ {}): {}".format(*views.short_names([held[0], held[1]]), views.status_line(status)),
+        "**Status** ({} ↔ {}): {}".format(*short_names([held[0], held[1]]), views.status_line(status)),
         help="✓ computed in this server · ⛁ cached on disk (instant) · ↻ stale: computed only for other settings · ○ not computed yet",
     )
     if held[2].cache.warning:  # the disk cache turned itself off: say why, and how to fix it
@@ -635,7 +637,7 @@ def render_status(container) -> None:
 
 def describe(source: str, tokenizer: str = "") -> dict:
     """A checkpoint's description, loading it (cached by content signature)."""
-    return _describe(source, views.source_signature(source), tokenizer)
+    return _describe(source, source_signature(source), tokenizer)
 
 
 @st.cache_data(max_entries=32, show_spinner="Reading the checkpoint…")
@@ -654,5 +656,5 @@ def seed_results() -> dict:
 def seed_key(model_a: str, model_b: str, s: AlignSettings) -> tuple:
     ss = st.session_state
     match, eval_ = data_path("match"), data_path("eval")
-    return (views.source_signature(model_a), views.source_signature(model_b), ss.get("tokenizer") or "",
-            views.source_signature(match), views.source_signature(eval_), repr(s))
+    return (source_signature(model_a), source_signature(model_b), ss.get("tokenizer") or "",
+            source_signature(match), source_signature(eval_), repr(s))

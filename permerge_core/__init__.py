@@ -29,7 +29,7 @@ def __getattr__(name: str):
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    try:  # submodules: `from permerge_core import views`
+    try:  # submodules: `from permerge_core import grid`
         return import_module(f".{name}", __name__)
     except ModuleNotFoundError as missing:
         if missing.name != f"{__name__}.{name}":

@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 from .errors import PermergeError, SettingsError
 from .settings import BY_NAME, MERGE, SETTINGS, AlignSettings, TaskSpec
+from .sources import short_names, source_signature
 
 FORMAT = "permerge-grid/1"
 
@@ -288,8 +289,6 @@ class GridSpec:
         if repeated:
             raise SettingsError(f"{', '.join(repeated)} is listed more than once.", "List every model once.")
         if not self.signatures:
-            from .views import source_signature
-
             self.signatures = [source_signature(m) for m in self.models]
 
     def header(self) -> dict:
@@ -304,13 +303,16 @@ class GridSpec:
         }
 
     def pairs(self) -> list[tuple[int, int]]:
-        from .views import pair_indices
-
         return pair_indices(len(self.models))
 
     def pair_task(self, i: int, j: int) -> PairTask:
         return PairTask(self.models[i], self.models[j], tuple(self.variants), self.tokenizer, self.match_data,
                         self.eval_data, self.task, self.cache_dir)
+
+
+def pair_indices(n: int) -> list[tuple[int, int]]:
+    """Every unordered pair (i, j), i < j, in row order: the cells a seed matrix computes."""
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
 
 
 def previous_cells(spec: GridSpec, path: Path) -> dict[tuple[int, int], dict]:
@@ -379,8 +381,6 @@ def run_grid(spec: GridSpec, engine, out: str | Path, log: Callable[[str], None]
 
 
 def _name(spec: GridSpec, k: int) -> str:
-    from .views import short_names
-
     return short_names(spec.models)[k]
 
 
@@ -443,8 +443,6 @@ def _std(xs: list[float]) -> float | None:
 def matrix(grid: dict, which: str, variant: str | None = None) -> list[list[float | None]]:
     """n×n barriers (`which`: vanilla or permuted) of one variant (default: the first): cell
     (i, j), i < j, is A = models[i], B = models[j]; 0 on the diagonal; None elsewhere."""
-    from .views import seed_matrix
-
     models = grid["models"]
     variant = variant or grid["table"][0]["variant"]
     index = {m: k for k, m in enumerate(models)}
@@ -454,6 +452,21 @@ def matrix(grid: dict, which: str, variant: str | None = None) -> list[list[floa
         if numbers:
             results[(index[cell["a"]], index[cell["b"]])] = numbers["barrier"]
     return seed_matrix(len(models), results, which)
+
+
+def seed_matrix(n: int, results: dict[tuple[int, int], dict], which: str) -> list[list[float | None]]:
+    """n×n barriers of `which` ('vanilla'|'permuted'); cell (i, j), i<j, is A=i, B=j; None elsewhere.
+
+    Only the upper triangle is computed (B is aligned to A, so (j, i) is a different, if
+    similar, number); the diagonal is 0 by definition (a model against itself).
+    """
+    out: list[list[float | None]] = [[None] * n for _ in range(n)]
+    for i in range(n):
+        out[i][i] = 0.0
+    for (i, j), r in results.items():
+        if r.get(which) is not None:
+            out[i][j] = r[which]
+    return out
 
 
 def load_grid(text: str | bytes) -> dict:

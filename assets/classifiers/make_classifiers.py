@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from permerge_core import AlignSettings, Pipeline, views  # noqa: E402
+from permerge_app import views  # noqa: E402
+from permerge_core import AlignSettings, Pipeline  # noqa: E402
 from permerge_core.evaluation import barrier  # noqa: E402
 from permerge_core.training import FinetuneConfig, finetune  # noqa: E402
 

@@ -1,10 +1,11 @@
-"""What the app shows, computed without the app: pure Python over the pipeline's results.
+"""What the app shows, computed without Streamlit: pure Python over the pipeline's results.
 
 Every function here turns results of `Pipeline` stages (statistics, matchings, curves) into
 the small, display-ready values a page needs: a block-averaged overview of a large
 correlation matrix, a matrix with B's columns in A's order, edge lists of head graphs,
-barrier tables, the CLI command that reproduces a view. Nothing here imports streamlit or
-plotly, so all of it can be tested (and reused by scripts) on its own.
+barrier tables, the CLI command that reproduces a view. It sits beside the app, above the
+core: `permerge_core` never imports it. Nothing here imports streamlit or plotly, so all of
+it can be tested on its own.
 
 Conventions are the core's: `perm[i] = j` means A's unit i is matched with B's unit j, so
 B′ = B reindexed by perm, and "aligned" correlation matrices are `corr[:, perm]`, whose
@@ -20,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluation import barrier
-from .matching import HeadMatching, Matching, match_heads, matched_statistics
-from .modes import is_function_preserving, non_preserving
+from permerge_core.evaluation import barrier
+from permerge_core.matching import HeadMatching, Matching, match_heads, matched_statistics
+from permerge_core.modes import is_function_preserving, non_preserving
 
 __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
-    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix", "known_pair_barriers",
-    "pair_indices", "stage_status", "status_line", "endpoint_losses", "source_signature",
-    "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "short_names", "merged_zip", "pair_barriers",
+    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "known_pair_barriers",
+    "stage_status", "status_line", "endpoint_losses", "label_balance", "majority_baseline",
+    "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "merged_zip", "pair_barriers",
     "ablation_table", "comparison_rows", "head_assignment_rows",
 ]
 
@@ -327,7 +328,7 @@ def cli_command(
     Settings marked `always_in_command` (merge settings, the λ grid) are always spelled out;
     data, token budgets and the other settings only where they differ from the defaults.
     """
-    from .settings import SETTINGS
+    from permerge_core.settings import SETTINGS
 
     args = [python, "-m", "permerge_core", "align", "--model-a", str(model_a), "--model-b", str(model_b)]
     if tokenizer:
@@ -379,7 +380,7 @@ def report_files(report: dict) -> dict[str, str]:
     """report.json and curve.csv exactly as `permerge_core align` writes them (via write_outputs)."""
     import tempfile
 
-    from .report import write_outputs
+    from permerge_core.report import write_outputs
 
     with tempfile.TemporaryDirectory() as tmp:
         write_outputs(report, tmp)
@@ -406,26 +407,6 @@ def merged_zip(pipeline, settings, lam: float, repair: bool = False) -> bytes:
 
 
 # ---- seeds ----------------------------------------------------------------------------------
-
-def pair_indices(n: int) -> list[tuple[int, int]]:
-    """Every unordered pair (i, j), i < j, in row order: the cells a seed matrix computes."""
-    return [(i, j) for i in range(n) for j in range(i + 1, n)]
-
-
-def seed_matrix(n: int, results: dict[tuple[int, int], dict], which: str) -> list[list[float | None]]:
-    """n×n barriers of `which` ('vanilla'|'permuted'); cell (i, j), i<j, is A=i, B=j; None elsewhere.
-
-    Only the upper triangle is computed (B is aligned to A, so (j, i) is a different, if
-    similar, number); the diagonal is 0 by definition (a model against itself).
-    """
-    out: list[list[float | None]] = [[None] * n for _ in range(n)]
-    for i in range(n):
-        out[i][i] = 0.0
-    for (i, j), r in results.items():
-        if r.get(which) is not None:
-            out[i][j] = r[which]
-    return out
-
 
 def pair_barriers(pipeline, settings) -> dict[str, float]:
     """Vanilla and permuted barriers (nats) of one pair: one cell of each seed matrix."""
@@ -496,41 +477,6 @@ def label_balance(data) -> list[dict]:
 def majority_baseline(data) -> float:
     """Accuracy of always predicting the most frequent label."""
     return max(row["examples"] for row in label_balance(data)) / len(data.labels)
-
-
-def source_signature(source: str | None) -> str:
-    """A string that changes whenever a local checkpoint folder's (or file's) content may
-    have changed: names, sizes and modification times. A hub id is its own signature.
-    Keys the app's caches, so a model re-saved under the same path is never served stale."""
-    if not source:
-        return ""
-    path = Path(source).expanduser()
-    if path.is_file():
-        st = path.stat()
-        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    if not path.is_dir():
-        return str(source)
-    parts = [str(path.resolve())]
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return "|".join(parts)
-
-
-def short_names(sources: list[str]) -> list[str]:
-    """Shortest unique names for checkpoints: the last path part, with as many parent parts
-    as it takes to tell equal names apart ('seed-0', or 'runs/a/model' vs 'runs/b/model')."""
-    parts = [Path(str(src).rstrip("/")).parts or (str(src),) for src in sources]
-    depth = [1] * len(parts)
-    while True:
-        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        clashes = {n for n in names if names.count(n) > 1}
-        grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
-        if not grow:
-            return names
-        for i in grow:
-            depth[i] += 1
 
 
 DESCRIBE_FIELDS = [

@@ -7,7 +7,7 @@ from dataclasses import replace
 import streamlit as st
 
 from permerge_app import charts, ui, views
-from permerge_core import is_function_preserving, tasks
+from permerge_core import is_function_preserving
 from permerge_core.repair import LABEL as REPAIR_LABEL, REPAIRED
 from permerge_core.settings import BOTH, WEIGHTS
 from permerge_core.sources import short_names
@@ -20,13 +20,12 @@ st.caption(
 )
 p, s = ui.current()
 ss = st.session_state
-classifier = p.labelled is not None
-if classifier:
-    metric = st.radio("Task metric (lower panel)", tasks.task_metric_names(p.a.config.num_labels), key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
-    loss_name = "task loss (MSE)" if p.a.config.num_labels == 1 else "task cross-entropy"
-else:
-    metric, loss_name = "accuracy", p.a.head.prediction.loss
-metric_name = views.METRIC_LABELS[metric] if classifier else p.a.head.prediction.accuracy
+objective = p.objective  # what is scored: a language model's loss, or a classifier's task loss and metrics
+objective.require_loss()
+metric = objective.metrics[0]
+if len(objective.metrics) > 1:  # a classifier's task metrics: one of them in the lower panel
+    metric = st.radio("Task metric (lower panel)", objective.metrics, key="task_metric", horizontal=True, format_func=objective.metric_label)
+loss_name, metric_name = objective.loss_name, objective.metric_label(metric)
 variants = st.multiselect(
     "Extra curves: component variants (the paper's comparisons)", list(views.VARIANTS), key="variants",
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
@@ -75,9 +74,7 @@ fig = figure()
 placeholder.plotly_chart(fig, key="loss_final")
 st.caption(
     f"'permuted' uses the sidebar settings: {permuted_label}. "
-    + (f"Loss is the {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
-       if classifier else f"{p.a.head.prediction.explanation} {p.a.head.prediction.accuracy.capitalize()}: how often the most likely "
-       f"token is the right one, over the {p.a.head.prediction.predicted}.")
+    + objective.path_caption(metric)
 )
 
 preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving,

@@ -623,7 +623,7 @@ def render_status(container) -> None:
         container.caption("Status: models not loaded yet.")
         return
     try:
-        status = views.stage_status(held[2], settings())
+        status = held[2].stage_status(settings())
     except PermergeError:
         container.caption("Status: settings out of range.")
         return

@@ -5,7 +5,8 @@ the small, display-ready values a page needs: a block-averaged overview of a lar
 correlation matrix, a matrix with B's columns in A's order, edge lists of head graphs,
 barrier tables, the CLI command that reproduces a view. It sits beside the app, above the
 core: `permerge_core` never imports it. Nothing here imports streamlit or plotly, so all of
-it can be tested on its own.
+it can be tested on its own. What leaves the app as files (the merged model, permutations,
+report files) is the core's `export.py`.
 
 Conventions are the core's: `perm[i] = j` means A's unit i is matched with B's unit j, so
 B′ = B reindexed by perm, and "aligned" correlation matrices are `corr[:, perm]`, whose
@@ -17,21 +18,21 @@ from __future__ import annotations
 import math
 import shlex
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from permerge_core.evaluation import barrier
 from permerge_core.matching import HeadMatching, Matching, match_heads, matched_statistics
 from permerge_core.modes import is_function_preserving, non_preserving
+from permerge_core.objectives import METRIC_LABELS
 
 __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
     "barrier_rows", "curves_csv", "variant_settings", "cli_command", "known_pair_barriers",
-    "stage_status", "status_line", "endpoint_losses", "label_balance", "majority_baseline",
-    "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "merged_zip", "pair_barriers",
+    "status_line", "endpoint_losses", "label_balance", "majority_baseline",
+    "describe_rows", "equivalence_text", "monotonic_comparison", "pair_barriers",
     "ablation_table", "comparison_rows", "head_assignment_rows",
 ]
 
@@ -282,9 +283,6 @@ def barrier_rows(curves: dict[str, list[dict]], preserving: dict[str, bool] | No
     return rows
 
 
-METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson correlation"}
-
-
 def metric_names(curves: dict[str, list[dict]]) -> list[str]:
     """The metrics the curves carry besides loss, in a stable order (accuracy first)."""
     found = {k for points in curves.values() for p in points for k in p if k not in ("lambda", "loss")}
@@ -362,50 +360,6 @@ def cli_command(
     return " ".join(shlex.quote(a) for a in args)
 
 
-def permutations_payload(matching: Matching) -> dict:
-    """Every permutation and head assignment of a matching, as plain JSON-able lists
-    (`perm[i] = j`: A's unit i ↔ B's unit j), the same fields as report.json's."""
-    return {
-        "format": "permerge-permutations/1",
-        "convention": "perm[i] = j means A's unit i is matched with B's unit j; B' = B reindexed by perm",
-        "settings": dict(matching.settings),
-        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
-        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
-        "head_cost": {f"layer.{i}": np.asarray(h.cost).tolist() for i, h in matching.heads.items()},
-        "function_preserving": matching.function_preserving,
-    }
-
-
-def report_files(report: dict) -> dict[str, str]:
-    """report.json and curve.csv exactly as `permerge_core align` writes them (via write_outputs)."""
-    import tempfile
-
-    from permerge_core.report import write_outputs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_outputs(report, tmp)
-        return {name: (Path(tmp) / name).read_text() for name in ("report.json", "curve.csv")}
-
-
-def merged_zip(pipeline, settings, lam: float, repair: bool = False) -> bytes:
-    """θ(lam) (REPAIR-corrected with `repair`) saved by `Pipeline.save_merged` into a temporary
-    folder, returned as zip bytes (one top folder `permerge-merged-lambda-<lam>/`, loadable
-    after unzipping)."""
-    import io
-    import tempfile
-    import zipfile
-
-    top = f"permerge-merged-lambda-{lam:g}"
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = pipeline.save_merged(settings, lam, Path(tmp) / "merged", repair=repair)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(folder.rglob("*")):
-                if file.is_file():
-                    archive.write(file, f"{top}/{file.relative_to(folder)}")
-    return buffer.getvalue()
-
-
 # ---- seeds ----------------------------------------------------------------------------------
 
 def pair_barriers(pipeline, settings) -> dict[str, float]:
@@ -423,11 +377,6 @@ def known_pair_barriers(pipeline, settings) -> dict[str, float] | None:
 
 
 # ---- status -----------------------------------------------------------------------------------
-
-def stage_status(pipeline, settings) -> dict[str, str]:
-    """Where each stage stands (see `Pipeline.stage_status`)."""
-    return pipeline.stage_status(settings)
-
 
 _SYMBOL = {"computed": "✓", "cached": "⛁", "stale": "↻", "missing": "○"}
 

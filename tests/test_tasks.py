@@ -125,14 +125,14 @@ def test_only_an_evaluation_file_means_matching_on_its_texts(classifier_pair):
     p = Pipeline(a, b, eval_data=data, cache_dir=None, task=TaskSpec("sentence", "label"))
     assert p.match_path == str(data)
     assert any("evaluation file's input texts" in n for n in p.notes)
-    assert p.match_passages[0] == p.labelled.texts[0]
+    assert p.match_passages[0] == p.objective.data.texts[0]
 
 
 def test_bundled_classifiers_come_with_their_task(classifier_pair, tmp_path, monkeypatch):
     """A pair under assets/classifiers needs no data arguments: its task's files are used."""
     import shutil
 
-    from permerge_core import checkpoints, pipeline
+    from permerge_core import checkpoints, objectives
 
     a, b, _ = classifier_pair
     bundled, task = tmp_path / "classifiers", tmp_path / "task"
@@ -143,11 +143,11 @@ def test_bundled_classifiers_come_with_their_task(classifier_pair, tmp_path, mon
     for src, name in ((a, "s0"), (b, "s1")):
         shutil.copytree(src, bundled / name)
     monkeypatch.setattr(checkpoints, "BUNDLED_CLASSIFIERS", bundled)
-    monkeypatch.setattr(pipeline, "BUNDLED_TASK", task)
+    monkeypatch.setattr(objectives, "BUNDLED_TASK", task)
     assert checkpoints.bundled_classifiers() == [bundled / "s0", bundled / "s1"]
     p = Pipeline(str(bundled / "s0"), str(bundled / "s1"), cache_dir=None)
     assert (p.eval_path, p.match_path) == (str(task / "eval.tsv"), str(task / "train.tsv"))
-    assert len(p.labelled.texts) == 40 and p.task.text_column == "text"
+    assert len(p.objective.data.texts) == 40 and p.objective.task.text_column == "text"
 
 
 def test_glue_by_name_needs_the_hub_and_says_so_offline(monkeypatch):

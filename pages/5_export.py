@@ -5,8 +5,9 @@ import json
 
 import streamlit as st
 
-from permerge_app import ui, views
+from permerge_app import ui
 from permerge_core import PermergeError, export
+from permerge_core.cli import command_line
 
 ui.page_start()
 st.title("Export")
@@ -60,14 +61,8 @@ else:
     st.caption("report.json needs both loss paths; they are not computed for these settings yet (the Loss path page computes them).")
 
 st.subheader("The same analysis from the command line")
-if p.objective.task is not None:  # a classifier: the files the pipeline resolved, defaults included
-    match_data, eval_data = p.match_path, p.eval_path
-else:
-    match_data, eval_data = ui.data_path("match"), ui.data_path("eval")
-command = views.cli_command(
-    ss.model_a, ss.model_b, s, tokenizer=ss.get("tokenizer") or None, match_data=match_data, eval_data=eval_data,
-    out="runs/latest", save_merged=target.strip() or None, merge_lambda=lam, merge_repair=repair, task=p.objective.task,
-)
+command = command_line(ui.inputs_for(ss.model_a, ss.model_b), s, out="runs/latest", save_merged=target.strip() or None,
+                       merge_lambda=lam, merge_repair=repair)
 st.code(command, language="bash", wrap_lines=True)
 st.caption("Writes runs/latest/report.json and curve.csv" + (f", and the merged model at λ={lam:g}" if target.strip() else "")
            + ". It shares the disk cache with the app, so what the app computed is reused.")

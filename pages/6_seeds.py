@@ -56,7 +56,7 @@ missing = [ij for ij in pairs if ij not in done]
 if missing and st.button(f"Compute {len(missing)} missing pair(s)", type="primary", key="seeds_go"):
     # The grid command's own code (engine local), on the app's shared pipelines.
     overall = st.progress(0.0, text=f"pair 1 of {len(missing)}")
-    tasks = [grid.PairTask(chosen[i], chosen[j], ((grid.DEFAULT_VARIANT, s),)) for i, j in missing]
+    tasks = [grid.PairTask(ui.inputs_for(chosen[i], chosen[j]), ((grid.DEFAULT_VARIANT, s),)) for i, j in missing]
     with ui.progress():
         for n, (k, cell, _) in enumerate(grid.LocalEngine(pipeline_for=ui.pipeline_for).run(tasks), start=1):
             overall.progress(n / len(missing), text=f"{n} of {len(missing)} pairs done")

@@ -3,10 +3,10 @@
 Every function here turns results of `Pipeline` stages (statistics, matchings, curves) into
 the small, display-ready values a page needs: a block-averaged overview of a large
 correlation matrix, a matrix with B's columns in A's order, edge lists of head graphs,
-barrier tables, the CLI command that reproduces a view. It sits beside the app, above the
-core: `permerge_core` never imports it. Nothing here imports streamlit or plotly, so all of
-it can be tested on its own. What leaves the app as files (the merged model, permutations,
-report files) is the core's `export.py`.
+barrier tables, status lines. It sits beside the app, above the core: `permerge_core` never
+imports it. Nothing here imports streamlit or plotly, so all of it can be tested on its own.
+What leaves the app as files (the merged model, permutations, report files) is the core's
+`export.py`; the command line that reproduces a view is `cli.command_line`.
 
 Conventions are the core's: `perm[i] = j` means A's unit i is matched with B's unit j, so
 B′ = B reindexed by perm, and "aligned" correlation matrices are `corr[:, perm]`, whose
@@ -16,7 +16,6 @@ diagonal holds the matched correlations.
 from __future__ import annotations
 
 import math
-import shlex
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,7 +29,7 @@ __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
-    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "known_pair_barriers",
+    "barrier_rows", "curves_csv", "variant_settings", "known_pair_barriers",
     "status_line", "endpoint_losses", "label_balance", "majority_baseline",
     "describe_rows", "equivalence_text", "monotonic_comparison", "pair_barriers",
     "ablation_table", "comparison_rows", "head_assignment_rows",
@@ -302,62 +301,6 @@ def curves_csv(curves: dict[str, list[dict]]) -> str:
 
 def _csv_field(text: str) -> str:
     return f'"{text}"' if any(c in text for c in ',"\n') else text
-
-
-# ---- reproducing a view -------------------------------------------------------------------
-
-def cli_command(
-    model_a: str,
-    model_b: str,
-    settings,
-    tokenizer: str | None = None,
-    match_data: str | None = None,
-    eval_data: str | None = None,
-    out: str | None = None,
-    save_merged: str | None = None,
-    merge_lambda: float | None = None,
-    merge_repair: bool = False,
-    cache_dir: str | None = None,
-    python: str = "python",
-    task=None,
-) -> str:
-    """The `python -m permerge_core align` command that computes exactly this view.
-
-    Settings marked `always_in_command` (merge settings, the λ grid) are always spelled out;
-    data, token budgets and the other settings only where they differ from the defaults.
-    """
-    from permerge_core.settings import SETTINGS
-
-    args = [python, "-m", "permerge_core", "align", "--model-a", str(model_a), "--model-b", str(model_b)]
-    if tokenizer:
-        args += ["--tokenizer", str(tokenizer)]
-    if match_data:
-        args += ["--match-data", str(match_data)]
-    if eval_data:
-        args += ["--eval-data", str(eval_data)]
-    if task is not None:  # classifiers: which columns of the labelled file
-        args += ["--text-column", task.text_column, "--label-column", task.label_column]
-        if task.pair_column:
-            args += ["--pair-column", task.pair_column]
-        if task.regression:
-            args.append("--regression")
-    for spec in SETTINGS:
-        value = getattr(settings, spec.name)
-        if value == spec.default and not spec.always_in_command:
-            continue
-        if spec.type is bool:
-            args.append(spec.flag if value else f"--no-{spec.flag[2:]}")
-        else:
-            args += [spec.flag, str(value)]
-    if cache_dir:
-        args += ["--cache-dir", str(cache_dir)]
-    if out:
-        args += ["--out", str(out)]
-    if save_merged:
-        args += ["--save-merged", str(save_merged), "--merge-lambda", f"{merge_lambda if merge_lambda is not None else 0.5:g}"]
-        if merge_repair:
-            args.append("--merge-repair")
-    return " ".join(shlex.quote(a) for a in args)
 
 
 # ---- seeds ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ _EXPORTS = {
     "ATTENTION_MODES": "modes", "RESIDUAL_MODES": "modes", "Matching": "matching",
     "compute_matching": "matching", "is_function_preserving": "modes",
     "AlignSettings": "settings", "TaskSpec": "settings", "Pipeline": "pipeline", "default_pair": "pipeline",
+    "Inputs": "inputs",
 }
 
 __all__ = sorted(_EXPORTS)

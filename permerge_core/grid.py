@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .errors import PermergeError, SettingsError
+from .inputs import Inputs
 from .settings import BY_NAME, MERGE, SETTINGS, AlignSettings, TaskSpec
 from .sources import short_names, source_signature
 
@@ -107,15 +108,17 @@ def _setting_value(key: str, text: str, label: str):
 class PairTask:
     """Everything one cell needs, small enough to ship to a Ray worker: sources, not models."""
 
-    a: str
-    b: str
+    inputs: Inputs  # the pair (A = inputs.model_a, B = inputs.model_b) and its data
     variants: tuple[tuple[str, AlignSettings], ...]
-    tokenizer: str | None = None
-    match_data: str | None = None
-    eval_data: str | None = None
-    task: TaskSpec | None = None
-    cache_dir: str | None = None
     threads: int | None = None  # torch threads in a Ray worker (None: leave torch's choice)
+
+    @property
+    def a(self) -> str:
+        return self.inputs.model_a
+
+    @property
+    def b(self) -> str:
+        return self.inputs.model_b
 
 
 def measure(pipeline, variants) -> tuple[dict[str, dict], list[tuple[dict, list]]]:
@@ -149,8 +152,7 @@ def run_pair(task: PairTask, pipeline_for: Callable | None = None, progress=None
         else:
             from .pipeline import Pipeline
 
-            pipeline = Pipeline(task.a, task.b, tokenizer=task.tokenizer, match_data=task.match_data, eval_data=task.eval_data,
-                                cache_dir=task.cache_dir, progress=progress, device=task.variants[0][1].device, task=task.task)
+            pipeline = Pipeline.from_inputs(task.inputs, progress=progress)
         results, curves = measure(pipeline, task.variants)
         cell.update(results[task.variants[0][0]])
         if len(task.variants) > 1:
@@ -305,9 +307,13 @@ class GridSpec:
     def pairs(self) -> list[tuple[int, int]]:
         return pair_indices(len(self.models))
 
+    def pair_inputs(self, i: int, j: int) -> Inputs:
+        """Cell (i, j)'s inputs: A = models[i], B = models[j], the grid's data, loaded where its settings run."""
+        return Inputs(self.models[i], self.models[j], tokenizer=self.tokenizer, match_data=self.match_data, eval_data=self.eval_data,
+                      task=self.task, cache_dir=self.cache_dir, device=self.variants[0][1].device)
+
     def pair_task(self, i: int, j: int) -> PairTask:
-        return PairTask(self.models[i], self.models[j], tuple(self.variants), self.tokenizer, self.match_data,
-                        self.eval_data, self.task, self.cache_dir)
+        return PairTask(self.pair_inputs(i, j), tuple(self.variants))
 
 
 def pair_indices(n: int) -> list[tuple[int, int]]:

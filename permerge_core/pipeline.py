@@ -15,12 +15,14 @@ Stages and what each depends on (and so what invalidates it):
 Each stage is memoised in memory and, where it is worth it, on disk (`memo.py` over
 `cache.py`), so changing only the merge settings or the λ grid never recollects statistics.
 The parts that are not stages live beside it: what a point is scored on (`objectives.py`), the
-plane's loop (`plane.py`) and the files a pipeline writes (`export.py`).
+plane's loop (`plane.py`), the files a pipeline writes (`export.py`) and its inputs
+(`inputs.py`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +37,7 @@ from .checkpoints import Checkpoint, bundled_seeds, load_checkpoint, validate_pa
 from .data import length_limit, packed_blocks, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
 from .evaluation import max_abs_logit_diff
+from .inputs import Inputs
 from .interpolation import Interpolator, lambda_grid
 from .matching import Matching, compute_matching
 from .memo import JSON, Memo, tensors
@@ -46,7 +49,7 @@ from .settings import BOTH, WEIGHTS, AlignSettings, TaskSpec
 from .tasks import FORMATS, input_texts, is_glue
 from .weight_matching import match_weights
 
-__all__ = ["AlignSettings", "Pipeline", "TaskSpec", "default_pair"]
+__all__ = ["AlignSettings", "Inputs", "Pipeline", "TaskSpec", "default_pair"]
 
 ProgressFn = Callable[[str, float, str], None]
 
@@ -99,6 +102,11 @@ class Pipeline:
         self.cache = cache_mod.DiskCache(cache_mod.default_cache_dir() if cache_dir == "default" else cache_dir)
         self.memo = Memo(self.cache)  # one computation at a time per pipeline (shared across app sessions)
         self._interpolator: Interpolator | None = None
+
+    @classmethod
+    def from_inputs(cls, inputs: Inputs, progress: ProgressFn | None = None) -> "Pipeline":
+        """The pipeline of `inputs` (the CLI's, the app's and the grid's way to build one)."""
+        return cls(**{f.name: getattr(inputs, f.name) for f in dataclass_fields(inputs)}, progress=progress)
 
     @property
     def lock(self):

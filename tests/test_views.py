@@ -1,13 +1,10 @@
 """The app's display computations (permerge_app/views.py), without Streamlit: correlation
-overviews, label balance, the curves' CSV, the command line of a view."""
-
-import shlex
+overviews, label balance, the curves' CSV."""
 
 import numpy as np
 import pytest
 
 from permerge_app import views
-from permerge_core import AlignSettings
 from permerge_core.tasks import load_labelled
 from test_tasks import _labelled_file
 
@@ -25,18 +22,6 @@ def test_views_block_average_and_alignment():
     assert np.allclose(np.diag(views.aligned(m, perm)), matched) and np.allclose(diag, np.diag(m))
     rows, cols = views.zoom_window(300, 300, 290, 0, 64)
     assert (rows.start, rows.stop, cols.start) == (236, 300, 0)
-
-
-def test_views_cli_command_round_trips_through_the_cli_parser():
-    from permerge_core.cli import build_parser
-
-    s = AlignSettings(match_tokens=4096, ffn=False, attention="monotonic", residual="sep", absolute=True, lambdas=11, mask_seed=3)
-    command = views.cli_command("/m/a b", "org/model", s, match_data="/d/m.txt", save_merged="/o", merge_lambda=0.25)
-    args = build_parser().parse_args(shlex.split(command)[3:])
-    rebuilt = AlignSettings(match_tokens=args.match_tokens, eval_tokens=args.eval_tokens, batch_size=args.batch_size, ffn=args.ffn,
-                            attention=args.attention, residual=args.residual, absolute=args.absolute, drop_special=args.drop_special,
-                            lambdas=args.lambdas, mask_seed=args.mask_seed, device=args.device)
-    assert rebuilt == s and args.model_a == "/m/a b" and args.merge_lambda == 0.25 and args.eval_data is None
 
 
 def test_label_balance_and_majority_baseline(tmp_path):

@@ -209,9 +209,9 @@ class Pipeline:
                              loaded=lambda stats: self.progress("statistics", 1.0, f"cached ({stats.num_tokens:,} tokens)"))
 
     def _statistics_store(self):
-        dims = space_dims(self.a.config, self.a.family)
-        return tensors(codec.encode_statistics, lambda *entry: codec.decode_statistics(*entry, self.a.num_layers, dims),
-                       "ignored a cached statistics entry with missing parts; recomputing")
+        """How statistics are kept on disk; reading an entry checks it has every space of these models."""
+        decode = lambda *entry: codec.decode_statistics(*entry, self.a.num_layers, space_dims(self.a.config, self.a.family))  # noqa: E731
+        return tensors(codec.encode_statistics, decode, "ignored a cached statistics entry with missing parts; recomputing")
 
     def forget_statistics(self) -> None:
         """Drop the statistics held in memory (not the disk cache), so that the next

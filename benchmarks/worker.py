@@ -379,7 +379,7 @@ def run_pipeline(spec) -> dict:
     ys["mlm_passes_needed"] = evaluated
     ys["mlm_passes_total"] = ys["mlm_pass_mean"] * evaluated
     log("pipeline: report")
-    _, st["report"] = _timed(build_report, p, s, stats, matching, vanilla, permuted, *p.eval_set(s))
+    _, st["report"] = _timed(build_report, p, s, stats, matching, vanilla, permuted)
     st["loss_path"] = st["loss_path_vanilla"] + st["loss_path_permuted"]
     st["total"] = sum(st[k] for k in ("load", "statistics", "matching", "loss_path", "permuting", "report"))
     out["rss_mb"]["after_pipeline"] = rss_now_mb()

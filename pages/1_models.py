@@ -3,8 +3,9 @@ whether B′ (B permuted into A's order) computes the same function as B."""
 
 import streamlit as st
 
-from permerge_app import ui
-from permerge_core import PermergeError, views
+from permerge_app import ui, views
+from permerge_core import PermergeError
+from permerge_core.objectives import LabelledTaskObjective
 
 ui.page_start()
 st.title("Models")
@@ -46,24 +47,25 @@ st.success(
     icon=":material/check_circle:",
 )
 
-classifier = p.labelled is not None
+objective = p.objective  # what the losses below are: a language model's, or a classifier's on its labelled task
+classifier = isinstance(objective, LabelledTaskObjective)
 if classifier:
+    columns = objective.task
     st.subheader("Labelled data")
     _, rows = ui.labelled_preview(p.eval_path)
     st.markdown(
-        f"Evaluation file `{p.eval_path}`: {len(p.labelled.texts):,} examples; text column **{p.task.text_column}**"
-        + (f", second sentence **{p.task.pair_column}**" if p.task.pair_column else "")
-        + f", label column **{p.task.label_column}**. Matching texts from `{p.match_path}`."
+        f"Evaluation file `{p.eval_path}`: {len(objective.data.texts):,} examples; text column **{columns.text_column}**"
+        + (f", second sentence **{columns.pair_column}**" if columns.pair_column else "")
+        + f", label column **{columns.label_column}**. Matching texts from `{p.match_path}`."
     )
     st.dataframe(rows, hide_index=True, width="stretch")
-    st.dataframe(views.label_balance(p.labelled), hide_index=True)
+    st.dataframe(views.label_balance(objective.data), hide_index=True)
 
 st.subheader("Endpoint losses and functional equivalence")
 with ui.progress():
     max_diff = p.equivalence(s)
     losses = views.endpoint_losses(p, s)
-prediction = p.a.head.prediction
-metric = "accuracy" if classifier else prediction.accuracy
+metric = objective.metric_label("accuracy")
 
 
 def detail(key: str) -> str | None:
@@ -80,11 +82,7 @@ if classifier and losses.get("a_accuracy") is not None:
     a1, a2, a3 = st.columns(3)
     a1.metric("accuracy of A", f"{losses['a_accuracy']:.1%}")
     a2.metric("accuracy of B", f"{losses['b_accuracy']:.1%}")
-    a3.metric("majority-class baseline", f"{views.majority_baseline(p.labelled):.1%}")
+    a3.metric("majority-class baseline", f"{views.majority_baseline(objective.data):.1%}")
 ok, text = views.equivalence_text(max_diff, s.attention, s.residual)
 (st.success if ok else st.warning)(text, icon=":material/check_circle:" if ok else ":material/warning:")
-st.caption(
-    ("Task cross-entropy (mean squared error for one output) over every labelled evaluation example, in nats. "
-     if classifier else prediction.explanation + " ")
-    + "The equivalence check compares B′'s and B's logits on one evaluation batch."
-)
+st.caption(objective.explanation + " The equivalence check compares B′'s and B's logits on one evaluation batch.")

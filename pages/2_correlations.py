@@ -4,8 +4,7 @@ distribution of matched correlations, and the mean matched correlation across la
 import numpy as np
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import views
+from permerge_app import charts, ui, views
 
 ui.page_start()
 st.title("Correlations")

@@ -4,9 +4,8 @@ graph, all layers at once) and the d_k×d_k correlation block of any head pair."
 import numpy as np
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import views
-from permerge_core.modes import ATTENTION
+from permerge_app import charts, ui, views
+from permerge_core.modes import ATTENTION, MATCHERS
 
 ui.page_start()
 st.title("Heads")
@@ -21,7 +20,7 @@ L, H = stats.num_layers, p.a.num_heads
 mode = ATTENTION[s.attention]
 if mode.heads_note:
     st.info(mode.heads_note, icon=":material/info:")
-if s.matcher == "weights":
+if not MATCHERS[s.matcher].reads_text:
     st.info("Matcher 'weights': the cost matrix and the assignments below come from the weights (each pair's cost is its "
             "summed matched inner products), not from correlations; the head-pair block shows activation correlations.",
             icon=":material/info:")

@@ -6,10 +6,12 @@ from dataclasses import replace
 
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import is_function_preserving, tasks, views
+from permerge_app import charts, ui, views
+from permerge_core import is_function_preserving
 from permerge_core.repair import LABEL as REPAIR_LABEL, REPAIRED
-from permerge_core.settings import BOTH, WEIGHTS
+from permerge_core.modes import MATCHERS
+from permerge_core.settings import WEIGHTS
+from permerge_core.sources import short_names
 
 ui.page_start()
 st.title("Loss path")
@@ -19,22 +21,21 @@ st.caption(
 )
 p, s = ui.current()
 ss = st.session_state
-classifier = p.labelled is not None
-if classifier:
-    metric = st.radio("Task metric (lower panel)", tasks.task_metric_names(p.a.config.num_labels), key="task_metric", horizontal=True, format_func=lambda m: views.METRIC_LABELS[m])
-    loss_name = "task loss (MSE)" if p.a.config.num_labels == 1 else "task cross-entropy"
-else:
-    metric, loss_name = "accuracy", p.a.head.prediction.loss
-metric_name = views.METRIC_LABELS[metric] if classifier else p.a.head.prediction.accuracy
+objective = p.objective  # what is scored: a language model's loss, or a classifier's task loss and metrics
+objective.require_loss()
+metric = objective.metrics[0]
+if len(objective.metrics) > 1:  # a classifier's task metrics: one of them in the lower panel
+    metric = st.radio("Task metric (lower panel)", objective.metrics, key="task_metric", horizontal=True, format_func=objective.metric_label)
+loss_name, metric_name = objective.loss_name, objective.metric_label(metric)
 variants = st.multiselect(
     "Extra curves: component variants (the paper's comparisons)", list(views.VARIANTS), key="variants",
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
          "Variants marked sep or ignore-heads are not function-preserving.",
 )
-name_a, name_b = views.short_names([ss.model_a, ss.model_b])
+name_a, name_b = short_names([ss.model_a, ss.model_b])
 title = f"Loss along the path: A = {name_a} (λ=1) ↔ B = {name_b} (λ=0)"
 permuted_label = (f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual}, "
-                  f"matched on {'weights' if s.matcher == WEIGHTS else 'activations'})")
+                  f"matched on {'activations' if MATCHERS[s.matcher].reads_text else 'weights'})")
 curves: dict[str, list[dict]] = {"vanilla": [], "permuted": []}
 colors = {"vanilla": charts.VANILLA, "permuted": charts.PERMUTED}
 placeholder = st.empty()
@@ -62,7 +63,7 @@ with ui.progress():
     if s.repair:  # the permuted path with each θ(λ) REPAIR-corrected (Advanced settings)
         curves[REPAIR_LABEL], colors[REPAIR_LABEL] = [], charts.REPAIRED
         p.curve(s, REPAIRED, on_point=collect(REPAIR_LABEL))
-    if s.matcher == BOTH:  # the weight matching beside the activation matching
+    if MATCHERS[s.matcher].compares:  # the weight matching beside the activation matching
         curves["permuted (weights)"], colors["permuted (weights)"] = [], charts.EXTRA[-1]
         p.curve(replace(s, matcher=WEIGHTS), "permuted", on_point=collect("permuted (weights)"))
     for n, name in enumerate(variants):
@@ -74,9 +75,7 @@ fig = figure()
 placeholder.plotly_chart(fig, key="loss_final")
 st.caption(
     f"'permuted' uses the sidebar settings: {permuted_label}. "
-    + (f"Loss is the {loss_name} over {len(p.labelled.texts):,} labelled examples; the lower panel shows {metric_name}."
-       if classifier else f"{p.a.head.prediction.explanation} {p.a.head.prediction.accuracy.capitalize()}: how often the most likely "
-       f"token is the right one, over the {p.a.head.prediction.predicted}.")
+    + objective.path_caption(metric)
 )
 
 preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving,

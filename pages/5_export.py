@@ -6,7 +6,8 @@ import json
 import streamlit as st
 
 from permerge_app import ui
-from permerge_core import PermergeError, views
+from permerge_core import PermergeError, export
+from permerge_core.cli import command_line
 
 ui.page_start()
 st.title("Export")
@@ -38,7 +39,7 @@ if st.button("Save merged model", disabled=not target.strip(), type="primary"):
 zip_key = (ss.model_a, ss.model_b, repr(s), lam, repair)
 if st.button("Prepare the merged model as a zip"):
     with ui.progress(), st.spinner("Building the zip…"):
-        ss["export_zip"] = (zip_key, views.merged_zip(p, s, lam, repair=repair))
+        ss["export_zip"] = (zip_key, export.merged_zip(p, s, lam, repair=repair))
 held = ss.get("export_zip")
 if held and held[0] == zip_key:
     st.download_button(f"Download merged model (zip, {len(held[1]) / 2**20:.1f} MB)", held[1], file_name=f"permerge-merged-lambda-{lam:g}.zip",
@@ -46,13 +47,13 @@ if held and held[0] == zip_key:
 
 st.subheader("Permutations and report")
 stats, matching = ui.statistics_and_matching(p, s)
-st.download_button("Download permutations (JSON)", json.dumps(views.permutations_payload(matching), indent=1), file_name="permutations.json",
+st.download_button("Download permutations (JSON)", json.dumps(export.permutations_payload(matching), indent=1), file_name="permutations.json",
                    mime="application/json", on_click="ignore", help="perm[i] = j: A's unit i ↔ B's unit j, for every space; head assignments and costs.")
-status = views.stage_status(p, s)
+status = p.stage_status(s)
 ready = all(status[k] in ("computed", "cached") for k in ("vanilla path", "permuted path"))
 if ready or st.button("Compute the full report (both loss paths)"):
     with ui.progress():
-        files = views.report_files(p.run(s))
+        files = export.report_files(p.run(s))
     r1, r2 = st.columns(2)
     r1.download_button("Download report.json", files["report.json"], file_name="report.json", mime="application/json", on_click="ignore")
     r2.download_button("Download curve.csv", files["curve.csv"], file_name="curve.csv", mime="text/csv", on_click="ignore")
@@ -60,14 +61,8 @@ else:
     st.caption("report.json needs both loss paths; they are not computed for these settings yet (the Loss path page computes them).")
 
 st.subheader("The same analysis from the command line")
-if p.labelled is not None:  # the files the pipeline resolved, defaults included
-    match_data, eval_data = p.match_path, p.eval_path
-else:
-    match_data, eval_data = ui.data_path("match"), ui.data_path("eval")
-command = views.cli_command(
-    ss.model_a, ss.model_b, s, tokenizer=ss.get("tokenizer") or None, match_data=match_data, eval_data=eval_data,
-    out="runs/latest", save_merged=target.strip() or None, merge_lambda=lam, merge_repair=repair, task=p.task,
-)
+command = command_line(ui.inputs_for(ss.model_a, ss.model_b), s, out="runs/latest", save_merged=target.strip() or None,
+                       merge_lambda=lam, merge_repair=repair)
 st.code(command, language="bash", wrap_lines=True)
 st.caption("Writes runs/latest/report.json and curve.csv" + (f", and the merged model at λ={lam:g}" if target.strip() else "")
            + ". It shares the disk cache with the app, so what the app computed is reused.")

@@ -3,9 +3,10 @@ by default), vanilla and permuted side by side, filled pair by pair and cached p
 
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import PermergeError, grid, views
+from permerge_app import charts, ui, views
+from permerge_core import PermergeError, grid
 from permerge_core.checkpoints import bundled_decoders, bundled_seeds
+from permerge_core.sources import short_names
 
 ui.page_start()
 st.title("Seeds")
@@ -27,9 +28,9 @@ if len(chosen) < 2:
     raise ui.Halt
 
 s = ui.settings()
-names = views.short_names(chosen)
+names = short_names(chosen)
 results = ui.seed_results()
-pairs = views.pair_indices(len(chosen))
+pairs = grid.pair_indices(len(chosen))
 keys = {(i, j): ui.seed_key(chosen[i], chosen[j], s) for i, j in pairs}
 done = {ij: results[k] for ij, k in keys.items() if k in results}
 for i, j in pairs:  # pairs another page computed: their pipeline has both curves already
@@ -44,7 +45,7 @@ chart = st.empty()
 def draw():
     ok = {ij: r for ij, r in done.items() if "error" not in r}
     chart.plotly_chart(
-        charts.seed_heatmaps(names, views.seed_matrix(len(chosen), ok, "vanilla"), views.seed_matrix(len(chosen), ok, "permuted"),
+        charts.seed_heatmaps(names, grid.seed_matrix(len(chosen), ok, "vanilla"), grid.seed_matrix(len(chosen), ok, "permuted"),
                              f"Pairwise loss barriers (nats), {len(ok)} of {len(pairs)} pairs computed"),
         key=f"seeds_matrix_{len(done)}",
     )
@@ -55,7 +56,7 @@ missing = [ij for ij in pairs if ij not in done]
 if missing and st.button(f"Compute {len(missing)} missing pair(s)", type="primary", key="seeds_go"):
     # The grid command's own code (engine local), on the app's shared pipelines.
     overall = st.progress(0.0, text=f"pair 1 of {len(missing)}")
-    tasks = [grid.PairTask(chosen[i], chosen[j], ((grid.DEFAULT_VARIANT, s),)) for i, j in missing]
+    tasks = [grid.PairTask(ui.inputs_for(chosen[i], chosen[j]), ((grid.DEFAULT_VARIANT, s),)) for i, j in missing]
     with ui.progress():
         for n, (k, cell, _) in enumerate(grid.LocalEngine(pipeline_for=ui.pipeline_for).run(tasks), start=1):
             overall.progress(n / len(missing), text=f"{n} of {len(missing)} pairs done")
@@ -99,7 +100,7 @@ with st.expander("Load a grid.json computed elsewhere"):
             labels = [row["variant"] for row in loaded["table"]]
             variant = st.selectbox("Variant", labels, key="seeds_grid_variant") if len(labels) > 1 else labels[0]
             st.plotly_chart(
-                charts.seed_heatmaps(views.short_names(loaded["models"]), grid.matrix(loaded, "vanilla", variant),
+                charts.seed_heatmaps(short_names(loaded["models"]), grid.matrix(loaded, "vanilla", variant),
                                      grid.matrix(loaded, "permuted", variant),
                                      f"{variant}: {len(loaded['pairs'])} pairs from {upload.name} (engine {loaded['engine']})"),
                 key="seeds_grid_matrix",

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import streamlit as st
 
-from permerge_app import charts, ui
+from permerge_app import charts, ui, views
 from permerge_core import plane as plane_mod
-from permerge_core import views
+from permerge_core.sources import short_names
 
 ui.page_start()
 st.title("Landscape")
@@ -23,11 +23,11 @@ grid = c1.slider("Grid points per axis", 3, plane_mod.MAX_GRID, plane_mod.DEFAUL
                  help="The plane costs grid² evaluations; the grid fills coarse to fine, so a stopped plane already spans it all.")
 margin = c2.number_input("Margin (plane units)", 0.0, 3.0, plane_mod.DEFAULT_MARGIN, step=0.05, key="plane_margin",
                          help="How far past A, B and B′ the plane extends.")
-classifier = p.labelled is not None
+budget = p.objective.uses_eval_tokens  # a classifier is scored on every labelled example, whatever the budget
 tokens = c3.number_input("Evaluation tokens for the plane", 256, value=plane_mod.DEFAULT_EVAL_TOKENS, step=1024, key="plane_tokens",
-                         disabled=classifier, help="The plane's own budget (the loss path's is in the sidebar): the same text and "
+                         disabled=not budget, help="The plane's own budget (the loss path's is in the sidebar): the same text and "
                          "mask seed, fewer tokens, since the plane evaluates grid² models instead of a path's λ points.")
-sp = s if classifier else replace(s, eval_tokens=int(tokens))
+sp = replace(s, eval_tokens=int(tokens)) if budget else s
 ui.statistics_and_matching(p, sp)
 basis = p.plane_basis(sp)  # PermergeError (shown by the frame) when A, B and B′ span no plane
 
@@ -36,7 +36,7 @@ status = p.stage_status(sp)
 missing_paths = [w for w in ("vanilla", "permuted") if status[f"{w} path"] not in ("computed", "cached")]
 plane_left = 0 if plane["complete"] else plane["total"] - plane["computed"] + (2 if plane["points"] is None else 0)  # (+ B and B′)
 to_evaluate = plane_left + sp.lambdas * len(missing_paths)
-name_a, name_b = views.short_names([ss.model_a, ss.model_b])
+name_a, name_b = short_names([ss.model_a, ss.model_b])
 title = f"Loss over the plane: A = {name_a}, B = {name_b}"
 chart = st.empty()
 curves: dict[str, list[dict]] = {}
@@ -94,7 +94,7 @@ with right:
     st.caption(
         f"Alignment moves B {'closer to' if closer > 0 else 'no closer to'} A: |B′ − A| is {abs(closer):.4g} "
         f"{'shorter' if closer > 0 else 'longer'} than |B − A| ({100 * abs(closer) / basis.distance_b:.1f}%). "
-        f"Distances are Euclidean norms over every parameter. Losses on {'every labelled example' if classifier else f'{sp.eval_tokens:,} evaluation tokens'}; "
+        f"Distances are Euclidean norms over every parameter. Losses on {p.objective.scored_on(sp)}; "
         f"the barriers are the paths' own on this budget, so they can differ from the Loss path page's."
     )
 with left:

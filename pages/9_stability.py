@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import streamlit as st
 
-from permerge_app import charts, ui
-from permerge_core import views
+from permerge_app import charts, ui, views
 from permerge_core.ablation import ablation_csv, doubling, run_ablation
 from permerge_core.comparison import compare_matchers
-from permerge_core.settings import ACTIVATIONS, BOTH, WEIGHTS
+from permerge_core.modes import MATCHERS
+from permerge_core.settings import ACTIVATIONS
 
 ui.page_start()
 st.title("Stability")
@@ -34,7 +34,7 @@ c3.number_input("λ points", min_value=2, max_value=41, key="stability_lambdas",
 c4.number_input("Eval tokens", min_value=256, step=1024, key="stability_eval_tokens", help="Evaluation tokens of the study's loss paths.")
 
 study = replace(s, lambdas=int(ss.stability_lambdas), eval_tokens=int(ss.stability_eval_tokens), matcher=ACTIVATIONS)
-if s.matcher == WEIGHTS:
+if not MATCHERS[s.matcher].reads_text:
     st.info("The sidebar's matcher is weights, which reads no text: this study is of activation matching, the weights "
             "matcher's barrier is its reference line below.", icon=":material/info:")
 low, high = ss.stability_budgets
@@ -42,7 +42,7 @@ with ui.progress():
     result = run_ablation(p, study, doubling(int(low), int(high)), int(ss.stability_resamples))
 rows = result["rows"]
 
-compare = st.toggle("Compare with weight matching (no data)", value=s.matcher in (BOTH, WEIGHTS), key="stability_compare",
+compare = st.toggle("Compare with weight matching (no data)", value=MATCHERS[s.matcher].compares or not MATCHERS[s.matcher].reads_text, key="stability_compare",
                     help="The weight matching of the pair, against the activation matching of the sidebar's matching tokens.")
 comparison = None
 if compare:

@@ -1,2 +1,3 @@
 """The Streamlit app's shared pieces: `ui` (sidebar, session state, cached pipelines, progress,
-errors) and `charts` (plotly figures). Computation lives in permerge_core; pages stay thin."""
+errors), `charts` (plotly figures) and `views` (what a page shows, computed without Streamlit).
+Computation lives in permerge_core, which never imports this package; pages stay thin."""

@@ -1,4 +1,4 @@
-"""Plotly figures for the app's pages: data in (from permerge_core.views), figure out.
+"""Plotly figures for the app's pages: data in (from permerge_app.views), figure out.
 
 No Streamlit here. Every figure has a title, labelled axes with units, a legend where there
 is more than one series, and hover text with the values. Colours are chosen to read in both

@@ -7,9 +7,9 @@ sidebar value (e.g. Seeds opening a pair) puts it in `st.session_state["_pending
 reruns; `init_state()` applies it before the widgets exist.
 
 Caching. A `Pipeline` (two loaded models plus every computed stage) is shared by all sessions
-through `st.cache_resource`, keyed by the model sources *and the current content signature
-of their files*, the tokenizer, the data files and the cache folder; Pipeline is
-thread-safe. Its stages are memoised inside it and on disk, so a setting change recomputes
+through `st.cache_resource`, keyed by its `Inputs` (the model sources, the tokenizer, the data
+files, the cache folder: `inputs_for`, built as the CLI builds them from its flags) *and the
+current content signature of their files*; Pipeline is thread-safe. Its stages are memoised inside it and on disk, so a setting change recomputes
 only the stages that depend on it.
 
 Progress. The pipeline reports progress through one function that looks up a thread-local
@@ -41,16 +41,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from permerge_core import AlignSettings, Pipeline, PermergeError, tasks, views
-from permerge_core.cache import default_cache_dir
+from permerge_app import views
+from permerge_core import AlignSettings, Inputs, Pipeline, PermergeError, tasks
 from permerge_core.checkpoints import (
     BUNDLED_DECODERS, BUNDLED_MODELS, BUNDLED_TASK, bundled_classifiers, bundled_decoders, bundled_seeds, find_checkpoints,
     is_bundled_classifier, load_checkpoint, read_head,
 )
 from permerge_core.errors import DataError
 from permerge_core.families.schema import CLASSIFICATION
+from permerge_core.inputs import cache_folder
 from permerge_core.modes import non_preserving
 from permerge_core.settings import ADVANCED, BUDGET, MERGE, SETTINGS, TaskSpec
+from permerge_core.sources import short_names, source_signature
 
 log = logging.getLogger("permerge.app")
 ROOT = Path(__file__).resolve().parent.parent
@@ -399,7 +401,7 @@ def head_kind(source: str | None) -> str | None:
     From its config.json: the pipeline loads the model once, and this never loads it a second time."""
     if not source:
         return None
-    return _head_kind(source, views.source_signature(source))
+    return _head_kind(source, source_signature(source))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -430,7 +432,7 @@ def labelled_paths() -> tuple[str, str | None]:
 
 def labelled_preview(path: str) -> tuple[list[str], list[dict]]:
     """Column names and the first rows of a labelled file (cached by content signature)."""
-    return _labelled_preview(path, views.source_signature(path))
+    return _labelled_preview(path, source_signature(path))
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the labelled file…")
@@ -445,35 +447,44 @@ def task_spec() -> TaskSpec:
                     pair_column=None if pair in (None, "", NO_COLUMN) else pair)
 
 
+def inputs_for(model_a: str, model_b: str) -> Inputs:
+    """The pipeline inputs of a pair with the sidebar's tokenizer and data: equal to the CLI's
+    (`cli.inputs_from_args`) for the same choices, as the command the Export page shows."""
+    if head_kind(model_a) == CLASSIFICATION:
+        eval_, match = labelled_paths()
+        task = task_spec()
+    else:
+        match, eval_, task = data_path("match"), data_path("eval"), TaskSpec()
+    return Inputs(model_a, model_b, tokenizer=st.session_state.get("tokenizer") or None, match_data=match, eval_data=eval_,
+                  task=task, cache_dir=cache_folder())
+
+
+def signatures(inputs: Inputs) -> tuple[str, ...]:
+    """The content signatures of the inputs' files: part of every key of what they computed."""
+    return tuple(source_signature(x) for x in (inputs.model_a, inputs.model_b, inputs.match_data, inputs.eval_data))
+
+
 # The pipelines `_pipeline` built that its cache still holds, by the same arguments: lets a
 # page ask what a pair has computed without loading its models (see `loaded_pipeline`).
 _loaded: "weakref.WeakValueDictionary[tuple, Pipeline]" = weakref.WeakValueDictionary()
 
 
 @st.cache_resource(max_entries=6, show_spinner="Loading both models…")
-def _pipeline(model_a: str, sig_a: str, model_b: str, sig_b: str, tokenizer: str, match: str | None, sig_m: str,
-              eval_: str | None, sig_e: str, cache_dir: str, task: TaskSpec | None = None):
+def _pipeline(inputs: Inputs, file_signatures: tuple[str, ...]):
     """A shared Pipeline, or the PermergeError that building it raised (also cached: the key
     holds the files' signatures, so fixing a file gives a new key and a new attempt)."""
     try:
-        p = Pipeline(model_a, model_b, tokenizer=tokenizer or None, match_data=match, eval_data=eval_,
-                     cache_dir=cache_dir, progress=_dispatch, task=task)
+        p = Pipeline.from_inputs(inputs, progress=_dispatch)
     except PermergeError as err:
         return err
-    _loaded[(model_a, sig_a, model_b, sig_b, tokenizer, match, sig_m, eval_, sig_e, cache_dir, task)] = p
+    _loaded[(inputs, file_signatures)] = p
     return p
 
 
 def _pipeline_args(model_a: str, model_b: str) -> tuple:
     """The arguments of `_pipeline` for a pair with the sidebar's tokenizer and data."""
-    task = None
-    if head_kind(model_a) == CLASSIFICATION:
-        eval_, match = labelled_paths()
-        task = task_spec()
-    else:
-        match, eval_ = data_path("match"), data_path("eval")
-    return (model_a, views.source_signature(model_a), model_b, views.source_signature(model_b), st.session_state.get("tokenizer") or "",
-            match, views.source_signature(match), eval_, views.source_signature(eval_), str(default_cache_dir()), task)
+    inputs = inputs_for(model_a, model_b)
+    return inputs, signatures(inputs)
 
 
 def loaded_pipeline(model_a: str, model_b: str) -> Pipeline | None:
@@ -622,12 +633,12 @@ def render_status(container) -> None:
         container.caption("Status: models not loaded yet.")
         return
     try:
-        status = views.stage_status(held[2], settings())
+        status = held[2].stage_status(settings())
     except PermergeError:
         container.caption("Status: settings out of range.")
         return
     container.caption(
-        "**Status** ({} ↔ {}): {}".format(*views.short_names([held[0], held[1]]), views.status_line(status)),
+        "**Status** ({} ↔ {}): {}".format(*short_names([held[0], held[1]]), views.status_line(status)),
         help="✓ computed in this server · ⛁ cached on disk (instant) · ↻ stale: computed only for other settings · ○ not computed yet",
     )
     if held[2].cache.warning:  # the disk cache turned itself off: say why, and how to fix it
@@ -636,7 +647,7 @@ def render_status(container) -> None:
 
 def describe(source: str, tokenizer: str = "") -> dict:
     """A checkpoint's description, loading it (cached by content signature)."""
-    return _describe(source, views.source_signature(source), tokenizer)
+    return _describe(source, source_signature(source), tokenizer)
 
 
 @st.cache_data(max_entries=32, show_spinner="Reading the checkpoint…")
@@ -653,7 +664,5 @@ def seed_results() -> dict:
 
 
 def seed_key(model_a: str, model_b: str, s: AlignSettings) -> tuple:
-    ss = st.session_state
-    match, eval_ = data_path("match"), data_path("eval")
-    return (views.source_signature(model_a), views.source_signature(model_b), ss.get("tokenizer") or "",
-            views.source_signature(match), views.source_signature(eval_), repr(s))
+    inputs = inputs_for(model_a, model_b)
+    return inputs, signatures(inputs), repr(s)

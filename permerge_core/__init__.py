@@ -19,6 +19,7 @@ _EXPORTS = {
     "ATTENTION_MODES": "modes", "RESIDUAL_MODES": "modes", "Matching": "matching",
     "compute_matching": "matching", "is_function_preserving": "modes",
     "AlignSettings": "settings", "TaskSpec": "settings", "Pipeline": "pipeline", "default_pair": "pipeline",
+    "Inputs": "inputs",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,7 +30,7 @@ def __getattr__(name: str):
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
-    try:  # submodules: `from permerge_core import views`
+    try:  # submodules: `from permerge_core import grid`
         return import_module(f".{name}", __name__)
     except ModuleNotFoundError as missing:
         if missing.name != f"{__name__}.{name}":

@@ -255,29 +255,84 @@ def _train(args) -> int:
     return 0
 
 
-def _pipeline(args, log):
-    """The pipeline and settings that the shared flags (`_add_inputs`) describe."""
-    from .pipeline import Pipeline, default_pair
-    from .settings import SETTINGS, AlignSettings, TaskSpec
+def _data(args) -> dict:
+    """The data fields of `Inputs` that the shared flags (`_add_inputs`) give: everything but
+    the pair (and the device, where the settings' --device decides). A grid's spec has the
+    same fields."""
+    from .inputs import cache_folder
+    from .settings import TaskSpec
 
-    _check_out_folder(Path(args.out))  # before loading anything: a bad --out would only fail at the very end
+    return dict(tokenizer=args.tokenizer, match_data=args.match_data, eval_data=args.eval_data,
+                task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
+                cache_dir=None if args.no_cache else cache_folder(args.cache_dir))
+
+
+def inputs_from_args(args):
+    """The `Inputs` that the shared flags describe; without --model-a/--model-b, the bundled seeds."""
+    from .inputs import Inputs
+    from .pipeline import default_pair
+
     model_a, model_b = args.model_a, args.model_b
     if model_a is None or model_b is None:
         default_a, default_b = default_pair()
         model_a = model_a or default_a
         model_b = model_b or default_b
+    return Inputs(model_a, model_b, **_data(args))
+
+
+def command_line(inputs, settings, out: str | None = None, save_merged: str | None = None, merge_lambda: float | None = None,
+                 merge_repair: bool = False, python: str = "python") -> str:
+    """The `python -m permerge_core align` command that computes exactly `inputs` under
+    `settings` (`inputs_from_args` of its flags gives `inputs` back).
+
+    Settings marked `always_in_command` (merge settings, the λ grid) are always spelled out;
+    data, columns, the cache, token budgets and the other settings only where they differ from
+    the defaults.
+    """
+    import shlex
+
+    from .inputs import cache_folder
+    from .settings import SETTINGS, TaskSpec
+
+    args = [python, "-m", "permerge_core", "align", "--model-a", str(inputs.model_a), "--model-b", str(inputs.model_b)]
+    for flag, value in (("--tokenizer", inputs.tokenizer), ("--match-data", inputs.match_data), ("--eval-data", inputs.eval_data)):
+        if value:
+            args += [flag, str(value)]
+    task, default = inputs.task or TaskSpec(), TaskSpec()
+    for flag, name in (("--text-column", "text_column"), ("--label-column", "label_column"), ("--pair-column", "pair_column")):
+        if getattr(task, name) != getattr(default, name):
+            args += [flag, getattr(task, name)]
+    if task.regression:
+        args.append("--regression")
+    for spec in SETTINGS:
+        value = getattr(settings, spec.name)
+        if value == spec.default and not spec.always_in_command:
+            continue
+        if spec.type is bool:
+            args.append(spec.flag if value else f"--no-{spec.flag[2:]}")
+        else:
+            args += [spec.flag, str(value)]
+    if inputs.cache_dir is None:
+        args.append("--no-cache")
+    elif inputs.cache_dir != cache_folder():
+        args += ["--cache-dir", str(inputs.cache_dir)]
+    if out:
+        args += ["--out", str(out)]
+    if save_merged:
+        args += ["--save-merged", str(save_merged), "--merge-lambda", f"{merge_lambda if merge_lambda is not None else 0.5:g}"]
+        if merge_repair:
+            args.append("--merge-repair")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _pipeline(args, log):
+    """The pipeline and settings that the shared flags (`_add_inputs`) describe."""
+    from .pipeline import Pipeline
+    from .settings import SETTINGS, AlignSettings
+
+    _check_out_folder(Path(args.out))  # before loading anything: a bad --out would only fail at the very end
     settings = AlignSettings(**{spec.name: getattr(args, spec.name) for spec in SETTINGS})
-    pipeline = Pipeline(
-        model_a,
-        model_b,
-        tokenizer=args.tokenizer,
-        match_data=args.match_data,
-        eval_data=args.eval_data,
-        cache_dir=None if args.no_cache else (args.cache_dir or "default"),
-        progress=_progress_printer(log),
-        task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
-    )
-    return pipeline, settings
+    return Pipeline.from_inputs(inputs_from_args(args), progress=_progress_printer(log)), settings
 
 
 def _log(args):
@@ -313,8 +368,7 @@ def _grid(args) -> int:
     from dataclasses import replace
 
     from . import grid
-    from .cache import default_cache_dir
-    from .settings import SETTINGS, AlignSettings, TaskSpec
+    from .settings import SETTINGS, AlignSettings
 
     log = _log(args)
     _check_out_folder(Path(args.out))
@@ -323,11 +377,7 @@ def _grid(args) -> int:
     # The driver of a Ray cluster need not have a GPU: the workers check the device.
     (replace(base, device="cpu") if args.engine == "ray" else base).validate()
     variants = grid.parse_variants(args.variants, base)
-    spec = grid.GridSpec(
-        models=list(args.models), variants=variants, tokenizer=args.tokenizer, match_data=args.match_data,
-        eval_data=args.eval_data, task=TaskSpec(args.text_column, args.label_column, args.pair_column, args.regression),
-        cache_dir=None if args.no_cache else str(Path(args.cache_dir or default_cache_dir()).expanduser().resolve()),
-    )
+    spec = grid.GridSpec(models=list(args.models), variants=variants, **_data(args))
     if args.engine == "ray":
         gpus = args.gpus_per_task if args.gpus_per_task is not None else (1.0 if cuda else 0.0)
         engine = grid.RayEngine(args.ray_address, cpus_per_task=args.cpus_per_task, gpus_per_task=gpus)

@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 
 from .errors import PermergeError, SettingsError
 from .modes import PAPER_TABLES, paper_table
+from .inputs import Inputs
 from .settings import BY_NAME, MERGE, SETTINGS, AlignSettings, TaskSpec
+from .sources import short_names, source_signature
 
 FORMAT = "permerge-grid/1"
 
@@ -92,15 +94,17 @@ def _setting_value(key: str, text: str, label: str):
 class PairTask:
     """Everything one cell needs, small enough to ship to a Ray worker: sources, not models."""
 
-    a: str
-    b: str
+    inputs: Inputs  # the pair (A = inputs.model_a, B = inputs.model_b) and its data
     variants: tuple[tuple[str, AlignSettings], ...]
-    tokenizer: str | None = None
-    match_data: str | None = None
-    eval_data: str | None = None
-    task: TaskSpec | None = None
-    cache_dir: str | None = None
     threads: int | None = None  # torch threads in a Ray worker (None: leave torch's choice)
+
+    @property
+    def a(self) -> str:
+        return self.inputs.model_a
+
+    @property
+    def b(self) -> str:
+        return self.inputs.model_b
 
 
 def measure(pipeline, variants) -> tuple[dict[str, dict], list[tuple[dict, list]]]:
@@ -134,8 +138,7 @@ def run_pair(task: PairTask, pipeline_for: Callable | None = None, progress=None
         else:
             from .pipeline import Pipeline
 
-            pipeline = Pipeline(task.a, task.b, tokenizer=task.tokenizer, match_data=task.match_data, eval_data=task.eval_data,
-                                cache_dir=task.cache_dir, progress=progress, device=task.variants[0][1].device, task=task.task)
+            pipeline = Pipeline.from_inputs(task.inputs, progress=progress)
         results, curves = measure(pipeline, task.variants)
         cell.update(results[task.variants[0][0]])
         if len(task.variants) > 1:
@@ -327,8 +330,6 @@ class GridSpec:
         if repeated:
             raise SettingsError(f"{', '.join(repeated)} is listed more than once.", "List every model once.")
         if not self.signatures:
-            from .views import source_signature
-
             self.signatures = [source_signature(m) for m in self.models]
 
     def header(self) -> dict:
@@ -343,13 +344,20 @@ class GridSpec:
         }
 
     def pairs(self) -> list[tuple[int, int]]:
-        from .views import pair_indices
-
         return pair_indices(len(self.models))
 
+    def pair_inputs(self, i: int, j: int) -> Inputs:
+        """Cell (i, j)'s inputs: A = models[i], B = models[j], the grid's data, loaded where its settings run."""
+        return Inputs(self.models[i], self.models[j], tokenizer=self.tokenizer, match_data=self.match_data, eval_data=self.eval_data,
+                      task=self.task, cache_dir=self.cache_dir, device=self.variants[0][1].device)
+
     def pair_task(self, i: int, j: int) -> PairTask:
-        return PairTask(self.models[i], self.models[j], tuple(self.variants), self.tokenizer, self.match_data,
-                        self.eval_data, self.task, self.cache_dir)
+        return PairTask(self.pair_inputs(i, j), tuple(self.variants))
+
+
+def pair_indices(n: int) -> list[tuple[int, int]]:
+    """Every unordered pair (i, j), i < j, in row order: the cells a seed matrix computes."""
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
 
 
 def previous_cells(spec: GridSpec, path: Path) -> dict[tuple[int, int], dict]:
@@ -418,8 +426,6 @@ def run_grid(spec: GridSpec, engine, out: str | Path, log: Callable[[str], None]
 
 
 def _name(spec: GridSpec, k: int) -> str:
-    from .views import short_names
-
     return short_names(spec.models)[k]
 
 
@@ -482,8 +488,6 @@ def _std(xs: list[float]) -> float | None:
 def matrix(grid: dict, which: str, variant: str | None = None) -> list[list[float | None]]:
     """n×n barriers (`which`: vanilla or permuted) of one variant (default: the first): cell
     (i, j), i < j, is A = models[i], B = models[j]; 0 on the diagonal; None elsewhere."""
-    from .views import seed_matrix
-
     models = grid["models"]
     variant = variant or grid["table"][0]["variant"]
     index = {m: k for k, m in enumerate(models)}
@@ -493,6 +497,21 @@ def matrix(grid: dict, which: str, variant: str | None = None) -> list[list[floa
         if numbers:
             results[(index[cell["a"]], index[cell["b"]])] = numbers["barrier"]
     return seed_matrix(len(models), results, which)
+
+
+def seed_matrix(n: int, results: dict[tuple[int, int], dict], which: str) -> list[list[float | None]]:
+    """n×n barriers of `which` ('vanilla'|'permuted'); cell (i, j), i<j, is A=i, B=j; None elsewhere.
+
+    Only the upper triangle is computed (B is aligned to A, so (j, i) is a different, if
+    similar, number); the diagonal is 0 by definition (a model against itself).
+    """
+    out: list[list[float | None]] = [[None] * n for _ in range(n)]
+    for i in range(n):
+        out[i][i] = 0.0
+    for (i, j), r in results.items():
+        if r.get(which) is not None:
+            out[i][j] = r[which]
+    return out
 
 
 def load_grid(text: str | bytes) -> dict:

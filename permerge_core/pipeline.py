@@ -12,44 +12,48 @@ Stages and what each depends on (and so what invalidates it):
     REPAIR      ← the permuted curve's inputs + matching text, its own token budget
                   (the optional corrected curve, repair.py; only with `repair` on)
 
-Each stage is memoised in memory and, where it is worth it, on disk (`cache.py`), so
-changing only the merge settings or the λ grid never recollects statistics.
+Each stage is memoised in memory and, where it is worth it, on disk (`memo.py` over
+`cache.py`), so changing only the merge settings or the λ grid never recollects statistics.
+The parts that are not stages live beside it: what a point is scored on (`objectives.py`), the
+plane's loop (`plane.py`), the files a pipeline writes (`export.py`) and its inputs
+(`inputs.py`).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import threading
 import time
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable
 
 
 from . import cache as cache_mod
 from . import codec
+from . import export
 from . import plane as plane_mod
 from . import repair as repair_mod
 from .activations import spread_ratios, unit_spreads
-from .checkpoints import BUNDLED_TASK, Checkpoint, bundled_seeds, is_bundled_classifier, load_checkpoint, validate_pair
-from .data import (DEFAULT_EVAL_DATA, DEFAULT_MATCH_DATA, length_limit, packed_blocks, prediction_batches, read_passages, special_token_ids,
-                   text_fingerprint, tokenize)
+from .checkpoints import Checkpoint, bundled_seeds, load_checkpoint, validate_pair
+from .data import length_limit, packed_blocks, read_passages, special_token_ids, text_fingerprint, tokenize
 from .errors import PermergeError, SettingsError
-from .evaluation import max_abs_logit_diff, mlm_loss
+from .evaluation import max_abs_logit_diff
+from .inputs import Inputs
 from .interpolation import Interpolator, lambda_grid
 from .matching import Matching
 from .modes import MATCHERS
+from .memo import JSON, Memo, tensors
+from .objectives import data_for, objective_for
 from .permuting import plan_for_matching
 from .statistics import Statistics, collect_statistics, space_dims
 from .report import build_report
 from .settings import AlignSettings, TaskSpec
-from .tasks import FORMATS, encode, input_texts, is_glue, label_names, load_labelled, task_eval
+from .tasks import FORMATS, input_texts, is_glue
 
-__all__ = ["AlignSettings", "Pipeline", "TaskSpec", "default_pair"]
+__all__ = ["AlignSettings", "Inputs", "Pipeline", "TaskSpec", "default_pair"]
 
 ProgressFn = Callable[[str, float, str], None]
+
+MATCHING = tensors(codec.encode_matching, codec.decode_matching, "ignored a damaged cached matching; recomputing")
 
 
 def _match_passages(path: str, task: TaskSpec | None) -> list[str]:
@@ -91,40 +95,23 @@ class Pipeline:
         self.b = model_b if isinstance(model_b, Checkpoint) else load_checkpoint(model_b, tokenizer, device)
         validate_pair(self.a, self.b)
         self.progress("load", 1.0, "models loaded")
-        classifier = self.a.head.kind == "classification"
-        if classifier and eval_data is None and is_bundled_classifier(self.a.path):
-            # The bundled fine-tuned pair comes with its task: match on its training texts,
-            # evaluate on its held-out split.
-            match_data = match_data or str(BUNDLED_TASK / "train.tsv")
-            eval_data = str(BUNDLED_TASK / "eval.tsv")
-            task = task or TaskSpec()
-        self.notes: list[str] = []
-        if classifier and match_data is None and eval_data is not None:
-            match_data = eval_data  # the task's input texts, as docs/method.md §8 asks
-            self.notes.append("matching on the evaluation file's input texts (no separate matching file was given)")
-        self.match_path = str(match_data or DEFAULT_MATCH_DATA)
-        self.eval_path = str(eval_data or DEFAULT_EVAL_DATA)
-        self.task = task if classifier else None
-        if classifier:
-            if task is None:
-                raise SettingsError(
-                    f"{self.a.architecture} checkpoints are evaluated on labelled data.",
-                    "Give a labelled CSV/TSV/JSON Lines file for evaluation and name its text and label columns.",
-                )
-            if eval_data is None:
-                raise SettingsError("Classifiers need labelled evaluation data; the bundled corpus has none.", "Give a labelled evaluation file.")
-            self.labelled = load_labelled(eval_data, task.text_column, task.label_column, task.pair_column, label_names(self.a.config), task.regression or self.a.config.num_labels == 1)
-            pairs = self.labelled.pairs or [""] * len(self.labelled.texts)
-            # The labels are part of the evaluation data's identity (and so of cache keys).
-            self.eval_passages = [f"{t}\t{p}\t{y}" for t, p, y in zip(self.labelled.texts, pairs, self.labelled.labels)]
-        else:
-            self.labelled = None
-            self.eval_passages = read_passages(self.eval_path)
+        self.match_path, self.eval_path, task, self.notes = data_for(self.a, match_data, eval_data, task)
+        self.objective = objective_for(self.a, self.eval_path, task)
+        self.eval_passages = self.objective.passages
         self.match_passages = _match_passages(self.match_path, task)
         self.cache = cache_mod.DiskCache(cache_mod.default_cache_dir() if cache_dir == "default" else cache_dir)
-        self._memo: dict = {}
-        self._lock = threading.RLock()  # one computation at a time per pipeline (shared across app sessions)
+        self.memo = Memo(self.cache)  # one computation at a time per pipeline (shared across app sessions)
         self._interpolator: Interpolator | None = None
+
+    @classmethod
+    def from_inputs(cls, inputs: Inputs, progress: ProgressFn | None = None) -> "Pipeline":
+        """The pipeline of `inputs` (the CLI's, the app's and the grid's way to build one)."""
+        return cls(**{f.name: getattr(inputs, f.name) for f in dataclass_fields(inputs)}, progress=progress)
+
+    @property
+    def lock(self):
+        """Held by every stage: whoever drives the working model outside one (an export) holds it too."""
+        return self.memo.lock
 
     # ---- identities ----------------------------------------------------------------------
     def _pair_fields(self) -> dict:
@@ -184,7 +171,7 @@ class Pipeline:
     def packing_applies(self) -> bool:
         """Whether `eval_packing` shapes the evaluation: masked LMs only (classifiers are scored
         per example, decoders always read packed text)."""
-        return self.labelled is None and not self.a.family.packed_text
+        return self.objective.packing_applies
 
     def sequence_length(self, s: AlignSettings) -> int:
         """The longest sequence made from text: `max_length`, or, for families that read one
@@ -205,87 +192,55 @@ class Pipeline:
     # ---- stages --------------------------------------------------------------------------
     def statistics(self, s: AlignSettings, should_stop=None) -> Statistics:
         s.validate()
-        fields = self.stats_fields(s)
-        memo_key = ("stats", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            if memo_key in self._memo:
-                return self._memo[memo_key]
-            stats = self._load_stats(fields)
-            if stats is None:
-                batches = self._token_batches(self.match_passages, s.match_tokens, s, "matching")
-                self.a.model.to(s.device)
-                self.b.model.to(s.device)
-                stats = collect_statistics(
-                    self.a.model, self.b.model, self.a.family, self.a.config, batches,
-                    special_ids=special_token_ids(self.a.tokenizer), drop_special=s.drop_special,
-                    device=s.device, progress=self.progress, should_stop=should_stop,
-                )
-                stats.spaces = {k: v.to("cpu") for k, v in stats.spaces.items()}
-                self._save_stats(fields, stats)
-            else:
-                self.progress("statistics", 1.0, f"cached ({stats.num_tokens:,} tokens)")
-            self._memo[memo_key] = stats
+
+        def collect() -> Statistics:
+            batches = self._token_batches(self.match_passages, s.match_tokens, s, "matching")
+            self.a.model.to(s.device)
+            self.b.model.to(s.device)
+            stats = collect_statistics(
+                self.a.model, self.b.model, self.a.family, self.a.config, batches,
+                special_ids=special_token_ids(self.a.tokenizer), drop_special=s.drop_special,
+                device=s.device, progress=self.progress, should_stop=should_stop,
+            )
+            stats.spaces = {k: v.to("cpu") for k, v in stats.spaces.items()}
             return stats
+
+        return self.memo.get("stats", self.stats_fields(s), collect, self._statistics_store(),
+                             loaded=lambda stats: self.progress("statistics", 1.0, f"cached ({stats.num_tokens:,} tokens)"))
+
+    def _statistics_store(self):
+        """How statistics are kept on disk; reading an entry checks it has every space of these models."""
+        decode = lambda *entry: codec.decode_statistics(*entry, self.a.num_layers, space_dims(self.a.config, self.a.family))  # noqa: E731
+        return tensors(codec.encode_statistics, decode, "ignored a cached statistics entry with missing parts; recomputing")
 
     def forget_statistics(self) -> None:
         """Drop the statistics held in memory (not the disk cache), so that the next
         `statistics` call computes or loads them again; the benchmark times repeated passes."""
-        with self._lock:
-            for key in [k for k in self._memo if k[0] == "stats"]:
-                del self._memo[key]
-
-    def _save_stats(self, fields: dict, stats: Statistics) -> None:
-        self.cache.save_tensors("stats", fields, *codec.encode_statistics(stats))
-
-    def _load_stats(self, fields: dict) -> Statistics | None:
-        entry = self.cache.load_tensors("stats", fields)
-        if entry is None:
-            return None
-        try:
-            return codec.decode_statistics(*entry, self.a.num_layers, space_dims(self.a.config, self.a.family))
-        except Exception:
-            self.cache.events.append("ignored a cached statistics entry with missing parts; recomputing")
-            return None
+        self.memo.forget("stats")
 
     def matching(self, s: AlignSettings) -> Matching:
         s.validate()
-        fields = self.matching_fields(s)
-        memo_key = ("matching", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            if memo_key in self._memo:
-                return self._memo[memo_key]
-            matching = self._load_matching(fields, s)
-            if matching is None:
-                matching = MATCHERS[s.matcher].match(self, s)
-                self._save_matching(fields, matching)
+
+        def solve() -> Matching:
+            matching = MATCHERS[s.matcher].match(self, s)
             self.progress("matching", 1.0, "done")
-            self._memo[memo_key] = matching
             return matching
 
-    def _save_matching(self, fields: dict, m: Matching) -> None:
-        self.cache.save_tensors("matching", fields, *codec.encode_matching(m))
-
-    def _load_matching(self, fields: dict, s: AlignSettings) -> Matching | None:
-        entry = self.cache.load_tensors("matching", fields)
-        if entry is None:
-            return None
-        try:
-            return codec.decode_matching(*entry)
-        except Exception:
-            self.cache.events.append("ignored a damaged cached matching; recomputing")
-            return None
+        return self.memo.get("matching", self.matching_fields(s), solve, MATCHING,
+                             loaded=lambda _: self.progress("matching", 1.0, "done"))
 
     def permutation_plan(self, s: AlignSettings) -> list:
         """Every (tensor, axis, permutation) that turns B into B′. B′ itself is never stored:
         the interpolator gathers B through the plan at each λ (one model less in memory)."""
-        memo_key = ("plan", json.dumps(self.matching_fields(s), sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                matching = self.matching(s)
-                self.progress("permuting", 0.0, "planning the permutations of B")
-                self._memo[memo_key] = plan_for_matching(self.b.family, self.b.head, self.b.num_layers, matching)
-                self.progress("permuting", 1.0, "done")
-            return self._memo[memo_key]
+
+        def plan() -> list:
+            matching = self.matching(s)
+            self.progress("permuting", 0.0, "planning the permutations of B")
+            steps = plan_for_matching(self.b.family, self.b.head, self.b.num_layers, matching)
+            self.progress("permuting", 1.0, "done")
+            return steps
+
+        return self.memo.get("plan", self.matching_fields(s), plan)
 
     def _interpolator_for(self, s: AlignSettings, which: str) -> Interpolator:
         """The one working model, with A and B (vanilla) or A and B′ (permuted) as its ends."""
@@ -322,53 +277,38 @@ class Pipeline:
         return batches
 
     def eval_set(self, s: AlignSettings):
-        """(token batches, what the head is scored on, or None for a head without a loss)."""
-        memo_key = ("eval", json.dumps(self.eval_fields(s), sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                batches = self._token_batches(self.eval_passages, s.eval_tokens, s, "evaluation")
-                prediction = self.a.head.prediction
-                scored = None if prediction is None else prediction_batches(
-                    prediction.targets, batches, self.a.tokenizer, self.a.config.vocab_size, seed=s.mask_seed)
-                self._memo[memo_key] = (batches, scored)
-            return self._memo[memo_key]
+        """The evaluation batches, as the objective makes them: for a language model (token
+        batches, what the head is scored on, or None for a head without a loss); for a
+        classifier its labelled batches."""
+        return self.memo.get("eval", self.eval_fields(s), lambda: self.objective.batches(s, self._token_batches))
 
-    def _require_mlm(self) -> None:
-        if self.a.head.prediction is None and self.a.head.kind != "classification":
-            raise SettingsError(
-                f"Loss paths are computed for language-model heads and classifiers; these are {self.a.architecture}.",
-                "Use language-model checkpoints (e.g. BertForMaskedLM, GPT2LMHeadModel) or sequence classifiers with labelled data.",
-            )
+    def evaluate(self, model, s: AlignSettings) -> dict:
+        """Loss and metrics of one model on the evaluation data (the objective's)."""
+        return self.objective.evaluate(model, self.eval_set(s), s.device)
 
     def equivalence(self, s: AlignSettings) -> float:
         """max |logit(B′) − logit(B)| on the last (longest) evaluation batch."""
-        fields = {**self.matching_fields(s), **self.eval_fields(s)}
-        memo_key = ("equiv", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                if self.labelled is not None:
-                    batches = self.task_batches(s)
-                else:
-                    batches, _ = self.eval_set(s)
-                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
-                # (a bare model has no logits: its last hidden state is compared in A's order)
-                last = self.matching(s).residual_perm(self.a.family.residual_layout.count(self.a.num_layers) - 1)
-                self._memo[memo_key] = max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device, hidden_perm=last)
-            return self._memo[memo_key]
+
+        def check() -> float:
+            batches = self.objective.sequences(self.eval_set(s))
+            b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+            # (a bare model has no logits: its last hidden state is compared in A's order)
+            last = self.matching(s).residual_perm(self.a.family.residual_layout.count(self.a.num_layers) - 1)
+            return max_abs_logit_diff(b_prime, self.b.model, batches.input_ids[-1], batches.attention_mask[-1], s.device, hidden_perm=last)
+
+        return self.memo.get("equiv", {**self.matching_fields(s), **self.eval_fields(s)}, check)
 
     def curve(self, s: AlignSettings, which: str, on_point: Callable[[dict], None] | None = None) -> list[dict]:
         """Loss and accuracy at every λ of the grid, for `vanilla` (A↔B), `permuted` (A↔B′) or
         `permuted_repair` (A↔B′, each θ(λ) REPAIR-corrected, repair.py)."""
-        self._require_mlm()
+        self.objective.require_loss()
         s.validate()
         if which not in ("vanilla", "permuted", repair_mod.REPAIRED):
             raise ValueError(which)
         fields = self.curve_fields(s, which)
-        memo_key = ("curve", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            cached = self._memo.get(memo_key) or self.cache.load_json("curve", fields)
+        with self.lock:
+            cached = self.memo.find("curve", fields, JSON)
             if cached is not None:
-                self._memo[memo_key] = cached
                 for point in cached:
                     if on_point:
                         on_point(point)
@@ -378,9 +318,7 @@ class Pipeline:
                 points = self.path(s, self.permutation_plan(s), repair_mod.LABEL, on_point, adjust=self.repairer(s))
             else:
                 points = self.path(s, self.permutation_plan(s) if which == "permuted" else None, which, on_point)
-            self._memo[memo_key] = points
-            self.cache.save_json("curve", fields, points)
-            return points
+            return self.memo.put("curve", fields, points, JSON)
 
     def path(self, s: AlignSettings, plan, label: str, on_point: Callable[[dict], None] | None = None,
              adjust: Callable[[object, float], None] | None = None) -> list[dict]:
@@ -388,8 +326,8 @@ class Pipeline:
         B as trained), not cached: `curve` caches the paths of the settings; the data ablation
         (`ablation.py`) walks one path per matching it studies. `adjust(model, λ)` changes each
         θ(λ) in place before it is evaluated (the REPAIR correction)."""
-        self._require_mlm()
-        with self._lock:
+        self.objective.require_loss()
+        with self.lock:
             interpolator = self._interpolator_with(plan, s)
             grid = lambda_grid(s.lambdas)
             points = []
@@ -400,7 +338,7 @@ class Pipeline:
                 if adjust is not None:
                     adjust(model, lam)
                     interpolator.lam = None  # the working model is no longer θ(λ) itself
-                point = {"lambda": lam, **self._evaluate(model, s)}
+                point = {"lambda": lam, **self.evaluate(model, s)}
                 points.append(point)
                 if on_point:
                     on_point(point)
@@ -410,28 +348,27 @@ class Pipeline:
     def repair_inputs(self, s: AlignSettings) -> list[dict]:
         """The matching text's first `repair.budget(match_tokens)` tokens, as the family reads
         text, for the REPAIR correction's statistics."""
-        memo_key = ("repair text", json.dumps(self.repair_fields(s), sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                batches = self._token_batches(self.match_passages, repair_mod.budget(s.match_tokens), s, "matching")
-                self._memo[memo_key] = [dict(input_ids=i, attention_mask=m) for i, m in batches]
-            return self._memo[memo_key]
+
+        def read() -> list[dict]:
+            batches = self._token_batches(self.match_passages, repair_mod.budget(s.match_tokens), s, "matching")
+            return [dict(input_ids=i, attention_mask=m) for i, m in batches]
+
+        return self.memo.get("repair text", self.repair_fields(s), read)
 
     def repair_ends(self, s: AlignSettings) -> dict:
         """The endpoints' FFN pre-activation statistics on the correction's text: A's and B′'s."""
-        fields = {**self.matching_fields(s), "repair": self.repair_fields(s)}
-        memo_key = ("repair ends", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                inputs, layers = self.repair_inputs(s), range(self.a.num_layers)
-                self.progress("REPAIR", 0.0, "statistics of A and B′")
-                self.a.model.to(s.device)
-                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
-                self._memo[memo_key] = {
-                    "a": repair_mod.ffn_moments(self.a.model, self.a.family, inputs, layers, s.device),
-                    "far": repair_mod.ffn_moments(b_prime, self.a.family, inputs, layers, s.device),
-                }
-            return self._memo[memo_key]
+
+        def measure() -> dict:
+            inputs, layers = self.repair_inputs(s), range(self.a.num_layers)
+            self.progress("REPAIR", 0.0, "statistics of A and B′")
+            self.a.model.to(s.device)
+            b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+            return {
+                "a": repair_mod.ffn_moments(self.a.model, self.a.family, inputs, layers, s.device),
+                "far": repair_mod.ffn_moments(b_prime, self.a.family, inputs, layers, s.device),
+            }
+
+        return self.memo.get("repair ends", {**self.matching_fields(s), "repair": self.repair_fields(s)}, measure)
 
     def repairer(self, s: AlignSettings) -> Callable[[object, float], None]:
         """adjust(model, λ) for `path`: the REPAIR correction of θ(λ) (repair.py)."""
@@ -442,14 +379,30 @@ class Pipeline:
 
         return adjust
 
+    def merged_model(self, s: AlignSettings, lam: float, repair: bool = False):
+        """The working model made θ(lam) between A and B′, REPAIR-corrected with `repair`. It
+        stays so only until the next stage moves it: hold `lock` while it is used."""
+        with self.lock:
+            adjust = self.repairer(s) if repair else None
+            model = self._interpolator_for(s, "permuted").set(lam)
+            if adjust is not None:
+                adjust(model, lam)
+            return model
+
     def plane_basis(self, s: AlignSettings) -> plane_mod.Basis:
         """Where A, B and B′ sit relative to each other (PermergeError if they span no plane)."""
-        memo_key = ("basis", json.dumps(self.matching_fields(s), sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
-                self._memo[memo_key] = plane_mod.basis(self.a.model, self.b.model, b_prime)
-            return self._memo[memo_key]
+
+        def basis() -> plane_mod.Basis:
+            b_prime = self._interpolator_for(s, "permuted").set(0.0)  # θ(0) is bitwise B′
+            return plane_mod.basis(self.a.model, self.b.model, b_prime)
+
+        return self.memo.get("basis", self.matching_fields(s), basis)
+
+    def plane_evaluator(self, s: AlignSettings) -> Callable[[float, float, float], dict]:
+        """evaluate(α, β, γ): loss and metrics of α·A + β·B′ + γ·B, a point of the plane. The
+        working model is set up once here: hold `lock` while evaluating."""
+        interpolator = self._interpolator_for(s, "permuted")
+        return lambda *weights: self.evaluate(interpolator.combine(*weights), s)
 
     def plane(self, s: AlignSettings, grid: int = plane_mod.DEFAULT_GRID, margin: float = plane_mod.DEFAULT_MARGIN,
               on_point: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
@@ -459,67 +412,20 @@ class Pipeline:
         each point. When `should_stop()` turns true the plane so far is returned (complete:
         False); its points are kept in memory, so the next call goes on from there. `axes`
         replaces the grid's (x, y) values, which `grid` and `margin` give otherwise."""
-        self._require_mlm()
-        s.validate()
-        basis = self.plane_basis(s)
-        xs, ys = axes if axes is not None else plane_mod.axes(basis, grid, margin)
-        shape = {"x": list(xs), "y": list(ys)} if axes is not None else {"grid": grid, "margin": margin}
-        fields = {**self.eval_fields(s), **self.matching_fields(s), "plane": shape}
-        memo_key = ("plane", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            done = self._memo.get(memo_key) or self.cache.load_json("plane", fields)
-            if done is not None:
-                self._memo[memo_key] = done
-                self.progress("plane", 1.0, "cached")
-                if on_point:
-                    on_point(done)
-                return done
-            cells = self._memo.setdefault(("plane cells", memo_key[1]), {})  # what an interrupted run left
-            points = self._memo.get(("plane points", memo_key[1]))
-            interpolator = self._interpolator_for(s, "permuted")
-            order = plane_mod.fill_order(len(xs), len(ys))
-            for k, (i, j) in enumerate(order):
-                if should_stop is not None and should_stop():
-                    return plane_mod.assemble(xs, ys, cells, basis, points)
-                if points is None:  # the three models first: a partial plane has its colour scale's reference
-                    self.progress("plane", 0.0, "the three models")
-                    at = plane_mod.point_coordinates(basis)
-                    exact = {
-                        "a": self.loss_of_a(s),  # A's own model
-                        "b": self._evaluate(interpolator.combine(0.0, 0.0, 1.0), s),  # bitwise B
-                        "b_prime": self._evaluate(interpolator.combine(0.0, 1.0, 0.0), s),  # bitwise B′
-                    }
-                    points = self._memo[("plane points", memo_key[1])] = {n: {"x": at[n][0], "y": at[n][1], **v} for n, v in exact.items()}
-                if (i, j) in cells:
-                    continue
-                self.progress("plane", k / len(order), f"point {k + 1} of {len(order)}")
-                cells[(i, j)] = self._evaluate(interpolator.combine(*plane_mod.coefficients(xs[i], ys[j], basis.x_b)), s)
-                if on_point:
-                    on_point(plane_mod.assemble(xs, ys, cells, basis, points))
-            result = plane_mod.assemble(xs, ys, cells, basis, points)
-            self._memo[memo_key] = result
-            self._memo.pop(("plane cells", memo_key[1]), None)
-            self._memo.pop(("plane points", memo_key[1]), None)
-            self.cache.save_json("plane", fields, result)
-            if on_point:
-                on_point(result)
-            return result
+        return plane_mod.compute_plane(self, s, grid, margin, on_point, should_stop, axes)
 
     def seconds_per_evaluation(self, s: AlignSettings) -> float:
         """How long one model's loss takes with these settings, timed once on θ(½) of the
         vanilla path (a permuted point costs the same but for a few percent of gathering)."""
-        memo_key = ("timing", json.dumps({**self.eval_fields(s), "device": s.device}, sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                model = self._interpolator_for(s, "vanilla").set(0.5)
-                if self.labelled is None:  # tokenising is not part of a point
-                    self.eval_set(s)
-                else:
-                    self.task_batches(s)
-                started = time.perf_counter()
-                self._evaluate(model, s)
-                self._memo[memo_key] = time.perf_counter() - started
-            return self._memo[memo_key]
+
+        def time_one() -> float:
+            model = self._interpolator_for(s, "vanilla").set(0.5)
+            self.eval_set(s)  # tokenising is not part of a point
+            started = time.perf_counter()
+            self.evaluate(model, s)
+            return time.perf_counter() - started
+
+        return self.memo.get("timing", {**self.eval_fields(s), "device": s.device}, time_one)
 
     def activation_spreads(self, s: AlignSettings, which: str, compute: bool = True) -> dict | None:
         """Each FFN intermediate's and residual node's unit spread along a path, relative to
@@ -529,79 +435,39 @@ class Pipeline:
             raise ValueError(which)
         s.validate()
         fields = {**self.curve_fields(s, which), "measure": "unit spread"}
-        memo_key = ("spread", json.dumps(fields, sort_keys=True))
-        with self._lock:
-            done = self._memo.get(memo_key) or self.cache.load_json("spread", fields)
-            if done is None and not compute:
-                return None
-            if done is None:
-                if self.labelled is not None:
-                    b = self.task_batches(s)
-                    inputs = [dict(input_ids=i, attention_mask=m, token_type_ids=t) for i, m, t in zip(b.input_ids, b.attention_mask, b.token_type_ids)]
-                else:
-                    inputs = [dict(input_ids=i, attention_mask=m) for i, m in self.eval_set(s)[0]]
-                interpolator = self._interpolator_for(s, which)
-                grid = lambda_grid(s.lambdas)
-                spreads = []
-                for k, lam in enumerate(grid):
-                    self.progress(f"activations ({which})", k / len(grid), f"λ = {lam:.2f}")
-                    spreads.append(unit_spreads(interpolator.set(lam), self.a.family, self.a.num_layers, inputs, s.device))
-                self.progress(f"activations ({which})", 1.0, "done")
-                done = spread_ratios(spreads, grid)
-                self.cache.save_json("spread", fields, done)
-            self._memo[memo_key] = done
-            return done
-
-    def _evaluate(self, model, s: AlignSettings) -> dict:
-        """Loss and metrics of one model on the evaluation data: masked-LM or task."""
-        if self.labelled is not None:
-            result = task_eval(model, self.task_batches(s), s.device)
-            return {"loss": result.loss, **result.metrics}
-        _, masked = self.eval_set(s)
-        result = mlm_loss(model, self.a.head.mlm_module, masked, s.device)
-        return {"loss": result.loss, "accuracy": result.accuracy}
-
-    def task_batches(self, s: AlignSettings):
-        memo_key = ("task", json.dumps(self.eval_fields(s), sort_keys=True))
-        if memo_key not in self._memo:
-            self._memo[memo_key] = encode(self.a.tokenizer, self.labelled, None, s.max_length, s.batch_size)
-        return self._memo[memo_key]
+        with self.lock:
+            done = self.memo.find("spread", fields, JSON)
+            if done is not None or not compute:
+                return done
+            inputs = self.objective.model_inputs(self.eval_set(s))
+            interpolator = self._interpolator_for(s, which)
+            grid = lambda_grid(s.lambdas)
+            spreads = []
+            for k, lam in enumerate(grid):
+                self.progress(f"activations ({which})", k / len(grid), f"λ = {lam:.2f}")
+                spreads.append(unit_spreads(interpolator.set(lam), self.a.family, self.a.num_layers, inputs, s.device))
+            self.progress(f"activations ({which})", 1.0, "done")
+            return self.memo.put("spread", fields, spread_ratios(spreads, grid), JSON)
 
     def loss_of_a(self, s: AlignSettings) -> dict:
         """L(A) from A's own model, never from the working model: the report's endpoint, an
         independent check on the curves' θ(1) points (bitwise A, so equal when all is well)."""
-        memo_key = ("loss_a", json.dumps(self.eval_fields(s), sort_keys=True))
-        with self._lock:
-            if memo_key not in self._memo:
-                self._memo[memo_key] = self._evaluate(self.a.model, s)
-            return self._memo[memo_key]
+        return self.memo.get("loss_a", self.eval_fields(s), lambda: self.evaluate(self.a.model, s))
 
     # ---- status --------------------------------------------------------------------------
     def stage_status(self, s: AlignSettings) -> dict[str, str]:
         """Where each stage of `s` stands, without computing anything: 'computed' (in
         memory), 'cached' (on disk), 'stale' (computed here, but only for other settings) or
-        'missing'. Uses the same keys as the stages themselves."""
-        with self._lock:
-            memo_keys = list(self._memo)
-        held = [(kind, json.loads(key)) for kind, key in memo_keys if isinstance(key, str) and key.startswith("{")]
-
-        def state(kind: str, fields: dict, suffix: str, same: tuple = ()) -> str:
-            if (kind, json.dumps(fields, sort_keys=True)) in memo_keys:
-                return "computed"
-            if self.cache.has(kind, fields, suffix):
-                return "cached"
-            if any(k == kind and all(f.get(x) == fields.get(x) for x in same) for k, f in held):
-                return "stale"
-            return "missing"
-
+        'missing'. Uses the same keys as the stages themselves (`Memo.state`)."""
+        path = lambda which: self.memo.state("curve", self.curve_fields(s, which), JSON, ("which", "lambdas"))  # noqa: E731
         status = {
-            "statistics": state("stats", self.stats_fields(s), ".safetensors"),
-            "matching": state("matching", self.matching_fields(s), ".safetensors"),
-            "vanilla path": state("curve", self.curve_fields(s, "vanilla"), ".json", ("which", "lambdas")),
-            "permuted path": state("curve", self.curve_fields(s, "permuted"), ".json", ("which", "lambdas")),
+            "statistics": self.memo.state("stats", self.stats_fields(s), self._statistics_store()),
+            "matching": self.memo.state("matching", self.matching_fields(s), MATCHING),
+            "vanilla path": path("vanilla"),
+            "permuted path": path("permuted"),
         }
         if s.repair:
-            status[f"{repair_mod.LABEL} path"] = state("curve", self.curve_fields(s, repair_mod.REPAIRED), ".json", ("which", "lambdas"))
+            status[f"{repair_mod.LABEL} path"] = path(repair_mod.REPAIRED)
         if not MATCHERS[s.matcher].reads_text:  # weight matching needs no statistics
             del status["statistics"]
         return status
@@ -609,7 +475,7 @@ class Pipeline:
     # ---- the whole run -------------------------------------------------------------------
     def run(self, s: AlignSettings, on_point: Callable[[str, dict], None] | None = None) -> dict:
         s.validate()
-        self._require_mlm()
+        self.objective.require_loss()
         stats = self.statistics(s) if MATCHERS[s.matcher].reads_text else None  # weight matching reads no text
         matching = self.matching(s)
         vanilla = self.curve(s, "vanilla", (lambda p: on_point("vanilla", p)) if on_point else None)
@@ -617,11 +483,7 @@ class Pipeline:
         repaired = None
         if s.repair:
             repaired = self.curve(s, repair_mod.REPAIRED, (lambda p: on_point(repair_mod.REPAIRED, p)) if on_point else None)
-        if self.labelled is not None:
-            report = build_report(self, s, stats, matching, vanilla, permuted, self.task_batches(s), None, repaired)
-        else:
-            batches, masked = self.eval_set(s)
-            report = build_report(self, s, stats, matching, vanilla, permuted, batches, masked, repaired)
+        report = build_report(self, s, stats, matching, vanilla, permuted, repaired)
         if MATCHERS[s.matcher].compares:
             from .comparison import compare_matchers
 
@@ -629,39 +491,7 @@ class Pipeline:
         return report
 
     def save_merged(self, s: AlignSettings, lam: float, out: str | Path, overwrite: bool = False, repair: bool = False) -> Path:
-        """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer; with `repair`, θ(lam)
-        REPAIR-corrected (asked for here, whatever the `repair` setting says: the setting adds a
-        curve, it never changes what is exported)."""
-        if not 0.0 <= lam <= 1.0:
-            raise SettingsError(f"λ = {lam} is outside [0, 1].", "Choose λ between 0 (B′) and 1 (A).")
-        out = Path(out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise SettingsError(f"{out} exists and is a file.", "Choose a folder path for the merged model.")
-        if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise SettingsError(f"{out} is not empty; refusing to overwrite it.", "Choose an empty or new folder, or allow overwriting (--overwrite).")
-        with self._lock:
-            adjust = self.repairer(s) if repair else None
-            model = self._interpolator_for(s, "permuted").set(lam)
-            if adjust is not None:
-                adjust(model, lam)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-            try:
-                model.save_pretrained(staging)
-                self.a.tokenizer.save_pretrained(staging)
-                about = {
-                    "lambda": lam, "model_a": self.a.describe(), "model_b": self.b.describe(), "settings": asdict(s),
-                    "note": "θ(λ) = λ·A + (1−λ)·B′, where B′ is B aligned to A by permutation.",
-                }
-                if repair:
-                    about["note"] += (" Its FFN units are REPAIR-corrected: each unit's mean and std on the matching text are "
-                                      "the λ-interpolation of A's and B′'s (docs/method.md §11).")
-                    about["repair"] = {"tokens": repair_mod.budget(s.match_tokens), "match_text": text_fingerprint(self.match_passages)}
-                (staging / "permerge_merge.json").write_text(json.dumps(about, indent=1))
-                if out.exists():
-                    shutil.rmtree(out)
-                staging.rename(out)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-        return out
+        """Write θ(lam) (A↔B′) as a Hugging Face folder with A's tokenizer (export.py); with
+        `repair`, θ(lam) REPAIR-corrected (asked for here, whatever the `repair` setting says:
+        the setting adds a curve, it never changes what is exported)."""
+        return export.save_merged(self, s, lam, out, overwrite, repair)

@@ -1,4 +1,5 @@
-"""The loss plane through A, B and B′: coordinates, grid, fill order, outputs (docs/method.md §12).
+"""The loss plane through A, B and B′: coordinates, grid, fill order, the loop that fills it,
+outputs (docs/method.md §12).
 
 The loss path is one line through weight space; the plane through the three models shows
 both lines at once, the vanilla one A–B and the permuted one A–B′, and the landscape
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import PermergeError
+from .memo import JSON
 
 DEFAULT_GRID = 15  # points per axis; with DEFAULT_EVAL_TOKENS, the bundled pair's plane fits in 60 s (docs/performance.md)
 DEFAULT_MARGIN = 0.2  # how far past the three models the plane extends, in plane units (with 15 points: a step of 0.1)
@@ -203,6 +205,56 @@ def colour_values(plane: dict, floor: float = 0.01) -> tuple[list[list[float | N
     reference = 0.5 * (points["a"]["loss"] + points["b"]["loss"]) if points else min(v for row in plane["grid"] for v in row if v is not None)
     values = [[None if v is None else math.log10(max(v - reference, floor)) for v in row] for row in plane["grid"]]
     return values, reference
+
+
+def compute_plane(p, s, grid: int = DEFAULT_GRID, margin: float = DEFAULT_MARGIN, on_point=None, should_stop=None,
+                  given_axes: tuple[list[float], list[float]] | None = None) -> dict:
+    """The plane of pipeline `p` under settings `s` (`Pipeline.plane` says what the arguments
+    do). A finished plane is kept like any stage, in memory and on disk; an unfinished one
+    keeps its cells in memory, so that the next call goes on from them."""
+    p.objective.require_loss()
+    s.validate()
+    basis = p.plane_basis(s)
+    xs, ys = given_axes if given_axes is not None else axes(basis, grid, margin)
+    shape = {"x": list(xs), "y": list(ys)} if given_axes is not None else {"grid": grid, "margin": margin}
+    fields = {**p.eval_fields(s), **p.matching_fields(s), "plane": shape}
+    with p.lock:
+        done = p.memo.find("plane", fields, JSON)
+        if done is not None:
+            p.progress("plane", 1.0, "cached")
+            if on_point:
+                on_point(done)
+            return done
+        cells = p.memo.find("plane cells", fields)  # what an interrupted run left
+        if cells is None:
+            cells = p.memo.put("plane cells", fields, {})
+        points = p.memo.find("plane points", fields)
+        evaluate = p.plane_evaluator(s)
+        order = fill_order(len(xs), len(ys))
+        for k, (i, j) in enumerate(order):
+            if should_stop is not None and should_stop():
+                return assemble(xs, ys, cells, basis, points)
+            if points is None:  # the three models first: a partial plane has its colour scale's reference
+                p.progress("plane", 0.0, "the three models")
+                at = point_coordinates(basis)
+                exact = {
+                    "a": p.loss_of_a(s),  # A's own model
+                    "b": evaluate(0.0, 0.0, 1.0),  # bitwise B
+                    "b_prime": evaluate(0.0, 1.0, 0.0),  # bitwise B′
+                }
+                points = p.memo.put("plane points", fields, {n: {"x": at[n][0], "y": at[n][1], **v} for n, v in exact.items()})
+            if (i, j) in cells:
+                continue
+            p.progress("plane", k / len(order), f"point {k + 1} of {len(order)}")
+            cells[(i, j)] = evaluate(*coefficients(xs[i], ys[j], basis.x_b))
+            if on_point:
+                on_point(assemble(xs, ys, cells, basis, points))
+        result = p.memo.put("plane", fields, assemble(xs, ys, cells, basis, points), JSON)
+        p.memo.forget("plane cells", fields)
+        p.memo.forget("plane points", fields)
+        if on_point:
+            on_point(result)
+        return result
 
 
 def plane_report(p, s, plane: dict, grid: int | None = None, margin: float | None = None) -> dict:

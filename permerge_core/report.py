@@ -15,11 +15,15 @@ from .repair import LABEL, REPAIRED, budget
 from .settings import ACTIVATIONS, WEIGHTS
 
 
-def build_report(p, s, stats, matching, vanilla, permuted, batches, masked, repaired=None) -> dict:
+def build_report(p, s, stats, matching, vanilla, permuted, repaired=None) -> dict:
     """The report of pipeline `p` under settings `s`, from its computed stages (`stats` is
     None under weight matching, which reads no matching text). `repaired`, the REPAIR-corrected
-    permuted curve, adds its curve and barrier under `permuted_repair` (only when computed)."""
+    permuted curve, adds its curve and barrier under `permuted_repair` (only when computed).
+    What the evaluation was, and any curves besides loss and accuracy, the pipeline's
+    objective says (objectives.py)."""
     loss = lambda curve: [pt["loss"] for pt in curve]  # noqa: E731
+    batches = p.eval_set(s)
+    sequences = p.objective.sequences(batches)
     report = {
         "format": "permerge-report/1",
         "models": {"a": p.a.describe(), "b": p.b.describe()},
@@ -29,15 +33,10 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked, repa
                 {"path": p.match_path, "tokens": stats.num_tokens, "fingerprint": text_fingerprint(p.match_passages)}
                 if stats is not None else {"path": None, "tokens": 0, "note": "weight matching reads no matching text"}
             ),
-            "eval": {"path": p.eval_path, "tokens": getattr(batches, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
+            # (a classifier's labelled batches count examples, not tokens)
+            "eval": {"path": p.eval_path, "tokens": getattr(sequences, "num_tokens", None), "fingerprint": text_fingerprint(p.eval_passages)},
         },
-        "eval": (
-            {"num_predictions": int(sum(int(b.positions.sum()) for b in masked)), "mask_seed": s.mask_seed,
-             "loss": p.a.head.prediction.loss, "predicted": p.a.head.prediction.predicted, "sequences": batches.num_sequences,
-             "packing": s.eval_packing if p.packing_applies else "blocks"}  # (decoders always read packed blocks)
-            if masked is not None
-            else {"num_predictions": batches.num_examples, "task": asdict(p.task), "label_names": p.labelled.label_names}
-        ),
+        "eval": p.objective.report_eval(s, batches),
         # The matcher applied (`both` applies the activation matching; its comparison is added by the pipeline).
         "matching": {"matcher": WEIGHTS if s.matcher == WEIGHTS else ACTIVATIONS, **matching.info},
         "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
@@ -56,7 +55,7 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked, repa
         "function_preserving": matching.function_preserving,
         "max_abs_logit_diff": p.equivalence(s),
         "matched_correlation": matched_statistics(stats, matching) if stats is not None else None,
-        "notes": list(p.notes) + (list(stats.notes) if stats is not None else []) + list(batches.notes) + list(p.cache.events),
+        "notes": list(p.notes) + (list(stats.notes) if stats is not None else []) + list(sequences.notes) + list(p.cache.events),
     }
     if repaired is not None:
         report["curves"][REPAIRED] = [[pt["lambda"], pt["loss"]] for pt in repaired]
@@ -65,11 +64,8 @@ def build_report(p, s, stats, matching, vanilla, permuted, batches, masked, repa
         report["repair"] = {"label": LABEL, "statistics": "matching text", "match_tokens_budget": budget(s.match_tokens),
                             "match_fingerprint": text_fingerprint(p.match_passages),
                             "corrected": "each layer's FFN pre-activation, layer by layer (docs/method.md §11)"}
-    if masked is None:  # a classifier: every task metric along λ
-        names = [k for k in vanilla[0] if k not in ("lambda", "loss")]
-        paths = (("vanilla", vanilla), ("permuted", permuted)) + (((REPAIRED, repaired),) if repaired is not None else ())
-        report["metric_curves"] = {which: {m: [[pt["lambda"], pt[m]] for pt in curve] for m in names} for which, curve in paths}
-        report["endpoint_loss"].update({"b_prime": permuted[0]["loss"]})
+    paths = (("vanilla", vanilla), ("permuted", permuted)) + (((REPAIRED, repaired),) if repaired is not None else ())
+    report.update(p.objective.report_curves(paths))  # a classifier: every task metric along λ
     return report
 
 

@@ -19,7 +19,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from fixtures import random_model, random_text, save_model
-from permerge_core import AlignSettings, Pipeline, views
+from permerge_app import views
+from permerge_core import AlignSettings, Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDAS = 5
@@ -441,21 +442,6 @@ def test_about_page_explains_with_formulas_and_links(world):
     assert len(at.get("page_link")) >= 5
 
 
-def test_views_block_average_and_alignment():
-    rng = np.random.default_rng(0)
-    m = rng.uniform(-1, 1, (300, 300))
-    bv = views.block_average(m, 96)
-    assert bv.block == 4 and bv.values.shape == (75, 75)
-    assert bv.values[0, 0] == pytest.approx(m[:4, :4].mean()) and bv.values[-1, -1] == pytest.approx(m[-4:, -4:].mean())
-    odd = views.block_average(rng.uniform(-1, 1, (10, 10)), 4)  # 3×3-blocks, a smaller last block
-    assert odd.values.shape == (4, 4) and odd.row_labels[-1] == "9"
-    perm = rng.permutation(300)
-    diag, matched = views.matched_pair(m, perm)
-    assert np.allclose(np.diag(views.aligned(m, perm)), matched) and np.allclose(diag, np.diag(m))
-    rows, cols = views.zoom_window(300, 300, 290, 0, 64)
-    assert (rows.start, rows.stop, cols.start) == (236, 300, 0)
-
-
 def test_repair_setting_adds_a_third_curve_and_export_corrects_only_when_ticked(world, tmp_path):
     at = goto(app(world, repair=True), "4_loss_path")
     no_crash(at)
@@ -478,18 +464,6 @@ def test_repair_setting_adds_a_third_curve_and_export_corrects_only_when_ticked(
     next(b for b in at.button if b.label == "Save merged model").click().run()
     no_crash(at)
     assert json.loads((target / "permerge_merge.json").read_text())["repair"]["tokens"] == 1500
-
-
-def test_views_cli_command_round_trips_through_the_cli_parser():
-    from permerge_core.cli import build_parser
-
-    s = AlignSettings(match_tokens=4096, ffn=False, attention="monotonic", residual="sep", absolute=True, lambdas=11, mask_seed=3)
-    command = views.cli_command("/m/a b", "org/model", s, match_data="/d/m.txt", save_merged="/o", merge_lambda=0.25)
-    args = build_parser().parse_args(shlex.split(command)[3:])
-    rebuilt = AlignSettings(match_tokens=args.match_tokens, eval_tokens=args.eval_tokens, batch_size=args.batch_size, ffn=args.ffn,
-                            attention=args.attention, residual=args.residual, absolute=args.absolute, drop_special=args.drop_special,
-                            lambdas=args.lambdas, mask_seed=args.mask_seed, device=args.device)
-    assert rebuilt == s and args.model_a == "/m/a b" and args.merge_lambda == 0.25 and args.eval_data is None
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,7 @@ def test_the_setting_lists_what_the_data_module_packs():
 def test_packing_is_part_of_the_evaluation_key_and_masks_are_drawn_once(tiny_pair, monkeypatch):
     drawn = []
     real = data.prediction_batches
-    monkeypatch.setattr("permerge_core.pipeline.prediction_batches", lambda *a, **k: drawn.append(1) or real(*a, **k))
+    monkeypatch.setattr("permerge_core.objectives.prediction_batches", lambda *a, **k: drawn.append(1) or real(*a, **k))
     p = Pipeline(tiny_pair["a"], tiny_pair["b"], match_data=tiny_pair["text"], eval_data=tiny_pair["text"], cache_dir=None)
     blocks, lines = SMALL, replace(SMALL, eval_packing="lines")
     assert p.curve_fields(blocks, "vanilla") != p.curve_fields(lines, "vanilla")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from permerge_core import AlignSettings, Pipeline, views
+from permerge_core import AlignSettings, Pipeline
 from permerge_core.errors import DataError, SettingsError
 from permerge_core.settings import TaskSpec
 from permerge_core.tasks import f1_binary, load_labelled, matthews, pearson, accuracy
@@ -125,14 +125,14 @@ def test_only_an_evaluation_file_means_matching_on_its_texts(classifier_pair):
     p = Pipeline(a, b, eval_data=data, cache_dir=None, task=TaskSpec("sentence", "label"))
     assert p.match_path == str(data)
     assert any("evaluation file's input texts" in n for n in p.notes)
-    assert p.match_passages[0] == p.labelled.texts[0]
+    assert p.match_passages[0] == p.objective.data.texts[0]
 
 
 def test_bundled_classifiers_come_with_their_task(classifier_pair, tmp_path, monkeypatch):
     """A pair under assets/classifiers needs no data arguments: its task's files are used."""
     import shutil
 
-    from permerge_core import checkpoints, pipeline
+    from permerge_core import checkpoints, objectives
 
     a, b, _ = classifier_pair
     bundled, task = tmp_path / "classifiers", tmp_path / "task"
@@ -143,26 +143,11 @@ def test_bundled_classifiers_come_with_their_task(classifier_pair, tmp_path, mon
     for src, name in ((a, "s0"), (b, "s1")):
         shutil.copytree(src, bundled / name)
     monkeypatch.setattr(checkpoints, "BUNDLED_CLASSIFIERS", bundled)
-    monkeypatch.setattr(pipeline, "BUNDLED_TASK", task)
+    monkeypatch.setattr(objectives, "BUNDLED_TASK", task)
     assert checkpoints.bundled_classifiers() == [bundled / "s0", bundled / "s1"]
     p = Pipeline(str(bundled / "s0"), str(bundled / "s1"), cache_dir=None)
     assert (p.eval_path, p.match_path) == (str(task / "eval.tsv"), str(task / "train.tsv"))
-    assert len(p.labelled.texts) == 40 and p.task.text_column == "text"
-
-
-def test_label_balance_and_majority_baseline(classifier_pair):
-    data = load_labelled(classifier_pair[2], "sentence", "label")
-    rows = views.label_balance(data)
-    assert [r["label"] for r in rows] == ["neg", "pos"]
-    assert sum(r["examples"] for r in rows) == 80
-    assert views.majority_baseline(data) == max(r["examples"] for r in rows) / 80 >= 0.5
-
-
-def test_curves_csv_carries_every_task_metric():
-    curves = {"vanilla": [{"lambda": 0.0, "loss": 0.5, "accuracy": 0.75, "f1": 0.5, "mcc": 0.25}]}
-    lines = views.curves_csv(curves).splitlines()
-    assert lines[0] == "curve,lambda,loss,accuracy,f1,mcc"
-    assert lines[1] == "vanilla,0,0.500000,0.750000,0.500000,0.250000"
+    assert len(p.objective.data.texts) == 40 and p.objective.task.text_column == "text"
 
 
 def test_glue_by_name_needs_the_hub_and_says_so_offline(monkeypatch):

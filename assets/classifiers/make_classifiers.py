@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from permerge_core import AlignSettings, Pipeline, views  # noqa: E402
+from permerge_app import views  # noqa: E402
+from permerge_core import AlignSettings, Pipeline  # noqa: E402
 from permerge_core.evaluation import barrier  # noqa: E402
 from permerge_core.training import FinetuneConfig, finetune  # noqa: E402
 
@@ -70,11 +71,12 @@ def measure(folders: list[Path]) -> dict:
     pipeline = Pipeline(str(a), str(b), cache_dir=None)  # bundled classifiers: the task's files by default
     started = time.time()
     vanilla = pipeline.curve(settings, "vanilla")
+    data = pipeline.objective.data  # the task's labelled evaluation examples
     card = {
         "settings": asdict(settings),
         "task": {"train": str(TASK.relative_to(ROOT) / "train.tsv"), "eval": str(TASK.relative_to(ROOT) / "eval.tsv"),
-                 "eval_examples": len(pipeline.labelled.texts), "label_names": pipeline.labelled.label_names,
-                 "majority_baseline": views.majority_baseline(pipeline.labelled), "balance": views.label_balance(pipeline.labelled)},
+                 "eval_examples": len(data.texts), "label_names": data.label_names,
+                 "majority_baseline": views.majority_baseline(data), "balance": views.label_balance(data)},
         "models": {},
         "pair": {"vanilla": {"barrier": barrier([p["loss"] for p in vanilla]), "curve": vanilla}},
     }

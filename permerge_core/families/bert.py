@@ -57,7 +57,7 @@ def mlm_transform(prefix: str, norm_prefix: str) -> tuple[Touch, ...]:
     The decoder is tied to the word embeddings, whose columns the residual permutation has
     already moved. Permuting the transform's output (dense rows, bias, LayerNorm) by the same
     permutation makes the tied decoder line up, so B' computes exactly B's function. (The
-    authors' code restores the decoder in the wrong direction instead; see docs/method.md §4.)
+    authors' code restores the decoder in the wrong direction instead; see docs/method.md §5.)
     """
     return (
         Touch(f"{prefix}.weight", 1, FINAL),

@@ -1,10 +1,12 @@
-"""What the app shows, computed without the app: pure Python over the pipeline's results.
+"""What the app shows, computed without Streamlit: pure Python over the pipeline's results.
 
 Every function here turns results of `Pipeline` stages (statistics, matchings, curves) into
 the small, display-ready values a page needs: a block-averaged overview of a large
 correlation matrix, a matrix with B's columns in A's order, edge lists of head graphs,
-barrier tables, the CLI command that reproduces a view. Nothing here imports streamlit or
-plotly, so all of it can be tested (and reused by scripts) on its own.
+barrier tables, status lines. It sits beside the app, above the core: `permerge_core` never
+imports it. Nothing here imports streamlit or plotly, so all of it can be tested on its own.
+What leaves the app as files (the merged model, permutations, report files) is the core's
+`export.py`; the command line that reproduces a view is `cli.command_line`.
 
 Conventions are the core's: `perm[i] = j` means A's unit i is matched with B's unit j, so
 B′ = B reindexed by perm, and "aligned" correlation matrices are `corr[:, perm]`, whose
@@ -14,24 +16,22 @@ diagonal holds the matched correlations.
 from __future__ import annotations
 
 import math
-import shlex
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
-from .evaluation import barrier
-from .matching import HeadMatching, Matching, match_heads, matched_statistics
-from .modes import APP_VARIANTS
-from .modes import is_function_preserving, non_preserving
+from permerge_core.evaluation import barrier
+from permerge_core.matching import HeadMatching, Matching, match_heads, matched_statistics
+from permerge_core.modes import APP_VARIANTS, is_function_preserving, non_preserving
+from permerge_core.objectives import METRIC_LABELS
 
 __all__ = [
     "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
-    "barrier_rows", "curves_csv", "variant_settings", "cli_command", "seed_matrix", "known_pair_barriers",
-    "pair_indices", "stage_status", "status_line", "endpoint_losses", "source_signature",
-    "describe_rows", "equivalence_text", "monotonic_comparison", "permutations_payload", "report_files", "short_names", "merged_zip", "pair_barriers",
+    "barrier_rows", "curves_csv", "variant_settings", "known_pair_barriers",
+    "status_line", "endpoint_losses", "label_balance", "majority_baseline",
+    "describe_rows", "equivalence_text", "monotonic_comparison", "pair_barriers",
     "ablation_table", "comparison_rows", "head_assignment_rows",
 ]
 
@@ -270,9 +270,6 @@ def barrier_rows(curves: dict[str, list[dict]], preserving: dict[str, bool] | No
     return rows
 
 
-METRIC_LABELS = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation", "pearson": "Pearson correlation"}
-
-
 def metric_names(curves: dict[str, list[dict]]) -> list[str]:
     """The metrics the curves carry besides loss, in a stable order (accuracy first)."""
     found = {k for points in curves.values() for p in points for k in p if k not in ("lambda", "loss")}
@@ -294,127 +291,7 @@ def _csv_field(text: str) -> str:
     return f'"{text}"' if any(c in text for c in ',"\n') else text
 
 
-# ---- reproducing a view -------------------------------------------------------------------
-
-def cli_command(
-    model_a: str,
-    model_b: str,
-    settings,
-    tokenizer: str | None = None,
-    match_data: str | None = None,
-    eval_data: str | None = None,
-    out: str | None = None,
-    save_merged: str | None = None,
-    merge_lambda: float | None = None,
-    merge_repair: bool = False,
-    cache_dir: str | None = None,
-    python: str = "python",
-    task=None,
-) -> str:
-    """The `python -m permerge_core align` command that computes exactly this view.
-
-    Settings marked `always_in_command` (merge settings, the λ grid) are always spelled out;
-    data, token budgets and the other settings only where they differ from the defaults.
-    """
-    from .settings import SETTINGS
-
-    args = [python, "-m", "permerge_core", "align", "--model-a", str(model_a), "--model-b", str(model_b)]
-    if tokenizer:
-        args += ["--tokenizer", str(tokenizer)]
-    if match_data:
-        args += ["--match-data", str(match_data)]
-    if eval_data:
-        args += ["--eval-data", str(eval_data)]
-    if task is not None:  # classifiers: which columns of the labelled file
-        args += ["--text-column", task.text_column, "--label-column", task.label_column]
-        if task.pair_column:
-            args += ["--pair-column", task.pair_column]
-        if task.regression:
-            args.append("--regression")
-    for spec in SETTINGS:
-        value = getattr(settings, spec.name)
-        if value == spec.default and not spec.always_in_command:
-            continue
-        if spec.type is bool:
-            args.append(spec.flag if value else f"--no-{spec.flag[2:]}")
-        else:
-            args += [spec.flag, str(value)]
-    if cache_dir:
-        args += ["--cache-dir", str(cache_dir)]
-    if out:
-        args += ["--out", str(out)]
-    if save_merged:
-        args += ["--save-merged", str(save_merged), "--merge-lambda", f"{merge_lambda if merge_lambda is not None else 0.5:g}"]
-        if merge_repair:
-            args.append("--merge-repair")
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def permutations_payload(matching: Matching) -> dict:
-    """Every permutation and head assignment of a matching, as plain JSON-able lists
-    (`perm[i] = j`: A's unit i ↔ B's unit j), the same fields as report.json's."""
-    return {
-        "format": "permerge-permutations/1",
-        "convention": "perm[i] = j means A's unit i is matched with B's unit j; B' = B reindexed by perm",
-        "settings": dict(matching.settings),
-        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
-        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
-        "head_cost": {f"layer.{i}": np.asarray(h.cost).tolist() for i, h in matching.heads.items()},
-        "function_preserving": matching.function_preserving,
-    }
-
-
-def report_files(report: dict) -> dict[str, str]:
-    """report.json and curve.csv exactly as `permerge_core align` writes them (via write_outputs)."""
-    import tempfile
-
-    from .report import write_outputs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_outputs(report, tmp)
-        return {name: (Path(tmp) / name).read_text() for name in ("report.json", "curve.csv")}
-
-
-def merged_zip(pipeline, settings, lam: float, repair: bool = False) -> bytes:
-    """θ(lam) (REPAIR-corrected with `repair`) saved by `Pipeline.save_merged` into a temporary
-    folder, returned as zip bytes (one top folder `permerge-merged-lambda-<lam>/`, loadable
-    after unzipping)."""
-    import io
-    import tempfile
-    import zipfile
-
-    top = f"permerge-merged-lambda-{lam:g}"
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = pipeline.save_merged(settings, lam, Path(tmp) / "merged", repair=repair)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(folder.rglob("*")):
-                if file.is_file():
-                    archive.write(file, f"{top}/{file.relative_to(folder)}")
-    return buffer.getvalue()
-
-
 # ---- seeds ----------------------------------------------------------------------------------
-
-def pair_indices(n: int) -> list[tuple[int, int]]:
-    """Every unordered pair (i, j), i < j, in row order: the cells a seed matrix computes."""
-    return [(i, j) for i in range(n) for j in range(i + 1, n)]
-
-
-def seed_matrix(n: int, results: dict[tuple[int, int], dict], which: str) -> list[list[float | None]]:
-    """n×n barriers of `which` ('vanilla'|'permuted'); cell (i, j), i<j, is A=i, B=j; None elsewhere.
-
-    Only the upper triangle is computed (B is aligned to A, so (j, i) is a different, if
-    similar, number); the diagonal is 0 by definition (a model against itself).
-    """
-    out: list[list[float | None]] = [[None] * n for _ in range(n)]
-    for i in range(n):
-        out[i][i] = 0.0
-    for (i, j), r in results.items():
-        if r.get(which) is not None:
-            out[i][j] = r[which]
-    return out
-
 
 def pair_barriers(pipeline, settings) -> dict[str, float]:
     """Vanilla and permuted barriers (nats) of one pair: one cell of each seed matrix."""
@@ -431,11 +308,6 @@ def known_pair_barriers(pipeline, settings) -> dict[str, float] | None:
 
 
 # ---- status -----------------------------------------------------------------------------------
-
-def stage_status(pipeline, settings) -> dict[str, str]:
-    """Where each stage stands (see `Pipeline.stage_status`)."""
-    return pipeline.stage_status(settings)
-
 
 _SYMBOL = {"computed": "✓", "cached": "⛁", "stale": "↻", "missing": "○"}
 
@@ -485,41 +357,6 @@ def label_balance(data) -> list[dict]:
 def majority_baseline(data) -> float:
     """Accuracy of always predicting the most frequent label."""
     return max(row["examples"] for row in label_balance(data)) / len(data.labels)
-
-
-def source_signature(source: str | None) -> str:
-    """A string that changes whenever a local checkpoint folder's (or file's) content may
-    have changed: names, sizes and modification times. A hub id is its own signature.
-    Keys the app's caches, so a model re-saved under the same path is never served stale."""
-    if not source:
-        return ""
-    path = Path(source).expanduser()
-    if path.is_file():
-        st = path.stat()
-        return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    if not path.is_dir():
-        return str(source)
-    parts = [str(path.resolve())]
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return "|".join(parts)
-
-
-def short_names(sources: list[str]) -> list[str]:
-    """Shortest unique names for checkpoints: the last path part, with as many parent parts
-    as it takes to tell equal names apart ('seed-0', or 'runs/a/model' vs 'runs/b/model')."""
-    parts = [Path(str(src).rstrip("/")).parts or (str(src),) for src in sources]
-    depth = [1] * len(parts)
-    while True:
-        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        clashes = {n for n in names if names.count(n) > 1}
-        grow = [i for i, n in enumerate(names) if n in clashes and depth[i] < len(parts[i])]
-        if not grow:
-            return names
-        for i in grow:
-            depth[i] += 1
 
 
 DESCRIBE_FIELDS = [

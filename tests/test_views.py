@@ -1,0 +1,39 @@
+"""The app's display computations (permerge_app/views.py), without Streamlit: correlation
+overviews, label balance, the curves' CSV."""
+
+import numpy as np
+import pytest
+
+from permerge_app import views
+from permerge_core.tasks import load_labelled
+from test_tasks import _labelled_file
+
+
+def test_views_block_average_and_alignment():
+    rng = np.random.default_rng(0)
+    m = rng.uniform(-1, 1, (300, 300))
+    bv = views.block_average(m, 96)
+    assert bv.block == 4 and bv.values.shape == (75, 75)
+    assert bv.values[0, 0] == pytest.approx(m[:4, :4].mean()) and bv.values[-1, -1] == pytest.approx(m[-4:, -4:].mean())
+    odd = views.block_average(rng.uniform(-1, 1, (10, 10)), 4)  # 3×3-blocks, a smaller last block
+    assert odd.values.shape == (4, 4) and odd.row_labels[-1] == "9"
+    perm = rng.permutation(300)
+    diag, matched = views.matched_pair(m, perm)
+    assert np.allclose(np.diag(views.aligned(m, perm)), matched) and np.allclose(diag, np.diag(m))
+    rows, cols = views.zoom_window(300, 300, 290, 0, 64)
+    assert (rows.start, rows.stop, cols.start) == (236, 300, 0)
+
+
+def test_label_balance_and_majority_baseline(tmp_path):
+    data = load_labelled(_labelled_file(tmp_path / "task.tsv"), "sentence", "label")  # test_tasks' classifier_pair file
+    rows = views.label_balance(data)
+    assert [r["label"] for r in rows] == ["neg", "pos"]
+    assert sum(r["examples"] for r in rows) == 80
+    assert views.majority_baseline(data) == max(r["examples"] for r in rows) / 80 >= 0.5
+
+
+def test_curves_csv_carries_every_task_metric():
+    curves = {"vanilla": [{"lambda": 0.0, "loss": 0.5, "accuracy": 0.75, "f1": 0.5, "mcc": 0.25}]}
+    lines = views.curves_csv(curves).splitlines()
+    assert lines[0] == "curve,lambda,loss,accuracy,f1,mcc"
+    assert lines[1] == "vanilla,0,0.500000,0.750000,0.500000,0.250000"

@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from permerge_app import charts, ui, views
+from permerge_core import spaces
 from permerge_core.modes import ATTENTION, MATCHERS
 
 ui.page_start()
@@ -55,7 +56,7 @@ j = h1.selectbox("A head", list(range(H)), key=f"heads_a_{layer}")
 default_k = int(heads.assignment[j])
 k = h2.selectbox("B head", list(range(H)), index=default_k, key=f"heads_b_{layer}_{j}",
                  format_func=lambda x: f"{x} (assigned)" if x == default_k else str(x))
-block = views.head_block(stats.spaces[f"layer.{layer}.attention"].correlation(), H, j, k, heads.inner)
+block = views.head_block(stats.spaces[spaces.attention(layer)].correlation(), H, j, k, heads.inner)
 st.plotly_chart(charts.head_block(block, j, k, f"Layer {layer}: A head {j} × B head {k}, {block['dk']}×{block['dk']} features"),
                 key="heads_block")
 moved = int((block["perm"] != np.arange(block["dk"])).sum())

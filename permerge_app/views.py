@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from permerge_core import spaces as sp
 from permerge_core.evaluation import barrier
 from permerge_core.matching import HeadMatching, Matching, match_heads, matched_statistics
 from permerge_core.modes import APP_VARIANTS, is_function_preserving, non_preserving
@@ -116,10 +117,10 @@ def _as_numpy(matrix) -> np.ndarray:
 
 def space_label(name: str, family, num_layers: int) -> str:
     """A reader's name for a space: 'layer 2 FFN', 'residual 1: after layer 0 attention'."""
-    parts = name.split(".")
-    if parts[0] == "layer":
-        return f"layer {parts[1]} {'FFN' if parts[2] == 'ffn' else 'attention'}"
-    node = int(parts[1])
+    parsed = sp.parse(name)
+    if parsed.kind != sp.RESIDUAL:
+        return f"layer {parsed.layer} {'FFN' if parsed.kind == sp.FFN else 'attention'}"
+    node = parsed.node
     nodes = family.residual_layout.nodes(num_layers)
     last = " (last)" if node == len(nodes) - 1 else ""
     return f"residual {node}: {nodes[node][1]}{last}"
@@ -127,15 +128,15 @@ def space_label(name: str, family, num_layers: int) -> str:
 
 def space_options(stats, kind: str) -> list[str]:
     """The space names of one kind ('ffn', 'attention' or 'residual'), in depth order."""
-    if kind == "residual":
+    if kind == sp.RESIDUAL:
         return stats.residual_nodes()
-    return [f"layer.{i}.{kind}" for i in range(stats.num_layers)]
+    return [sp.name_of(kind, i) for i in range(stats.num_layers)]
 
 
 def space_permutation(matching: Matching, space: str) -> np.ndarray:
     """The permutation the matching applies to `space` (identity where nothing is aligned)."""
-    if space.startswith("residual."):
-        return np.asarray(matching.residual_perm(int(space.split(".")[1])))
+    if sp.is_node(space):
+        return np.asarray(matching.residual_perm(sp.parse(space).node))
     return np.asarray(matching.permutations[space])
 
 
@@ -177,7 +178,7 @@ def display_heads(stats, matching: Matching, num_heads: int, layer: int) -> tupl
     memo = matching.__dict__.setdefault("_views_memo", {})
     key = ("display_heads", layer)
     if key not in memo:
-        corr = _as_numpy(stats.spaces[f"layer.{layer}.attention"].correlation())
+        corr = _as_numpy(stats.spaces[sp.attention(layer)].correlation())
         if matching.settings.get("absolute"):
             corr = np.abs(corr)
         memo[key] = match_heads(corr, num_heads)
@@ -420,6 +421,6 @@ def head_assignment_rows(comparison: dict) -> list[dict]:
     rows = []
     for layer, heads in comparison["head_assignment"].items():
         for j, (k_act, k_w) in enumerate(zip(heads["activations"], heads["weights"])):
-            rows.append({"layer": int(layer.split(".")[1]), "A head": j, "B head (activations)": k_act, "B head (weights)": k_w,
+            rows.append({"layer": sp.layer_of(layer), "A head": j, "B head (activations)": k_act, "B head (weights)": k_w,
                          "alike": "✓" if k_act == k_w else "✗"})
     return rows

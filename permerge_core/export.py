@@ -17,7 +17,6 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 
 from . import repair as repair_mod
 from .data import text_fingerprint
@@ -87,9 +86,7 @@ def permutations_payload(matching: Matching) -> dict:
         "format": "permerge-permutations/1",
         "convention": "perm[i] = j means A's unit i is matched with B's unit j; B' = B reindexed by perm",
         "settings": dict(matching.settings),
-        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
-        "head_assignment": {f"layer.{i}": [int(x) for x in h.assignment] for i, h in matching.heads.items()},
-        "head_cost": {f"layer.{i}": np.asarray(h.cost).tolist() for i, h in matching.heads.items()},
+        **matching.as_lists(),
         "function_preserving": matching.function_preserving,
     }
 

@@ -93,6 +93,15 @@ class Matching:
     def function_preserving(self) -> bool:
         return is_function_preserving(self.settings["attention"], self.settings["residual"])
 
+    def as_lists(self) -> dict:
+        """Its permutations, head assignments and head costs as JSON-able lists, as report.json
+        and the permutations export write them."""
+        return {
+            "permutations": {k: [int(x) for x in v] for k, v in self.permutations.items()},
+            "head_assignment": {sp.layer_name(i): [int(x) for x in h.assignment] for i, h in self.heads.items()},
+            "head_cost": {sp.layer_name(i): np.asarray(h.cost).tolist() for i, h in self.heads.items()},
+        }
+
     def residual_perm(self, node: int) -> np.ndarray:
         return self.permutations.get(sp.node(node), self.permutations.get(sp.STREAM))
 

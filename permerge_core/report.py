@@ -7,12 +7,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from . import spaces as sp
 from .data import text_fingerprint
 from .evaluation import barrier
 from .matching import matched_statistics
 from .repair import LABEL, REPAIRED, budget
-from .settings import ACTIVATIONS, WEIGHTS
+from .settings import ACTIVATIONS
 
 
 def build_report(p, s, stats, matching, vanilla, permuted, repaired=None) -> dict:
@@ -38,10 +37,8 @@ def build_report(p, s, stats, matching, vanilla, permuted, repaired=None) -> dic
         },
         "eval": p.objective.report_eval(s, batches),
         # The matcher applied (`both` applies the activation matching; its comparison is added by the pipeline).
-        "matching": {"matcher": WEIGHTS if s.matcher == WEIGHTS else ACTIVATIONS, **matching.info},
-        "permutations": {k: [int(x) for x in v] for k, v in matching.permutations.items()},
-        "head_assignment": {sp.layer_name(i): [int(x) for x in h.assignment] for i, h in matching.heads.items()},
-        "head_cost": {sp.layer_name(i): h.cost.tolist() for i, h in matching.heads.items()},
+        "matching": {"matcher": matching.info.get("matcher", ACTIVATIONS), **matching.info},
+        **matching.as_lists(),
         "curves": {
             "vanilla": [[pt["lambda"], pt["loss"]] for pt in vanilla],
             "permuted": [[pt["lambda"], pt["loss"]] for pt in permuted],

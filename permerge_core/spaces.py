@@ -100,6 +100,14 @@ def layer_name(layer: int) -> str:
     return f"layer.{layer}"
 
 
+def layer_of(key: str) -> int:
+    """The layer of a per-layer table's key (`layer_name`'s inverse)."""
+    found = re.fullmatch(r"layer\.(\d+)", key)
+    if found is None:
+        raise ValueError(f"{key!r} is not a layer key")
+    return int(found[1])
+
+
 _NAME = re.compile(r"^(?:layer\.(?P<layer>\d+)\.(?P<kind>ffn|attention)|residual(?:\.(?P<node>\d+))?)$")
 
 

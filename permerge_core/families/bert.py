@@ -67,6 +67,23 @@ def mlm_transform(prefix: str, norm_prefix: str) -> tuple[Touch, ...]:
     )
 
 
+def mlm_head(model_class: str, dense: str, norm_prefix: str, decoder: str, module: str, detect: tuple[str, ...]) -> Head:
+    """A BERT-style masked-LM head: the transform (`mlm_transform`) and a decoder tied to the
+    word embeddings, whose input columns are the stream's last node."""
+    return Head(kind=MLM, model_class=model_class, residual=(*mlm_transform(dense, norm_prefix), Touch(decoder, 1, FINAL)),
+                mlm_module=module, detect=detect, prediction=MASKED_LM, tied_decoder=True)
+
+
+def base_head(model_class: str) -> Head:
+    """The bare encoder, with the pooler some checkpoints keep (it reads the stream's last node)."""
+    return Head(kind=BASE, model_class=model_class, residual=(Touch("pooler.dense.weight", 1, FINAL, optional=True),))
+
+
+def classifier_head(model_class: str, reads: str) -> Head:
+    """A sequence classifier; `reads` is the first weight that reads the stream's last node."""
+    return Head(kind=CLASSIFICATION, model_class=model_class, residual=(Touch(reads, 1, FINAL),), detect=("classifier",))
+
+
 # What every BERT-style family shares besides its encoder.
 BERT_STYLE = dict(
     encoder=ENCODER,
@@ -81,29 +98,10 @@ FAMILY = Family(
     model_types=("bert",),
     base_prefix="bert.",
     heads={
-        "BertForMaskedLM": Head(
-            kind=MLM,
-            model_class="BertForMaskedLM",
-            residual=(
-                *mlm_transform("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
-                Touch("cls.predictions.decoder.weight", 1, FINAL),
-            ),
-            mlm_module="cls",
-            detect=("cls.predictions",),
-            prediction=MASKED_LM,
-            tied_decoder=True,
-        ),
-        "BertModel": Head(
-            kind=BASE,
-            model_class="BertModel",
-            residual=(Touch("pooler.dense.weight", 1, FINAL, optional=True),),
-        ),
-        "BertForSequenceClassification": Head(
-            kind=CLASSIFICATION,
-            model_class="BertForSequenceClassification",
-            residual=(Touch("bert.pooler.dense.weight", 1, FINAL),),
-            detect=("classifier",),
-        ),
+        "BertForMaskedLM": mlm_head("BertForMaskedLM", "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                                    "cls.predictions.decoder.weight", module="cls", detect=("cls.predictions",)),
+        "BertModel": base_head("BertModel"),
+        "BertForSequenceClassification": classifier_head("BertForSequenceClassification", reads="bert.pooler.dense.weight"),
     },
     aliases={"BertForPreTraining": "BertForMaskedLM", "BertLMHeadModel": "BertForMaskedLM"},
     training=Training(

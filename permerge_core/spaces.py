@@ -14,8 +14,8 @@ layer, or the residual stream. A `Space` carries its name, its width and its gro
   is never admitted and exists to name what the `sep` ablation does;
 - `ORTHOGONAL`: any orthogonal map of the units, where the family allows one (declared as data;
   no mode uses it yet);
-- `fixed`: positions inside each head that must stay where they are (rotary pairs), declared
-  per space.
+- `fixed`: positions inside each head that must stay where they are (rotary pairs), and
+  `kv_groups`: key/value groups that move as wholes (grouped-query attention), declared per space.
 
 A mode says which move it makes (`modes.py`); it keeps the function on a space exactly when the
 space admits that move. Names are formatted and parsed here and nowhere else: `layer.{i}.ffn`,
@@ -59,6 +59,7 @@ class Space:
     layer: int | None = None  # FFN and attention spaces: their layer
     node: int | None = None  # residual nodes: their index in depth order (None: the whole stream)
     heads: int = 1  # the groups its units fall in (attention: heads of `head_dim` units)
+    kv_groups: int | None = None  # grouped-query attention: heads in this many key/value groups (None: one per head)
     fixed: tuple[int, ...] = ()  # unit positions inside each head that must stay in place
     admits: frozenset[str] = frozenset({IDENTITY, PERMUTATION})
 
@@ -69,6 +70,11 @@ class Space:
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
+
+    @property
+    def heads_per_group(self) -> int:
+        """Query heads that share one key/value head (1 without grouped-query attention)."""
+        return self.heads // (self.kv_groups or self.heads)
 
     def allows(self, move: str) -> bool:
         return move in self.admits
@@ -173,7 +179,14 @@ def fits(perm, space: Space, move: str) -> bool:
         return False  # a head was split across heads
     if move == WITHIN_HEADS and not np.array_equal(target[:, 0], np.arange(space.heads)):
         return False
-    return all((blocks[:, f] % space.head_dim == f).all() for f in space.fixed)
+    if not all((blocks[:, f] % space.head_dim == f).all() for f in space.fixed):
+        return False
+    # Grouped-query attention: a key/value group moves as a whole (its query heads land in one
+    # group), and its heads share one order of features (the group's value features).
+    per_group = space.heads_per_group
+    groups = target[:, 0].reshape(-1, per_group) // per_group
+    inside = (blocks % space.head_dim).reshape(-1, per_group, space.head_dim)
+    return bool((groups == groups[:, :1]).all() and (inside == inside[:, :1]).all())
 
 
 def num_layers(spaces: dict[str, Space]) -> int:

@@ -50,6 +50,11 @@ def test_fits_tells_each_move_from_the_others():
     assert not sp.fits([1, 2, 0, 3, 4, 5], space, sp.HEADS)  # head 0 split across heads 0 and 1
     assert sp.fits([1, 2, 0, 3, 4, 5], space, sp.PERMUTATION) and not sp.fits([0, 0, 1, 2, 3, 4], space, sp.PERMUTATION)
     rotary = sp.Space(sp.ATTENTION, 6, layer=0, heads=3, fixed=(0,))
+    grouped = sp.Space(sp.ATTENTION, 8, layer=0, heads=4, kv_groups=2)  # heads 0, 1 share a key/value head; 2, 3 another
+    assert sp.fits([6, 7, 4, 5, 0, 1, 2, 3], grouped, sp.HEADS)  # the groups swapped, and heads inside the first
+    assert not sp.fits([4, 5, 2, 3, 0, 1, 6, 7], grouped, sp.HEADS)  # head 1 ↔ head 2 crosses groups
+    assert not sp.fits([1, 0, 2, 3, 4, 5, 6, 7], grouped, sp.HEADS)  # head 0 reordered, head 1 of its group not
+    assert sp.fits([1, 0, 3, 2, 4, 5, 6, 7], grouped, sp.WITHIN_HEADS)
     assert sp.fits([2, 3, 0, 1, 4, 5], rotary, sp.HEADS) and not sp.fits([1, 0, 2, 3, 4, 5], rotary, sp.WITHIN_HEADS)
 
 

@@ -23,11 +23,13 @@ st.caption(
 p, s = ui.current()
 ss = st.session_state
 # Small defaults: the whole study takes well under a minute on the bundled pair (README).
-for key, value in (("stability_budgets", (256, 2048)), ("stability_resamples", 2), ("stability_lambdas", 5), ("stability_eval_tokens", 4096)):
+for key, value in (("stability_resamples", 2), ("stability_lambdas", 5), ("stability_eval_tokens", 4096)):
     ss.setdefault(key, value)
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
-c1.select_slider("Matching budgets (tokens, doubling)", options=[2**k for k in range(6, 18)], key="stability_budgets",
-                 format_func=lambda b: f"{b:,}", help="From the smallest to the largest budget, doubling.")
+# A range slider needs its default as a pair: keyed in session state alone, it came back from a
+# rerun as one number.
+budgets = c1.select_slider("Matching budgets (tokens, doubling)", options=[2**k for k in range(6, 18)], value=(256, 2048),
+                           key="stability_budgets", format_func=lambda b: f"{b:,}", help="From the smallest to the largest budget, doubling.")
 c2.number_input("Resamples", min_value=1, max_value=8, key="stability_resamples", help="Disjoint slices of the matching text per budget.")
 c3.number_input("λ points", min_value=2, max_value=41, key="stability_lambdas",
                 help="λ grid of the study's loss paths (the sidebar's grid is for the other pages); 5 finds the usual peak at λ = 0.5.")
@@ -37,7 +39,7 @@ study = replace(s, lambdas=int(ss.stability_lambdas), eval_tokens=int(ss.stabili
 if not MATCHERS[s.matcher].reads_text:
     st.info("The sidebar's matcher is weights, which reads no text: this study is of activation matching, the weights "
             "matcher's barrier is its reference line below.", icon=":material/info:")
-low, high = ss.stability_budgets
+low, high = budgets
 with ui.progress():
     result = run_ablation(p, study, doubling(int(low), int(high)), int(ss.stability_resamples))
 rows = result["rows"]

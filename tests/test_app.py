@@ -433,6 +433,26 @@ def test_stability_page_draws_the_ablation_and_compares_the_matchers(world):
     assert {b.proto.label for b in at.get("download_button")} >= {"Download ablation.json", "Download ablation.csv"}
 
 
+def test_stability_page_survives_each_of_its_controls(world):
+    """Every control of the page changed once, each followed by a rerun: the budget range stays
+    a range (a slider keyed in session state without a value pair came back as one number)."""
+    study = dict(stability_resamples=1, stability_lambdas=3, stability_eval_tokens=500)
+    at = goto(app(world, **study), "9_stability")
+    no_crash(at)
+    assert at.select_slider(key="stability_budgets").value == (256, 2048)
+    for change in (lambda: at.toggle(key="stability_compare").set_value(True),
+                   lambda: at.number_input(key="stability_resamples").set_value(2),
+                   lambda: at.number_input(key="stability_lambdas").set_value(2),
+                   lambda: at.number_input(key="stability_eval_tokens").set_value(400),
+                   lambda: at.select_slider(key="stability_budgets").set_value((64, 128))):
+        change()
+        at.run()
+        no_crash(at)
+    assert at.select_slider(key="stability_budgets").value == (64, 128)
+    barrier = charts(at)["stability_barrier"]["data"]
+    assert arr(next(t for t in barrier if t["name"].startswith("permuted"))["x"]).tolist() == [64, 128]
+
+
 def test_about_page_explains_with_formulas_and_links(world):
     at = goto(app(world), "7_about")
     no_crash(at)

@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from permerge_app import charts, ui, views
+from permerge_core import spaces
 
 ui.page_start()
 st.title("Correlations")
@@ -16,7 +17,7 @@ p, s = ui.current()
 stats, matching = ui.statistics_and_matching(p, s)
 L = stats.num_layers
 
-KINDS = {"ffn": "FFN units", "attention": "attention features", "residual": "residual stream"}
+KINDS = {spaces.FFN: "FFN units", spaces.ATTENTION: "attention features", spaces.RESIDUAL: "residual stream"}
 c1, c2 = st.columns([1, 2])
 kind = c1.radio("Space", list(KINDS), format_func=KINDS.get, key="corr_kind", horizontal=True)
 space = c2.selectbox("Layer / node", views.space_options(stats, kind), format_func=lambda n: views.space_label(n, p.a.family, L), key=f"corr_space_{kind}")
@@ -25,9 +26,9 @@ corr = stats.spaces[space].correlation()
 perm = views.space_permutation(matching, space)
 d = int(corr.shape[0])
 label = views.space_label(space, p.a.family, L)
-unit = "feature" if kind != "ffn" else "unit"
+unit = "feature" if kind != spaces.FFN else "unit"
 if np.array_equal(perm, np.arange(d)):
-    component = {"ffn": "FFN alignment", "attention": "Attention alignment", "residual": "Residual alignment"}[kind]
+    component = {spaces.FFN: "FFN alignment", spaces.ATTENTION: "Attention alignment", spaces.RESIDUAL: "Residual alignment"}[kind]
     st.info(f"{component} is off in the current settings (or found the identity): 'after' equals 'before'.", icon=":material/info:")
 
 before_view = views.block_average(corr, 96)
@@ -75,6 +76,7 @@ with h1:
     st.plotly_chart(charts.matched_histogram(diagonal, matched, f"{label}: partners' correlation"), key="corr_hist")
 with h2:
     rows = views.per_layer_matched(stats, matching, kind, p.a.family)
-    x_title = "residual node (0 = embeddings, 2i+1 after layer i attention, 2i+2 after its FFN)" if kind == "residual" else "layer"
-    st.plotly_chart(charts.per_layer_line(rows, f"Mean matched correlation per {'node' if kind == 'residual' else 'layer'}: {KINDS[kind]}", x_title),
+    nodes = p.a.family.residual_layout.nodes(L)
+    x_title = f"residual node, in depth order (0: {nodes[0][1]}; 1: {nodes[1][1]})" if kind == spaces.RESIDUAL else "layer"
+    st.plotly_chart(charts.per_layer_line(rows, f"Mean matched correlation per {'node' if kind == spaces.RESIDUAL else 'layer'}: {KINDS[kind]}", x_title),
                     key="corr_layers")

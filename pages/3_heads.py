@@ -19,15 +19,17 @@ stats, matching = ui.statistics_and_matching(p, s)
 L, H = stats.num_layers, p.a.num_heads
 
 mode = ATTENTION[s.attention]
-if mode.heads_note:
-    st.info(mode.heads_note, icon=":material/info:")
+layer = st.selectbox("Layer", list(range(L)), key="heads_layer", format_func=lambda i: f"layer {i}")
+heads, applied = views.display_heads(stats, matching, H, layer)
+if mode.heads_note or not applied:
+    note = mode.heads_note or (f"Attention mode '{mode.name}' applied no head matching to this layer. The figures show what "
+                               "Head-Perm would choose (computed for display, not applied to B′).")
+    st.info(note, icon=":material/info:")
 if not MATCHERS[s.matcher].reads_text:
     st.info("Matcher 'weights': the cost matrix and the assignments below come from the weights (each pair's cost is its "
             "summed matched inner products), not from correlations; the head-pair block shows activation correlations.",
             icon=":material/info:")
 
-layer = st.selectbox("Layer", list(range(L)), key="heads_layer", format_func=lambda i: f"layer {i}")
-heads, applied = views.display_heads(stats, matching, H, layer)
 edges = views.head_edges(heads)
 c1, c2 = st.columns(2)
 with c1:

@@ -12,6 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from permerge_core import spaces
+
 CORR_SCALE = dict(colorscale="RdBu", cmin=-1.0, cmax=1.0, cmid=0.0)
 # Series colours: an orange/blue pair that stays distinct in light and dark themes and for
 # the common colour-vision deficiencies; extra curves take the rest of the qualitative set.
@@ -430,7 +432,7 @@ def head_agreement_heatmap(rows: list[dict], title: str) -> go.Figure:
     budgets = [f"{r['budget']:,}" for r in rows]
     z = np.array([[r["head_agreement"][layer] for r in rows] for layer in layers])
     fig = go.Figure(go.Heatmap(
-        z=z, x=budgets, y=[layer.replace(".", " ") for layer in layers], zmin=0.0, zmax=1.0, colorscale="Viridis",
+        z=z, x=budgets, y=[f"layer {spaces.layer_of(layer)}" for layer in layers], zmin=0.0, zmax=1.0, colorscale="Viridis",
         texttemplate="%{z:.0%}", colorbar=dict(title=dict(text="heads alike"), tickformat=".0%"), name="head agreement",
         hovertemplate="%{y}, %{x} tokens<br>%{z:.0%} of heads assigned as by the largest budget<extra></extra>",
     ))

@@ -412,7 +412,7 @@ def ablation_table(result: dict) -> list[dict]:
 def comparison_rows(comparison: dict, family, num_layers: int) -> list[dict]:
     """Per space: the fraction of A's units the activation and the weight matching pair with
     the same B unit (`comparison.compare_matchers`)."""
-    return [{"space": space_label(space, family, num_layers) if space != "residual" else "residual stream", "units alike": value}
+    return [{"space": space_label(space, family, num_layers) if space != sp.STREAM else "residual stream", "units alike": value}
             for space, value in comparison["agreement"].items()]
 
 

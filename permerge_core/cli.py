@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import PermergeError, SettingsError
+from .settings import WEIGHTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     tdef = TrainConfig(seed=0, out="")
     train.add_argument("--seed", type=int, required=True)
     train.add_argument("--out", required=True)
-    train.add_argument("--family", choices=list(OBJECTIVES), default=tdef.family, help="bert: masked LM; gpt2: causal decoder")
+    train.add_argument("--family", choices=list(OBJECTIVES), default=tdef.family,
+                       help="; ".join(f"{name}: {objective.summary}" for name, objective in OBJECTIVES.items()))
     for name in ("layers", "hidden", "heads", "ffn", "steps", "batch_size", "warmup", "max_length", "eval_every", "save_every", "eval_tokens"):
         train.add_argument(f"--{name.replace('_', '-')}", type=_positive_int, default=getattr(tdef, name))
     train.add_argument("--lr", type=float, default=tdef.lr)
@@ -478,7 +480,7 @@ def _matching_lines(report: dict) -> list[str]:
     """What the matcher did (weights: sweeps, objective, time) and, for `both`, how the two agree."""
     lines = []
     info = report.get("matching", {})
-    if info.get("matcher") == "weights":
+    if info.get("matcher") == WEIGHTS:
         lines.append(_weights_line(info))
     comparison = report.get("comparison")
     if comparison:

@@ -31,6 +31,9 @@ class Inputs:
     tokenizer: str | None = None  # a tokenizer folder, where A's folder has none
     match_data: str | None = None  # the matching text (None: bundled; classifiers: the evaluation file's texts)
     eval_data: str | None = None  # the evaluation text or labelled file (None: bundled)
-    task: TaskSpec | None = TaskSpec()  # the labelled file's columns, used where the pair are classifiers
+    # The columns of a labelled file (CSV, TSV, JSON Lines or a GLUE name): a classifier's
+    # evaluation data, and for any pair the matching text's input column where the matching file
+    # is such a file (plain text files are read line by line whatever this says).
+    task: TaskSpec | None = TaskSpec()
     cache_dir: str | None = field(default_factory=cache_folder)
     device: str = "cpu"  # where the checkpoints are loaded (the settings' device is where stages run)

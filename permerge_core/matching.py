@@ -16,6 +16,7 @@ import torch
 
 from . import spaces as sp
 from .modes import ATTENTION, RESIDUAL, Problem, Solution, is_function_preserving, solve_permutation
+from .settings import ACTIVATIONS
 
 __all__ = ["HeadMatching", "Matching", "compute_matching", "is_function_preserving"]
 
@@ -107,8 +108,9 @@ class Matching:
 
 
 def merge_settings(settings) -> dict:
-    """The merge components a Matching records (what its permutations depend on besides the data)."""
-    return {"ffn": settings.ffn, "attention": settings.attention, "residual": settings.residual, "absolute": settings.absolute}
+    """The merge settings a Matching records (what its permutations depend on besides the data):
+    every merge setting but the matcher, which `Matching.info` names."""
+    return {k: v for k, v in settings.merge_fields().items() if k != "matcher"}
 
 
 def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
@@ -122,14 +124,18 @@ def compute_matching(stats, spaces: dict[str, sp.Space], settings) -> Matching:
     identity where a component is off. `spaces` are the model's (Checkpoint.spaces): they carry
     each space's heads and what it admits."""
     attention, residual, absolute = ATTENTION[settings.attention], RESIDUAL[settings.residual], settings.absolute
-    # Every assignment is a pure function of the statistics, so it is remembered per
-    # Statistics object (a change of merge settings re-solves only what it changes), and the
+    if residual.move not in (sp.IDENTITY, sp.PER_NODE) and residual.score is None:
+        raise ValueError(f"residual mode {residual.name!r} makes one permutation for the stream but names no correlation to solve it on")
+    # Every assignment is a pure function of the statistics and the merge settings other than
+    # the modes (the modes' solvers name what they compute in their memo keys), so it is
+    # remembered per Statistics object: a change of mode re-solves only what it changes. The
     # independent ones run in parallel: scipy's solver releases the GIL.
     memo = stats.__dict__.setdefault("_assignments", {})
+    solver_settings = tuple((k, v) for k, v in merge_settings(settings).items() if k not in ("ffn", "attention", "residual"))
 
     def problem(name: str, space: sp.Space) -> Problem:
         return Problem(space, lambda: _score(stats.spaces[name].correlation(), absolute),
-                       cached=lambda key, compute: _remember(memo, (key, name, absolute), compute))
+                       cached=lambda key, compute: _remember(memo, (key, name, solver_settings), compute))
 
     jobs: dict[str, Callable[[], Solution]] = {}
     for name, space in spaces.items():
@@ -145,7 +151,7 @@ def compute_matching(stats, spaces: dict[str, sp.Space], settings) -> Matching:
             score = _score(residual.score(stats), absolute)
             return score, residual.solve(Problem(stream, lambda: score))
 
-        jobs[sp.STREAM] = lambda: _remember(memo, ("residual", settings.residual, absolute), solve_stream)[1]
+        jobs[sp.STREAM] = lambda: _remember(memo, ("residual", settings.residual, solver_settings), solve_stream)[1]
     solved = _solve(jobs)
 
     perms: dict[str, np.ndarray] = {}
@@ -159,11 +165,11 @@ def compute_matching(stats, spaces: dict[str, sp.Space], settings) -> Matching:
             perms[name] = solved[name].perm.copy()
     score = None
     if residual.score is not None:
-        score = memo[("residual", settings.residual, absolute)][0]
+        score = memo[("residual", settings.residual, solver_settings)][0]
         perms[sp.STREAM] = solved[sp.STREAM].perm.copy()
     elif residual.move != sp.PER_NODE:
         perms[sp.STREAM] = identity(stream.width)
-    return Matching(perms, heads, merge_settings(settings), score, {"matcher": "activations"})
+    return Matching(perms, heads, merge_settings(settings), score, {"matcher": ACTIVATIONS})
 
 
 def _remember(memo: dict, key: tuple, compute: Callable[[], object]):

@@ -25,8 +25,11 @@ from . import spaces as sp
 @dataclass
 class Problem:
     """One space to solve: the space, its score matrix (computed on demand, [A units, B units],
-    higher is better) and `cached(key, compute)`, which remembers a sub-result across modes
-    (monotonic and Head-Perm share the per-head-pair assignments)."""
+    higher is better) and `cached(key, compute)`, which remembers a sub-result of this space's
+    score across modes. The key names the computation, so modes that share one share its
+    result: "assign" is the plain assignment of the score, "heads" Head-Perm's per-head-pair
+    assignments (monotonic and Head-Perm both use them). A solver that computes anything else
+    uses a key of its own."""
 
     space: sp.Space
     score: Callable[[], "object"]
@@ -59,6 +62,8 @@ def _head_perm(match_heads: bool) -> Callable[[Problem], Solution]:
     def solve(problem: Problem) -> Solution:
         from .matching import heads_for_mode, solve_heads
 
+        if problem.space.heads_per_group != 1:
+            raise NotImplementedError("Head-Perm does not yet keep key/value groups together (grouped-query attention)")
         solved = problem.cached("heads", lambda: solve_heads(problem.score(), problem.space.heads, problem.space.fixed))
         found = heads_for_mode(solved, match_heads)
         return Solution(found.perm, found)
@@ -87,11 +92,6 @@ class Mode:
         """Whether B′ computes exactly B's function: the move is one every space of its kind
         admits (spaces.ADMITS)."""
         return self.move in sp.ADMITS[self.kind]
-
-    @property
-    def matches_heads(self) -> bool:
-        """Whether Head-Perm's outer assignment (A head j → B head k) is applied."""
-        return self.move == sp.HEADS
 
     @property
     def keeps_heads(self) -> bool:

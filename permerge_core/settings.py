@@ -3,7 +3,7 @@
 Every field of `AlignSettings` carries its app label, help text, bounds and choices (as
 dataclass metadata), and `SETTINGS` lists them. The CLI's `align` flags (`cli.py`), the app's
 sidebar (`permerge_app/ui.py`), its environment presets and the Export page's equivalent CLI
-command (`views.cli_command`) are all generated from this table: adding a setting is one
+command (`cli.command_line`) are all generated from this table: adding a setting is one
 field here (and its use in the pipeline).
 """
 

@@ -46,7 +46,7 @@ ORTHOGONAL = "orthogonal"  # an orthogonal map of the units
 ADMITS = {
     FFN: frozenset({IDENTITY, PERMUTATION}),
     ATTENTION: frozenset({IDENTITY, HEADS, WITHIN_HEADS}),
-    RESIDUAL: frozenset({IDENTITY, SHARED, PERMUTATION}),
+    RESIDUAL: frozenset({IDENTITY, SHARED}),
 }
 
 
@@ -193,17 +193,19 @@ def num_layers(spaces: dict[str, Space]) -> int:
     return sum(1 for s in spaces.values() if s.kind == FFN)
 
 
-def model_spaces(shape, residual_nodes: int, *, attention_width: int | None = None, stream_admits=(), fixed=()) -> dict[str, Space]:
+def model_spaces(shape, residual_nodes: int, *, attention_width: int | None = None, kv_groups: int | None = None,
+                 stream_admits=(), fixed=()) -> dict[str, Space]:
     """Every space of a model of `shape` (a family's Shape), by name: per layer its FFN and
     attention, then the residual nodes in depth order. `attention_width` is heads × head size
-    where that is not the hidden size; `stream_admits` adds what the family allows its stream
-    beyond a shared permutation; `fixed` are the positions inside every head that stay put."""
+    where that is not the hidden size; `kv_groups` the key/value groups of grouped-query
+    attention; `stream_admits` adds what the family allows its stream beyond a shared
+    permutation; `fixed` are the positions inside every head that stay put."""
     stream_moves = ADMITS[RESIDUAL] | frozenset(stream_admits)
     width = attention_width or shape.hidden
     spaces = []
     for i in range(shape.layers):
         spaces.append(Space(FFN, shape.ffn, layer=i, admits=ADMITS[FFN]))
-        spaces.append(Space(ATTENTION, width, layer=i, heads=shape.heads, fixed=tuple(fixed), admits=ADMITS[ATTENTION]))
+        spaces.append(Space(ATTENTION, width, layer=i, heads=shape.heads, kv_groups=kv_groups, fixed=tuple(fixed), admits=ADMITS[ATTENTION]))
     spaces += [Space(RESIDUAL, shape.hidden, node=n, admits=stream_moves) for n in range(residual_nodes)]
     return {s.name: s for s in spaces}
 
@@ -212,4 +214,4 @@ def of_model(family, config) -> dict[str, Space]:
     """The spaces of a checkpoint of `family` with this config (Checkpoint.spaces)."""
     shape = family.shape(config)
     return model_spaces(shape, family.residual_layout.count(shape.layers), attention_width=shape.attention,
-                        stream_admits=getattr(family, "stream_admits", ()))
+                        kv_groups=shape.kv_groups, stream_admits=family.stream_admits)

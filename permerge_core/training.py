@@ -192,6 +192,7 @@ class Objective:
     eval_set: Callable  # (cfg, tokenizer) -> fixed held-out data
     batch_loss: Callable  # (model, rows, tokenizer, cfg, data_step) -> (loss, tokens in the batch)
     evaluate: Callable  # (model, eval_set, device) -> (loss, accuracy)
+    summary: str = ""  # for --help: what is trained
 
 
 def _objective(family: Family) -> Objective:
@@ -199,9 +200,10 @@ def _objective(family: Family) -> Objective:
     head = family.heads[family.training.head]
     tokenizer = ASSETS / family.training.tokenizer
     if head.prediction == MASKED_LM:
-        return Objective(tokenizer, _masked_rows, _masked_eval_set, partial(_masked_batch_loss, head.mlm_module), partial(_masked_evaluate, head.mlm_module))
+        return Objective(tokenizer, _masked_rows, _masked_eval_set, partial(_masked_batch_loss, head.mlm_module), partial(_masked_evaluate, head.mlm_module),
+                         f"masked LM ({head.model_class})")
     if head.prediction == NEXT_TOKEN:
-        return Objective(tokenizer, _next_rows, _next_eval_set, _next_batch_loss, _next_evaluate)
+        return Objective(tokenizer, _next_rows, _next_eval_set, _next_batch_loss, _next_evaluate, f"causal decoder ({head.model_class})")
     raise ValueError(f"{family.name} trains {head.model_class}, which predicts neither masked nor next tokens")
 
 

@@ -23,15 +23,17 @@ itself) makes J quadratic in that permutation; its step holds the permutation on
 at its current value, as Ainsworth et al. do, so such a step can lower J slightly. J is recorded
 after every sweep.
 
-What is permuted follows the modes registry (`modes.py`), as for activation matching:
-- FFN spaces when `ffn` is on;
-- attention spaces by the mode's head rule. Head-Perm (`heads`): an inner assignment for every
-  (A head, B head) block of S and an outer H×H assignment on the blocks' optima
-  (`matching.solve_heads`), the exact maximum of J over permutations that keep heads whole;
-  `monotonic` keeps head j ↔ head j; `ignore-heads` assigns S whole; `none` leaves attention;
-- the residual stream by the residual mode's source: `first`, `last` and `all` differ only in
-  which activations they read, so for weights all three are one permutation over every residual
-  touch; `sep` gives each residual node its own (not function-preserving); `none` leaves it.
+What is permuted, and how, is each mode's own (`modes.py`), exactly as for activation matching;
+every step calls the mode's solver on S:
+- FFN spaces when `ffn` is on, by one assignment;
+- attention spaces unless the mode's move is the identity. Head-Perm (`heads`): an inner
+  assignment for every (A head, B head) block of S and an outer H×H assignment on the blocks'
+  optima (`matching.solve_heads`), the exact maximum of J over permutations that keep heads
+  whole; `monotonic` keeps head j ↔ head j; `ignore-heads` assigns S whole;
+- the residual stream by the mode's move: `first`, `last` and `all` (one shared permutation)
+  differ only in which activations they read, so for weights all three are one permutation over
+  every residual touch; `sep` (a permutation per node) gives each node its own (not
+  function-preserving); `none` leaves it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from . import spaces as sp
 from .matching import HeadMatching, Matching, identity, merge_settings
 from .modes import ATTENTION, RESIDUAL, Problem, solve_permutation
 from .permuting import permutation_plan, reindex, touched_units, touches_by_tensor
+from .settings import WEIGHTS
 
 MAX_SWEEPS = 50  # a sweep visits every permuted space once; real pairs settle in a handful
 
@@ -182,7 +185,7 @@ def match_weights(
     permutations = {s.name: perms[s.name] for s in layers}
     permutations.update({name: perms[name] for name in sp.depth_order(n for n in perms if sp.parse(n).kind == sp.RESIDUAL)})
     info = {
-        "matcher": "weights", "sweeps": sweeps, "objective": objective, "converged": converged, "max_sweeps": max_sweeps,
+        "matcher": WEIGHTS, "sweeps": sweeps, "objective": objective, "converged": converged, "max_sweeps": max_sweeps,
         "seed": seed, "seconds": time.perf_counter() - started,
     }
     return Matching(permutations, heads, {**merge_settings(settings), "absolute": False}, residual_score, info)

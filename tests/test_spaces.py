@@ -92,6 +92,13 @@ def test_head_perm_keeps_fixed_positions_in_place_and_still_matches_heads_on_the
     np.testing.assert_array_equal(found, planted)
 
 
+@pytest.mark.parametrize("mode", list(RESIDUAL.values()), ids=list(RESIDUAL))
+def test_each_residual_mode_claims_what_its_move_implies(mode):
+    space = sp.Space(sp.RESIDUAL, 6, admits=sp.ADMITS[sp.RESIDUAL])
+    assert mode.preserves_function == space.allows(mode.move)
+    assert (mode.score is not None) == (mode.move == sp.SHARED)  # a shared permutation is solved on a correlation
+
+
 MOVES = [(sp.FFN, sp.PERMUTATION), (sp.ATTENTION, sp.HEADS), (sp.ATTENTION, sp.WITHIN_HEADS), (sp.ATTENTION, sp.PERMUTATION),
          (sp.RESIDUAL, sp.SHARED), (sp.RESIDUAL, sp.PER_NODE)]
 

@@ -114,6 +114,7 @@ class ConfigKeys:
     positions: str = "max_position_embeddings"  # the length of the learned position table
     position_offset: int = 0  # table rows no token position uses (RoBERTa starts after the padding id)
     head_dim: str | None = None  # a head's width, where the config sets it; else hidden // heads
+    kv_heads: str | None = None  # key/value heads, where grouped-query attention shares them; else one per head
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class Shape:
     ffn: int
     positions: int  # rows of the position table (config value; see ConfigKeys.position_offset)
     attention: int  # the concatenated heads' width, heads × head width (the attention space)
+    kv_groups: int | None = None  # key/value groups the heads fall in (None: every head its own)
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,9 @@ class Family:
     # Text is read as one stream (every line + end-of-text, cut into blocks of the maximum
     # length), as causal LMs are trained, rather than one passage per sequence.
     packed_text: bool = False
+    # What the residual stream admits beyond one shared permutation (spaces.py), e.g. an
+    # orthogonal map where every norm on the stream commutes with it (docs/method.md §2).
+    stream_admits: frozenset[str] = frozenset()
     fast_path: FastPath | None = None  # None: the evaluation always runs the whole model
     training: Training | None = None  # None: `train` does not build this family
 
@@ -286,7 +291,9 @@ class Family:
         hidden, heads = getattr(config, keys.hidden), getattr(config, keys.heads)
         ffn = getattr(config, keys.ffn, None) or hidden * (keys.ffn_multiple or 0)
         head_dim = (getattr(config, keys.head_dim, None) if keys.head_dim else None) or hidden // heads
-        return Shape(getattr(config, keys.layers), hidden, heads, ffn, getattr(config, keys.positions, None), heads * head_dim)
+        kv_groups = getattr(config, keys.kv_heads, None) if keys.kv_heads else None
+        return Shape(getattr(config, keys.layers), hidden, heads, ffn, getattr(config, keys.positions, None), heads * head_dim,
+                     None if kv_groups in (None, heads) else kv_groups)
 
     def usable_positions(self, config) -> int | None:
         """The longest sequence the model can read, None if its config does not say."""

@@ -212,6 +212,21 @@ def _found_checkpoints(folder: str) -> list[str]:
     return [str(p) for p in find_checkpoints(folder)] if folder else []
 
 
+def models_folder_status(folder: str) -> str:
+    """What the models folder field finds, with the fix where it finds nothing."""
+    if not folder:
+        return "No folder given: the menus list the bundled checkpoints."
+    path = Path(folder).expanduser()
+    if not path.exists():
+        return f"{path} does not exist. Type the path of a folder that holds checkpoint folders (each with config.json and weights)."
+    if not path.is_dir():
+        return f"{path} is a file, not a folder. Give the folder that holds the checkpoint folders."
+    found = len(_found_checkpoints(folder))
+    if not found:
+        return f"No checkpoint folder (config.json + weights) up to two levels below {path}."
+    return f"{found} checkpoint(s) found there."
+
+
 def model_label(source: str | None) -> str:
     """Short name of a checkpoint for menus: 'seed-0 (bundled)', 'b — /tmp/pair', or the hub id."""
     if not source:
@@ -253,7 +268,7 @@ def sidebar() -> None:
     sb.button("⇄ Swap A and B", on_click=_swap, width="stretch")
     with sb.expander("Checkpoint folders"):
         st.text_input("Models folder to list", key="models_dir", help="Checkpoint folders up to two levels below it appear in the model menus.")
-        st.caption(f"{len(_found_checkpoints(ss.get('models_dir') or ''))} checkpoint(s) found there.")
+        st.caption(models_folder_status(ss.get("models_dir") or ""))
         st.text_input("Tokenizer folder (optional)", key="tokenizer", help="Only if model A's folder has no tokenizer.")
     if len(bundled_seeds()) < 2:
         sb.caption("The bundled seed models are not in assets/models yet: pick two checkpoints above.")

@@ -116,6 +116,12 @@ def test_bad_input_and_missing_models_give_clear_messages(world, tmp_path):
     at = app(world, model_b=str(tmp_path / "missing-folder")).run()
     no_crash(at)
     assert any("does not exist" in e.value for e in at.error)
+    at = app(world, models_dir=str(tmp_path / "no-such-models")).run()
+    no_crash(at)
+    assert any("no-such-models does not exist" in c.value and "Type the path" in c.value for c in at.sidebar.get("caption"))
+    (tmp_path / "empty-models").mkdir()
+    at = app(world, models_dir=str(tmp_path / "empty-models")).run()
+    assert any("No checkpoint folder" in c.value for c in at.sidebar.get("caption"))
 
 
 def test_unusable_cache_folder_is_shown_under_the_status_and_the_page_still_works(world, monkeypatch, tmp_path):

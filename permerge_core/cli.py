@@ -283,9 +283,10 @@ def inputs_from_args(args):
 
 
 def command_line(inputs, settings, out: str | None = None, save_merged: str | None = None, merge_lambda: float | None = None,
-                 merge_repair: bool = False, python: str = "python") -> str:
-    """The `python -m permerge_core align` command that computes exactly `inputs` under
-    `settings` (`inputs_from_args` of its flags gives `inputs` back).
+                 merge_repair: bool = False, python: str = ".venv/bin/python") -> str:
+    """The `.venv/bin/python -m permerge_core align` command (the interpreter `bash run.sh`
+    sets up, as the README spells it) that computes exactly `inputs` under `settings`
+    (`inputs_from_args` of its flags gives `inputs` back).
 
     Settings marked `always_in_command` (merge settings, the λ grid) are always spelled out;
     data, columns, the cache, token budgets and the other settings only where they differ from

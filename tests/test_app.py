@@ -298,6 +298,7 @@ def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_pat
     assert any("not empty" in e.value for e in at.error)
     # The CLI command parses to exactly the app's settings.
     command = at.code[0].value
+    assert command.startswith(".venv/bin/python -m permerge_core align ")  # as the README runs it
     from permerge_core.cli import build_parser
 
     args = build_parser().parse_args(shlex.split(command)[3:])

@@ -11,7 +11,7 @@ from permerge_core import is_function_preserving
 from permerge_core.repair import LABEL as REPAIR_LABEL, REPAIRED
 from permerge_core.modes import MATCHERS
 from permerge_core.settings import WEIGHTS
-from permerge_core.sources import short_names
+from permerge_core.sources import pair_label
 
 ui.page_start()
 st.title("Loss path")
@@ -32,8 +32,7 @@ variants = st.multiselect(
     help="Each is a permuted path with other merge settings; data, tokens and λ grid stay as in the sidebar. "
          "Variants marked sep or ignore-heads are not function-preserving.",
 )
-name_a, name_b = short_names([ss.model_a, ss.model_b])
-title = f"Loss along the path: A = {name_a} (λ=1) ↔ B = {name_b} (λ=0)"
+title = f"Loss along the path, {pair_label(ss.model_a, ss.model_b)} (A at λ=1, B at λ=0)"
 permuted_label = (f"permuted (FFN {'on' if s.ffn else 'off'}, attention {s.attention}, residual {s.residual}, "
                   f"matched on {'activations' if MATCHERS[s.matcher].reads_text else 'weights'})")
 curves: dict[str, list[dict]] = {"vanilla": [], "permuted": []}

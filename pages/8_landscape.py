@@ -7,7 +7,7 @@ import streamlit as st
 
 from permerge_app import charts, ui, views
 from permerge_core import plane as plane_mod
-from permerge_core.sources import short_names
+from permerge_core.sources import pair_label
 
 ui.page_start()
 st.title("Landscape")
@@ -36,8 +36,7 @@ status = p.stage_status(sp)
 missing_paths = [w for w in ("vanilla", "permuted") if status[f"{w} path"] not in ("computed", "cached")]
 plane_left = 0 if plane["complete"] else plane["total"] - plane["computed"] + (2 if plane["points"] is None else 0)  # (+ B and B′)
 to_evaluate = plane_left + sp.lambdas * len(missing_paths)
-name_a, name_b = short_names([ss.model_a, ss.model_b])
-title = f"Loss over the plane: A = {name_a}, B = {name_b}"
+title = f"Loss over the plane, A ↔ B: {pair_label(ss.model_a, ss.model_b)}"
 chart = st.empty()
 curves: dict[str, list[dict]] = {}
 TOOLBAR = {"toImageButtonOptions": {"format": "png", "filename": "landscape", "scale": 2}}

@@ -52,7 +52,7 @@ from permerge_core.families.schema import CLASSIFICATION
 from permerge_core.inputs import cache_folder
 from permerge_core.modes import non_preserving
 from permerge_core.settings import ADVANCED, BUDGET, MERGE, SETTINGS, TaskSpec
-from permerge_core.sources import short_names, source_signature
+from permerge_core.sources import pair_label, source_signature
 
 log = logging.getLogger("permerge.app")
 ROOT = Path(__file__).resolve().parent.parent
@@ -653,7 +653,7 @@ def render_status(container) -> None:
         container.caption("Status: settings out of range.")
         return
     container.caption(
-        "**Status** ({} ↔ {}): {}".format(*short_names([held[0], held[1]]), views.status_line(status)),
+        f"**Status** ({pair_label(held[0], held[1])}): {views.status_line(status)}",
         help="✓ computed in this server · ⛁ cached on disk (instant) · ↻ stale: computed only for other settings · ○ not computed yet",
     )
     if held[2].cache.warning:  # the disk cache turned itself off: say why, and how to fix it

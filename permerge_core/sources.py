@@ -39,3 +39,13 @@ def short_names(sources: list[str]) -> list[str]:
             return names
         for i in grow:
             depth[i] += 1
+
+
+def pair_label(a: str, b: str) -> str:
+    """'A ↔ B' for titles and the status line, naming the set where both checkpoints sit in one
+    folder and their own names do not say it ('seed-0 ↔ seed-1 (decoders)', so the bundled
+    encoder and decoder pairs are told apart)."""
+    name_a, name_b = short_names([a, b])
+    parent_a, parent_b = Path(str(a).rstrip("/")).parent, Path(str(b).rstrip("/")).parent
+    shared = parent_a == parent_b and parent_a.name and "/" not in name_a + name_b
+    return f"{name_a} ↔ {name_b}" + (f" ({parent_a.name})" if shared else "")

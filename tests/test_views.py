@@ -37,3 +37,12 @@ def test_curves_csv_carries_every_task_metric():
     lines = views.curves_csv(curves).splitlines()
     assert lines[0] == "curve,lambda,loss,accuracy,f1,mcc"
     assert lines[1] == "vanilla,0,0.500000,0.750000,0.500000,0.250000"
+
+
+def test_pair_label_names_the_set_the_two_checkpoints_share():
+    from permerge_core.sources import pair_label
+
+    assert pair_label("/x/assets/decoders/seed-0", "/x/assets/decoders/seed-1") == "seed-0 ↔ seed-1 (decoders)"
+    assert pair_label("/x/assets/models/seed-0/", "/x/assets/models/seed-1") == "seed-0 ↔ seed-1 (models)"
+    assert pair_label("/runs/a/model", "/runs/b/model") == "a/model ↔ b/model"  # the names already differ by folder
+    assert pair_label("org/bert-a", "other/bert-b") == "bert-a ↔ bert-b"

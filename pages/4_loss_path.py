@@ -82,17 +82,21 @@ preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (wei
 preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
 rows = views.barrier_rows(curves, preserving)
 by_name = {r["curve"]: r for r in rows}
-m = st.columns(4 if s.repair else 3)
+# Every curve of the sidebar's settings gets its barrier here; each beyond the permuted one is
+# compared with it (the component variants are in the table below).
+beside = [name for name in (REPAIR_LABEL, "permuted (weights)") if name in by_name]
+m = st.columns(3 + len(beside))
 m[0].metric("vanilla barrier", f"{by_name['vanilla']['barrier (nats)']:.3f} nats")
 m[1].metric("permuted barrier", f"{by_name['permuted']['barrier (nats)']:.3f} nats",
             delta=f"{by_name['permuted']['barrier (nats)'] - by_name['vanilla']['barrier (nats)']:+.3f} vs vanilla", delta_color="inverse")
-if s.repair:
-    m[2].metric("permuted + REPAIR barrier", f"{by_name[REPAIR_LABEL]['barrier (nats)']:.3f} nats",
-                delta=f"{by_name[REPAIR_LABEL]['barrier (nats)'] - by_name['permuted']['barrier (nats)']:+.3f} vs permuted", delta_color="inverse")
+for column, name in zip(m[2:], beside):
+    column.metric(f"{name} barrier", f"{by_name[name]['barrier (nats)']:.3f} nats",
+                  delta=f"{by_name[name]['barrier (nats)'] - by_name['permuted']['barrier (nats)']:+.3f} vs permuted", delta_color="inverse")
 m[-1].metric("λ points", f"{s.lambdas}")
 st.subheader("Barriers")
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
-    k: st.column_config.NumberColumn(format="%.4f") for k in rows[0] if k not in ("curve", "peak λ", "function-preserving")
+    "curve": st.column_config.TextColumn(width="large"),  # the names are long ("permuted (weights)", variants)
+    **{k: st.column_config.NumberColumn(format="%.4f") for k in rows[0] if k not in ("curve", "peak λ", "function-preserving")},
 })
 
 d1, d2 = st.columns(2)

@@ -201,14 +201,20 @@ def head_block(block: dict, j: int, k: int, title: str) -> go.Figure:
     return fig
 
 
+BAR_SPREAD = 0.012  # λ between the barrier bars of curves that peak at the same λ
+
+
 def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: dict[str, str] | None = None, mark_barriers: bool = True,
               loss_name: str = "masked-LM loss", metric: str = "accuracy", metric_name: str = "masked-token accuracy") -> go.Figure:
     """Loss (nats) and one metric (masked-token accuracy, or a task metric) along λ, one
     colour per curve; barriers marked.
 
     A barrier is drawn where it is measured: a vertical bar at the peak λ from the endpoints'
-    mean loss up to the peak, labelled with its value.
+    mean loss up to the peak, labelled with its value. Bars of curves that peak at the same λ
+    stand side by side (BAR_SPREAD apart, centred on it) with their labels on alternate sides,
+    so none hides another; the hover gives the exact λ.
     """
+    bars = []
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.65, 0.35],
                         subplot_titles=(loss_name, metric_name))
     colors = colors or {}
@@ -232,14 +238,18 @@ def loss_path(curves: dict[str, list[dict]], lambdas: int, title: str, colors: d
             ), row=2, col=1)
         if mark_barriers and complete and len(points) >= 2:
             peak = int(np.argmax(loss))
-            base = 0.5 * (loss[0] + loss[-1])
-            value = loss[peak] - base
-            fig.add_trace(go.Scatter(
-                x=[x[peak], x[peak]], y=[base, loss[peak]], mode="lines+markers+text", legendgroup=name, showlegend=False,
-                line=dict(color=color, width=2, dash="dash"), marker=dict(symbol="line-ew", size=12, line=dict(width=2, color=color)),
-                text=["", f"barrier {value:.2f}"], textposition="top center", textfont=dict(color=color),
-                name=f"{name} barrier", hovertemplate=f"{name}: barrier {value:.4f} nats at λ = {x[peak]:.2f}<extra></extra>",
-            ), row=1, col=1)
+            bars.append((name, color, x[peak], 0.5 * (loss[0] + loss[-1]), loss[peak]))
+    for name, color, at, base, top in bars:
+        together = [b[0] for b in bars if b[2] == at]
+        k = together.index(name)
+        shown = at + (k - (len(together) - 1) / 2) * BAR_SPREAD
+        side = "top center" if len(together) == 1 else ("top left" if k % 2 == 0 else "top right")
+        fig.add_trace(go.Scatter(
+            x=[shown, shown], y=[base, top], mode="lines+markers+text", legendgroup=name, showlegend=False,
+            line=dict(color=color, width=2, dash="dash"), marker=dict(symbol="line-ew", size=12, line=dict(width=2, color=color)),
+            text=["", f"barrier {top - base:.2f}"], textposition=side, textfont=dict(color=color),
+            name=f"{name} barrier", hovertemplate=f"{name}: barrier {top - base:.4f} nats at λ = {at:.2f}<extra></extra>",
+        ), row=1, col=1)
     fig.update_xaxes(title_text="λ  (θ = λ·A + (1−λ)·B;  λ=0: B or B′,  λ=1: A)", range=[-0.03, 1.03], row=2, col=1)
     fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
     fig.update_yaxes(title_text="fraction" if metric in ("accuracy", "f1") else metric_name, row=2, col=1)

@@ -244,6 +244,16 @@ def served_files(monkeypatch) -> dict[str, bytes]:
     return files
 
 
+def test_loss_path_under_both_matchers_shows_the_weights_barrier_beside_the_activations(world):
+    at = goto(app(world, matcher="both"), "4_loss_path")
+    no_crash(at)
+    metrics = {m.label: m.value for m in at.metric}
+    table = {r["curve"]: r for r in at.dataframe[0].value.to_dict("records")}
+    assert {"vanilla barrier", "permuted barrier", "permuted (weights) barrier"} <= set(metrics)
+    for name in ("vanilla", "permuted", "permuted (weights)"):
+        assert metrics[f"{name} barrier"] == f"{table[name]['barrier (nats)']:.3f} nats"
+
+
 def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
     at = goto(app(world, variants=["FFN only"]), "4_loss_path")
     no_crash(at)

@@ -46,3 +46,19 @@ def test_pair_label_names_the_set_the_two_checkpoints_share():
     assert pair_label("/x/assets/models/seed-0/", "/x/assets/models/seed-1") == "seed-0 ↔ seed-1 (models)"
     assert pair_label("/runs/a/model", "/runs/b/model") == "a/model ↔ b/model"  # the names already differ by folder
     assert pair_label("org/bert-a", "other/bert-b") == "bert-a ↔ bert-b"
+
+
+def test_barrier_bars_that_peak_at_the_same_lambda_stand_apart_and_alone_ones_stand_at_the_peak():
+    from permerge_app import charts
+
+    grid = [0.0, 0.5, 1.0]
+    curves = {"vanilla": [{"lambda": x, "loss": y} for x, y in zip(grid, (1.0, 3.0, 1.0))],
+              "permuted": [{"lambda": x, "loss": y} for x, y in zip(grid, (1.0, 2.9, 1.0))],
+              "FFN only": [{"lambda": x, "loss": y} for x, y in zip(grid, (1.0, 1.2, 1.4))]}  # peaks at λ = 1
+    fig = charts.loss_path(curves, 3, "t")
+    bars = {t.name: t for t in fig.data if t.name.endswith(" barrier")}
+    assert bars["vanilla barrier"].x[0] != bars["permuted barrier"].x[0]
+    assert np.mean([bars["vanilla barrier"].x[0], bars["permuted barrier"].x[0]]) == pytest.approx(0.5)
+    assert {bars["vanilla barrier"].textposition, bars["permuted barrier"].textposition} == {"top left", "top right"}
+    assert bars["FFN only barrier"].x == (1.0, 1.0) and bars["FFN only barrier"].textposition == "top center"
+    assert bars["permuted barrier"].y == (1.0, 2.9) and "λ = 0.50" in bars["permuted barrier"].hovertemplate

@@ -70,6 +70,14 @@ rows = [
     for (i, j), r in sorted(done.items())
 ]
 if rows:
+    spread = grid.pair_spread([r for r in done.values() if "error" not in r])
+    if spread["pairs"]:
+        sd = lambda v: "" if v is None else f" ± {v:.3f}"  # noqa: E731 (one pair: no spread)
+        m = st.columns(3)
+        m[0].metric(f"vanilla barrier, mean{' ± sd' if spread['pairs'] > 1 else ''} over {spread['pairs']} pair(s)",
+                    f"{spread['vanilla_mean']:.3f}{sd(spread['vanilla_std'])} nats")
+        m[1].metric("permuted barrier", f"{spread['permuted_mean']:.3f}{sd(spread['permuted_std'])} nats")
+        m[2].metric("share of the vanilla barrier removed", "—" if spread["removed"] is None else f"{spread['removed']:.0%}")
     if not any(r["problem"] for r in rows):
         rows = [{k: v for k, v in r.items() if k != "problem"} for r in rows]
     st.dataframe(rows, hide_index=True, width="stretch")

@@ -261,8 +261,13 @@ def seed_heatmaps(names: list[str], vanilla, permuted, title: str) -> go.Figure:
     """Pairwise barriers (nats), vanilla and permuted, side by side, numbers in the cells."""
     zv = np.array([[np.nan if v is None else v for v in row] for row in vanilla], dtype=float)
     zp = np.array([[np.nan if v is None else v for v in row] for row in permuted], dtype=float)
+    # A model against itself (the diagonal, 0 by definition) is left blank: drawn as 0 it would
+    # stretch the colour scale down to 0 and squeeze the pairs' barriers into its top.
+    np.fill_diagonal(zv, np.nan)
+    np.fill_diagonal(zp, np.nan)
     finite = np.concatenate([zv[np.isfinite(zv)], zp[np.isfinite(zp)]])
-    zmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    zmin = float(finite.min()) if finite.size else 0.0
+    zmax = float(finite.max()) if finite.size and finite.max() > zmin else zmin + 1.0
     fig = make_subplots(rows=1, cols=2, subplot_titles=("vanilla averaging", "permuted (B aligned to A)"), horizontal_spacing=0.06, shared_yaxes=True)
     for col, (z, label) in enumerate(((zv, "vanilla"), (zp, "permuted")), start=1):
         fig.add_trace(go.Heatmap(
@@ -271,7 +276,7 @@ def seed_heatmaps(names: list[str], vanilla, permuted, title: str) -> go.Figure:
         ), row=1, col=col)
         fig.update_xaxes(title_text="model B", type="category", row=1, col=col)
         fig.update_yaxes(title_text="model A" if col == 1 else None, type="category", autorange="reversed", row=1, col=col)
-    fig.update_layout(title=dict(text=title), coloraxis=dict(colorscale="Viridis", cmin=0, cmax=zmax,
+    fig.update_layout(title=dict(text=title), coloraxis=dict(colorscale="Viridis", cmin=zmin, cmax=zmax,
                                                              colorbar=dict(title=dict(text="barrier (nats)"))), height=420)
     return fig
 

@@ -474,6 +474,17 @@ def variant_table(cells: list[dict], labels: list[str]) -> list[dict]:
     return rows
 
 
+def pair_spread(barriers: list[dict]) -> dict:
+    """Over pairs ({"vanilla": …, "permuted": …} each): the mean and sample standard deviation
+    of both barriers, as `variant_table` gives them, and the share of the mean vanilla barrier
+    that alignment removes (1 − permuted mean / vanilla mean; None without a positive vanilla mean)."""
+    vanilla = [b["vanilla"] for b in barriers if b.get("vanilla") is not None]
+    permuted = [b["permuted"] for b in barriers if b.get("permuted") is not None]
+    v, p = _mean(vanilla), _mean(permuted)
+    return {"pairs": len(barriers), "vanilla_mean": v, "vanilla_std": _std(vanilla), "permuted_mean": p, "permuted_std": _std(permuted),
+            "removed": 1 - p / v if v and p is not None and v > 0 else None}
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 

@@ -332,10 +332,18 @@ def test_seeds_fills_the_matrix_and_opens_a_pair(world):
     no_crash(at)
     fig = next(f for k, f in charts(at).items() if k.startswith("seeds_matrix"))
     vanilla, permuted = (arr(t["z"]).astype(float) for t in fig["data"])
-    for z in (vanilla, permuted):
-        assert np.isfinite([z[0, 1], z[0, 2], z[1, 2]]).all() and np.all(np.diag(z) == 0)
+    for z in (vanilla, permuted):  # the diagonal (a model against itself) is left blank, off the colour scale
+        assert np.isfinite([z[0, 1], z[0, 2], z[1, 2]]).all() and np.isnan(np.diag(z)).all()
+    pairs = np.array([z[i, j] for z in (vanilla, permuted) for i, j in ((0, 1), (0, 2), (1, 2))])
+    assert fig["layout"]["coloraxis"]["cmin"] == pytest.approx(pairs.min()) and fig["layout"]["coloraxis"]["cmax"] == pytest.approx(pairs.max())
     assert "3 of 3 pairs" in fig["layout"]["title"]["text"]
-    assert len(at.dataframe[0].value) == 3
+    table = at.dataframe[0].value
+    assert len(table) == 3
+    v, p = table["vanilla barrier (nats)"], table["permuted barrier (nats)"]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["vanilla barrier, mean ± sd over 3 pair(s)"] == f"{v.mean():.3f} ± {v.std(ddof=1):.3f} nats"
+    assert metrics["permuted barrier"] == f"{p.mean():.3f} ± {p.std(ddof=1):.3f} nats"
+    assert metrics["share of the vanilla barrier removed"] == f"{1 - p.mean() / v.mean():.0%}"
     # Computed through the grid code into the pipeline's disk cache: a fresh pipeline finds both paths there.
     from permerge_core import Pipeline
 

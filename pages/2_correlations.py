@@ -31,14 +31,14 @@ if np.array_equal(perm, np.arange(d)):
     component = {spaces.FFN: "FFN alignment", spaces.ATTENTION: "Attention alignment", spaces.RESIDUAL: "Residual alignment"}[kind]
     st.info(f"{component} is off in the current settings (or found the identity): 'after' equals 'before'.", icon=":material/info:")
 
-before_view = views.block_average(corr, 96)
-after_view = views.block_average(views.aligned(corr, perm), 96)
+before_view = views.block_extreme(corr, 96)
+after_view = views.block_extreme(views.aligned(corr, perm), 96)
 if before_view.block > 1:
     r, c = before_view.values.shape
     st.caption(
-        f"Overview: {d}×{d} = {d * d:,} correlations shown as {r}×{c} cells, each the mean of a "
-        f"{before_view.block}×{before_view.block} block of units (a block on the diagonal mixes matched and unmatched pairs). "
-        "The zoom below shows exact values."
+        f"Overview: {d}×{d} = {d * d:,} correlations shown as {r}×{c} cells, each the strongest correlation (largest "
+        f"magnitude, with its sign) of a {before_view.block}×{before_view.block} block of units, so matched pairs stay visible "
+        "(a block mean would dilute them). The zoom below shows exact values."
     )
 else:
     st.caption(f"All {d}×{d} = {d * d:,} correlations, one cell each.")

@@ -27,7 +27,7 @@ from permerge_core.modes import APP_VARIANTS, is_function_preserving, non_preser
 from permerge_core.objectives import METRIC_LABELS
 
 __all__ = [
-    "BlockView", "VARIANTS", "block_average", "aligned", "zoom_window", "matched_pair",
+    "BlockView", "VARIANTS", "block_average", "block_extreme", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
     "barrier_rows", "curves_csv", "variant_settings", "known_pair_barriers",
@@ -66,6 +66,20 @@ class BlockView:
 def _range_labels(starts: np.ndarray, total: int) -> list[str]:
     ends = list(starts[1:]) + [total]
     return [str(s) if e - s == 1 else f"{s}–{e - 1}" for s, e in zip(starts, ends)]
+
+
+def block_extreme(matrix, max_side: int = 128) -> BlockView:
+    """Like `block_average`, but each cell is its block's entry of largest magnitude (with its
+    sign). A matched pair is one strong entry among b² weak ones: a block mean dilutes it to
+    nothing, so 'before' and 'after' look alike; the extreme keeps it, so an aligned matrix
+    shows its bright diagonal at any size."""
+    m = _as_numpy(matrix)
+    view = block_average(m, max_side)
+    if view.block == 1:
+        return view
+    high = np.maximum.reduceat(np.maximum.reduceat(m, view.row_starts, axis=0), view.col_starts, axis=1)
+    low = np.minimum.reduceat(np.minimum.reduceat(m, view.row_starts, axis=0), view.col_starts, axis=1)
+    return BlockView(np.where(np.abs(high) >= np.abs(low), high, low), view.block, view.row_starts, view.col_starts, view.shape)
 
 
 def block_average(matrix, max_side: int = 128) -> BlockView:

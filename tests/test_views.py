@@ -62,3 +62,19 @@ def test_barrier_bars_that_peak_at_the_same_lambda_stand_apart_and_alone_ones_st
     assert {bars["vanilla barrier"].textposition, bars["permuted barrier"].textposition} == {"top left", "top right"}
     assert bars["FFN only barrier"].x == (1.0, 1.0) and bars["FFN only barrier"].textposition == "top center"
     assert bars["permuted barrier"].y == (1.0, 2.9) and "λ = 0.50" in bars["permuted barrier"].hovertemplate
+
+
+def test_block_extreme_keeps_a_matched_diagonal_that_block_means_dilute():
+    rng = np.random.default_rng(3)
+    weak = rng.uniform(-0.1, 0.1, (96, 96))
+    matched = weak.copy()
+    np.fill_diagonal(matched, 0.9)
+    matched[5, 40] = -0.95  # a strong anti-correlation keeps its sign
+    extreme, mean = views.block_extreme(matched, 12), views.block_average(matched, 12)
+    assert extreme.block == mean.block == 8
+    assert np.allclose(np.diag(extreme.values), 0.9) and np.diag(mean.values).max() < 0.2
+    assert extreme.values[0, 5] == -0.95
+    off = extreme.values[~np.eye(12, dtype=bool)]
+    assert np.abs(off[off != -0.95]).max() <= 0.1
+    small = views.block_extreme(matched[:10, :10], 12)  # small enough: the matrix itself
+    assert small.block == 1 and np.array_equal(small.values, matched[:10, :10])

@@ -389,6 +389,18 @@ class Pipeline:
                 adjust(model, lam)
             return model
 
+    def merged_loss(self, s: AlignSettings, lam: float, repair: bool = False) -> dict:
+        """Loss and metrics of θ(lam) (A↔B′, REPAIR-corrected with `repair`) on the evaluation
+        data: what an exported merged model scores, evaluated, not read off the curve."""
+        self.objective.require_loss()
+        fields = {**self.curve_fields(s, "permuted"), "lambda": float(lam), "repair": self.repair_fields(s) if repair else None}
+
+        def evaluate() -> dict:
+            with self.lock:
+                return self.evaluate(self.merged_model(s, lam, repair), s)
+
+        return self.memo.get("merged", fields, evaluate)
+
     def plane_basis(self, s: AlignSettings) -> plane_mod.Basis:
         """Where A, B and B′ sit relative to each other (PermergeError if they span no plane)."""
 

@@ -292,17 +292,23 @@ def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
 
 def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_path):
     target = tmp_path / "merged"
-    at = goto(app(world, export_target=str(target)), "5_export")
+    at = goto(app(world, export_target=str(target), export_lambda=0.25), "5_export")  # off the middle: λ and 1 − λ differ
     no_crash(at)
     save = next(b for b in at.button if b.label == "Save merged model")
     save.click().run()
     no_crash(at)
-    assert any("Wrote θ(λ=0.5)" in s.value for s in at.success)
+    assert any("Wrote θ(λ=0.25)" in s.value for s in at.success)
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     model = AutoModelForMaskedLM.from_pretrained(target)
     AutoTokenizer.from_pretrained(target)
     assert model.config.num_hidden_layers == 2
+    # The loss the page shows is the saved model's own, evaluated here from the folder.
+    from permerge_core import Pipeline
+
+    own = Pipeline(str(target), str(target), match_data=str(world["text"]), eval_data=str(world["text"]), cache_dir=None)
+    loss = own.loss_of_a(AlignSettings(match_tokens=1500, eval_tokens=1000, lambdas=LAMBDAS))["loss"]
+    assert {m.label: m.value for m in at.metric}["loss of θ(λ=0.25)"] == f"{loss:.3f} nats"
     # Never overwrite a non-empty folder unless asked.
     next(b for b in at.button if b.label == "Save merged model").click().run()
     assert any("not empty" in e.value for e in at.error)
@@ -314,7 +320,7 @@ def test_export_writes_a_loadable_model_and_the_exact_cli_command(world, tmp_pat
     args = build_parser().parse_args(shlex.split(command)[3:])
     assert (args.model_a, args.model_b, args.match_data, args.eval_data) == (str(world["seeds"][0]), str(world["seeds"][1]), str(world["text"]), str(world["text"]))
     assert (args.match_tokens, args.eval_tokens, args.lambdas, args.attention, args.residual, args.ffn) == (1500, 1000, LAMBDAS, "heads", "first", True)
-    assert args.save_merged == str(target) and args.merge_lambda == 0.5
+    assert args.save_merged == str(target) and args.merge_lambda == 0.25
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download permutations (JSON)" in labels
     next(b for b in at.button if b.label.startswith("Prepare the merged model as a zip")).click().run()

@@ -300,7 +300,9 @@ def loss_plane(plane: dict, curves: dict[str, list[dict]], title: str, floor: fl
 
     Colour: log₁₀(loss − ½(L(A) + L(B))), clipped at `floor` nats, so that the valleys
     around the models and the ridge between them both show; hover gives the loss itself.
-    A partial plane (points None) is drawn with its gaps filled by interpolation."""
+    A partial plane is drawn as its computed points only, one marker each: interpolating
+    between a few points would draw valleys and ridges nobody measured. The axes fill the
+    width; a unit of y is |v|/|u| units of x, which the subtitle says."""
     from permerge_core.plane import colour_values, path_coordinates
 
     basis = plane["basis"]
@@ -309,13 +311,23 @@ def loss_plane(plane: dict, curves: dict[str, list[dict]], title: str, floor: fl
     top = max(finite) if finite else 1.0
     ticks = [t for t in _RIDGE_TICKS if np.log10(t) <= top + 0.2] or [floor]
     loss = np.array([[np.nan if v is None else v for v in row] for row in plane["grid"]], dtype=float)
-    fig = go.Figure(go.Contour(
-        x=plane["x"], y=plane["y"], z=values, customdata=loss, connectgaps=True, colorscale="Viridis", ncontours=24,
-        contours=dict(coloring="heatmap", showlines=True), line=dict(width=0.5, color="rgba(255,255,255,0.35)"),
-        colorbar=dict(title=dict(text=f"loss − {reference:.3f} (nats, log scale)", side="right"),
-                      tickvals=[float(np.log10(t)) for t in ticks], ticktext=[f"≤{t:g}" if t == floor else f"{t:g}" for t in ticks]),
-        hovertemplate="x %{x:.3f}, y %{y:.3f}<br>loss %{customdata:.4f} nats<extra>plane</extra>", name="plane",
-    ))
+    colorbar = dict(title=dict(text=f"loss − {reference:.3f} (nats, log scale)", side="right"),
+                    tickvals=[float(np.log10(t)) for t in ticks], ticktext=[f"≤{t:g}" if t == floor else f"{t:g}" for t in ticks])
+    hover = "x %{x:.3f}, y %{y:.3f}<br>loss %{customdata:.4f} nats<extra>plane</extra>"
+    if plane.get("complete", True):
+        fig = go.Figure(go.Contour(
+            x=plane["x"], y=plane["y"], z=values, customdata=loss, colorscale="Viridis", ncontours=24,
+            contours=dict(coloring="heatmap", showlines=True), line=dict(width=0.5, color="rgba(255,255,255,0.35)"),
+            colorbar=colorbar, hovertemplate=hover, name="plane",
+        ))
+    else:  # grid[j][i] is the point (x[i], y[j])
+        done = [(i, j) for j, row in enumerate(values) for i, v in enumerate(row) if v is not None]
+        fig = go.Figure(go.Scatter(
+            x=[plane["x"][i] for i, _ in done], y=[plane["y"][j] for _, j in done], mode="markers", name="computed points",
+            customdata=[loss[j][i] for i, j in done], hovertemplate=hover,
+            marker=dict(symbol="square", size=14, color=[values[j][i] for i, j in done], colorscale="Viridis",
+                        cmin=min(finite), cmax=top, colorbar=colorbar),
+        ))
     colors = {"vanilla": VANILLA, "permuted": PERMUTED}
     for which, points in curves.items():
         if not points:
@@ -325,7 +337,7 @@ def loss_plane(plane: dict, curves: dict[str, list[dict]], title: str, floor: fl
             x=[c[0] for c in xy], y=[c[1] for c in xy], mode="lines+markers", name=f"{which} path (A–{'B′' if which == 'permuted' else 'B'})",
             line=dict(color=colors.get(which, EXTRA[0]), width=3), marker=dict(size=6),
             customdata=[[p["lambda"], p["loss"]] for p in points],
-            hovertemplate=which + ": λ = %{customdata[0]:.2f}<br>loss %{customdata[1]:.4f} nats<extra></extra>",
+            hovertemplate=which + ": λ = %{customdata[0]:.2f} (A's weight: λ = 1 at A)<br>loss %{customdata[1]:.4f} nats<extra></extra>",
         ))
     points = plane.get("points") or {}
     where = {"a": (0.0, 0.0), "b": (basis["x_b"], 1.0), "b_prime": (1.0, 0.0)}
@@ -339,15 +351,13 @@ def loss_plane(plane: dict, curves: dict[str, list[dict]], title: str, floor: fl
     ))
     ratio = basis["norm_v"] / basis["norm_u"]
     fig.update_layout(
-        title=dict(text=title, subtitle=dict(text="θ(x, y) = A + x·u + y·v;  u = B′ − A,  v = the part of B − A orthogonal to u")),
+        title=dict(text=title, subtitle=dict(text="θ(x, y) = A + x·u + y·v;  u = B′ − A,  v = the part of B − A orthogonal to u;  "
+                                                  f"a unit of y is {ratio:.2f} units of x")),
         xaxis_title=f"x: along u = B′ − A  (|u| = {basis['norm_u']:.3g})", yaxis_title=f"y: along v  (|v| = {basis['norm_v']:.3g})",
         height=620, legend=dict(orientation="h", y=-0.15),
     )
-    fig.update_xaxes(range=[plane["x"][0], plane["x"][-1]], constrain="domain")
-    if 0.25 <= ratio <= 4:  # true proportions: a unit of y is |v|/|u| units of x long
-        fig.update_yaxes(range=[plane["y"][0], plane["y"][-1]], scaleanchor="x", scaleratio=ratio, constrain="domain")
-    else:
-        fig.update_yaxes(range=[plane["y"][0], plane["y"][-1]])
+    fig.update_xaxes(range=[plane["x"][0], plane["x"][-1]])
+    fig.update_yaxes(range=[plane["y"][0], plane["y"][-1]])
     return fig
 
 

@@ -78,3 +78,23 @@ def test_block_extreme_keeps_a_matched_diagonal_that_block_means_dilute():
     assert np.abs(off[off != -0.95]).max() <= 0.1
     small = views.block_extreme(matched[:10, :10], 12)  # small enough: the matrix itself
     assert small.block == 1 and np.array_equal(small.values, matched[:10, :10])
+
+
+def test_a_partial_plane_is_drawn_as_its_computed_points_only():
+    """Interpolating between a few computed points draws valleys nobody measured; a complete
+    plane is a contour."""
+    import math
+
+    from permerge_app import charts
+
+    basis = {"x_b": 0.4, "norm_u": 2.0, "norm_v": 3.0}
+    points = {"a": {"loss": 1.0}, "b": {"loss": 1.2}, "b_prime": {"loss": 1.1}}
+    grid = [[2.0, None, 3.0], [None, None, None], [1.5, None, 4.0]]  # grid[j][i]: the loss at (x[i], y[j])
+    partial = {"x": [0.0, 0.5, 1.0], "y": [-1.0, 0.0, 1.0], "grid": grid, "basis": basis, "points": points, "complete": False}
+    fig = charts.loss_plane(partial, {}, "t")
+    assert not any(t.type == "contour" for t in fig.data)
+    shown = next(t for t in fig.data if t.name == "computed points")
+    assert sorted(zip(shown.x, shown.y, shown.customdata)) == [(0.0, -1.0, 2.0), (0.0, 1.0, 1.5), (1.0, -1.0, 3.0), (1.0, 1.0, 4.0)]
+    assert list(shown.marker.color) == [math.log10(v - 1.1) for v in (2.0, 3.0, 1.5, 4.0)]
+    full = charts.loss_plane({**partial, "grid": [[2.0] * 3] * 3, "complete": True}, {}, "t")
+    assert [t.type for t in full.data][0] == "contour" and "1.50 units of x" in full.layout.title.subtitle.text

@@ -18,7 +18,8 @@ st.title("Stability")
 st.caption(
     "Activation matching at matching budgets that double, each from several disjoint slices of the matching text (resamples). "
     "One statistics pass per resample serves every budget (its running sums are snapshotted at each budget). Agreement: the "
-    "fraction of A's units paired with the same B unit as by the largest budget of the same resample."
+    "fraction of A's units two matchings pair with the same B unit; between two disjoint resamples of a budget it says how "
+    "settled that budget's matching is (against the largest budget it is 100% there by definition)."
 )
 p, s = ui.current()
 ss = st.session_state
@@ -55,7 +56,11 @@ if comparison:
     references["weight matching"] = comparison["barrier"]["weights"]
 
 st.plotly_chart(charts.barrier_vs_tokens(rows, references, "Permuted barrier against matching tokens"), key="stability_barrier")
-st.plotly_chart(charts.agreement_vs_tokens(rows, "Units paired as by the largest budget"), key="stability_agreement")
+st.plotly_chart(charts.agreement_vs_tokens(rows, "Units paired alike: between disjoint resamples (solid), as by the largest budget (dotted)"),
+                key="stability_agreement")
+if int(high) < s.match_tokens:
+    st.caption(f"The sidebar matches on {s.match_tokens:,} tokens; this study stops at {int(high):,}. To see whether the sidebar's "
+               f"budget is enough, raise the largest budget toward it (each resample needs its own slice of the matching text).")
 if rows[0]["head_agreement"]:
     st.plotly_chart(charts.head_agreement_heatmap(rows, "Head assignments equal to the largest budget's"), key="stability_heads")
 else:

@@ -426,23 +426,28 @@ def barrier_vs_tokens(rows: list[dict], references: dict[str, float], title: str
 
 
 def agreement_vs_tokens(rows: list[dict], title: str) -> go.Figure:
-    """Fraction of units paired as by the largest budget, one line per kind of space (mean over
-    its spaces and the resamples); dotted: the same between resamples of one budget."""
+    """Fraction of A's units two matchings pair with the same B unit, one colour per kind of
+    space (mean over its spaces). Solid, and first: between disjoint resamples of one budget,
+    the honest measure of how settled a matching is. Dotted: as by the largest budget of the
+    same resample, which reaches 100% at the largest budget by definition (drawn solid only
+    when there is one resample, and so no other line)."""
     budgets = [r["budget"] for r in rows]
     fig = go.Figure()
     for kind, color in KIND_COLORS.items():
         if not any(kind in r["agreement_by_kind"] for r in rows):
             continue
-        fig.add_trace(go.Scatter(
-            x=budgets, y=[r["agreement_by_kind"].get(kind) for r in rows], mode="lines+markers", name=f"{KIND_LABELS[kind]}: vs the largest budget",
-            line=dict(color=color, width=3), hovertemplate="%{x:,} tokens<br>%{y:.1%} of units paired alike<extra>" + KIND_LABELS[kind] + "</extra>",
-        ))
         between = [r["agreement_between_resamples"].get(kind) for r in rows]
-        if any(v is not None for v in between):
+        resampled = any(v is not None for v in between)
+        if resampled:
             fig.add_trace(go.Scatter(
-                x=budgets, y=between, mode="lines+markers", name=f"{KIND_LABELS[kind]}: between resamples", line=dict(color=color, width=2, dash="dot"),
+                x=budgets, y=between, mode="lines+markers", name=f"{KIND_LABELS[kind]}: between resamples", line=dict(color=color, width=3),
                 hovertemplate="%{x:,} tokens<br>%{y:.1%} paired alike by two resamples<extra>" + KIND_LABELS[kind] + "</extra>",
             ))
+        fig.add_trace(go.Scatter(
+            x=budgets, y=[r["agreement_by_kind"].get(kind) for r in rows], mode="lines+markers", name=f"{KIND_LABELS[kind]}: vs the largest budget",
+            line=dict(color=color, width=1.5 if resampled else 3, dash="dot" if resampled else "solid"),
+            hovertemplate="%{x:,} tokens<br>%{y:.1%} of units paired as by the largest budget<extra>" + KIND_LABELS[kind] + "</extra>",
+        ))
     fig.update_layout(title=dict(text=title), yaxis_title="fraction of A's units paired with the same B unit", height=420,
                       legend=dict(orientation="h", y=-0.3))
     fig.update_yaxes(range=[-0.02, 1.02], tickformat=".0%")

@@ -450,9 +450,14 @@ def test_stability_page_draws_the_ablation_and_compares_the_matchers(world):
     assert arr(mean["x"]).tolist() == [64, 128, 256] and len(arr(barrier[0]["y"])) == 6  # 3 budgets × 2 resamples
     references = [t["name"] for t in barrier if t["name"].startswith(("vanilla", "weight matching"))]
     assert len(references) == 2
-    lines = {t["name"]: arr(t["y"]).tolist() for t in figs["stability_agreement"]["data"]}
+    traces = figs["stability_agreement"]["data"]
+    lines = {t["name"]: arr(t["y"]).tolist() for t in traces}
     for kind in ("FFN", "attention", "residual stream"):
         assert lines[f"{kind}: vs the largest budget"][-1] == 1.0  # the largest budget agrees with itself
+        assert all(0.0 <= v <= 1.0 for v in lines[f"{kind}: between resamples"])
+    assert traces[0]["name"].endswith("between resamples") and "dash" not in traces[0]["line"]  # the honest measure leads
+    assert all(t["line"]["dash"] == "dot" for t in traces if t["name"].endswith("vs the largest budget"))
+    assert any("The sidebar matches on 1,500 tokens; this study stops at 256" in c.value for c in at.caption)
     heads = arr(figs["stability_heads"]["data"][0]["z"])
     assert heads.shape == (2, 3) and np.all(heads[:, -1] == 1.0)  # layer × budget
     table = at.dataframe[0].value

@@ -427,14 +427,15 @@ class Pipeline:
         return plane_mod.compute_plane(self, s, grid, margin, on_point, should_stop, axes)
 
     def seconds_per_evaluation(self, s: AlignSettings) -> float:
-        """How long one model's loss takes with these settings, timed once on θ(½) of the
-        vanilla path (a permuted point costs the same but for a few percent of gathering)."""
+        """How long one point takes with these settings: θ(½) of the vanilla path formed in the
+        working model, then its loss, timed once (a permuted or plane point costs the same but
+        for a few percent of gathering). Forming θ counts: it is part of every point."""
 
         def time_one() -> float:
-            model = self._interpolator_for(s, "vanilla").set(0.5)
+            interpolator = self._interpolator_for(s, "vanilla")
             self.eval_set(s)  # tokenising is not part of a point
             started = time.perf_counter()
-            self.evaluate(model, s)
+            self.evaluate(interpolator.set(0.5), s)
             return time.perf_counter() - started
 
         return self.memo.get("timing", {**self.eval_fields(s), "device": s.device}, time_one)

@@ -216,6 +216,8 @@ def test_heads_page_cost_matrix_graph_and_head_pair_block(world):
     assert arr(cost[0]["z"]).shape == (4, 4)  # H×H
     assert sorted(arr(cost[1]["x"]).tolist()) == [0, 1, 2, 3]  # the assignment is a permutation of B's heads
     assert len(figs["heads_block"]["data"]) == 2 and arr(figs["heads_block"]["data"][0]["z"]).shape == (4, 4)  # d_k×d_k
+    reach = np.abs(arr(figs["heads_block"]["data"][0]["z"])).max()  # the colours span the block's own range
+    assert figs["heads_block"]["layout"]["coloraxis"]["cmax"] == pytest.approx(reach) == -figs["heads_block"]["layout"]["coloraxis"]["cmin"]
     assert "heads move" in figs["heads_graph"]["layout"]["title"]["text"]
     assert "moved head" in figs["heads_layers"]["layout"]["title"]["text"]
     # Monotonic: the table of what Head-Perm would have chosen.

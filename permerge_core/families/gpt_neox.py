@@ -87,7 +87,7 @@ FAMILY = Family(
             model_class="GPTNeoXForCausalLM",
             residual=(Touch("lm_head.weight", 1, FINAL),),  # its own matrix (Pythia's), reading the last node
             mlm_module="lm_head",
-            detect=("lm_head",),
+            detect=("lm_head", "embed_out"),
             prediction=NEXT_TOKEN,
         ),
         "GPTNeoXModel": Head(kind=BASE, model_class="GPTNeoXModel"),
@@ -98,6 +98,8 @@ FAMILY = Family(
     # older checkpoints saved are extra tensors, not missing ones; the rotary frequencies are
     # not saved.)
     may_lack=("lm_head.weight",),
+    # Pythia's checkpoints, and transformers' own save_pretrained, store lm_head as embed_out.
+    renamed=(("embed_out.", "lm_head."),),
     tied_only=("lm_head.weight",),
     packed_text=True,
     requires=(

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .families import FAMILIES, family_for_model_type, supported_architectures
-from .families.schema import BASE, CLASSIFICATION, Family, Head
+from .families.schema import BASE, CLASSIFICATION, Family, Head, config_value
 from .errors import CheckpointError, IncompatiblePairError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -279,6 +279,10 @@ def load_checkpoint(source: str | Path, tokenizer: str | Path | None = None, dev
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except Exception as err:
         raise CheckpointError(f"{config_file} cannot be read as a {model_type} config ({str(err).splitlines()[0]}).", "Restore config.json from the original checkpoint.") from None
+    unmet = family.unmet_requirement(config)
+    if unmet is not None:
+        raise CheckpointError(f"{source} sets {unmet.key} to {config_value(config, unmet.key)!r}, but {unmet.why}.", unmet.fix)
+    family = family.for_config(config)
     state, weights_file = read_state_dict(folder)
     head = _choose_head(family, raw_config.get("architectures"), set(state))
     state = _normalise_keys(state, family, head)
@@ -382,6 +386,7 @@ def validate_pair(a: Checkpoint, b: Checkpoint) -> None:
     differ("hidden size", a.hidden, b.hidden)
     differ("number of attention heads", a.num_heads, b.num_heads)
     differ("FFN size", a.ffn, b.ffn)
+    differ("rotary dimensions per head", a.shape.rotary_dims, b.shape.rotary_dims, "Pick two checkpoints with the same rotary fraction (partial_rotary_factor).")
     differ("number of positions", a.shape.positions, b.shape.positions, "Pick two checkpoints with the same maximum sequence length (n_positions).")
     differ("vocabulary size", a.config.vocab_size, b.config.vocab_size)
     if a.head.kind == CLASSIFICATION:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import spaces as sp
-from .modes import ATTENTION, RESIDUAL, Problem, Solution, is_function_preserving, solve_permutation
+from .modes import ATTENTION, RESIDUAL, Problem, Solution, is_function_preserving, refuse_moving_fixed, solve_permutation
 from .settings import ACTIVATIONS
 
 __all__ = ["HeadMatching", "Matching", "compute_matching", "is_function_preserving"]
@@ -118,11 +118,13 @@ def _score(corr: torch.Tensor, absolute: bool) -> np.ndarray:
     return c.cpu().numpy()
 
 
-def compute_matching(stats, spaces: dict[str, sp.Space], settings) -> Matching:
+def compute_matching(stats, spaces: dict[str, sp.Space], settings, family: str = "this model") -> Matching:
     """Every permutation `settings` asks for (its ffn, attention, residual and absolute fields),
     solved on the activation correlations of `stats` by each mode's own solver (modes.py);
     identity where a component is off. `spaces` are the model's (Checkpoint.spaces): they carry
-    each space's heads and what it admits."""
+    each space's heads, fixed positions and what it admits; a mode that would move fixed
+    positions is refused, naming `family`."""
+    refuse_moving_fixed(settings.attention, spaces, family)
     attention, residual, absolute = ATTENTION[settings.attention], RESIDUAL[settings.residual], settings.absolute
     if residual.move not in (sp.IDENTITY, sp.PER_NODE) and residual.score is None:
         raise ValueError(f"residual mode {residual.name!r} makes one permutation for the stream but names no correlation to solve it on")

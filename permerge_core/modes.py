@@ -163,6 +163,28 @@ def non_preserving(attention: str, residual: str) -> list[str]:
     return [f"{part} {name}" for part, name in (("attention", attention), ("residual", residual)) if not MODES[part][name].preserves_function]
 
 
+# Attention moves that keep every position of a head where it is inside some head (Head-Perm
+# solves the inner assignments over the movable positions only, matching.solve_heads).
+KEEPS_POSITIONS = frozenset({sp.IDENTITY, sp.HEADS, sp.WITHIN_HEADS})
+
+
+def refuse_moving_fixed(attention: str, spaces: dict[str, sp.Space], family: str) -> None:
+    """Refuse an attention mode whose move would displace positions the attention spaces keep
+    fixed (rotary features): the model it made would not be an ablation of the alignment but
+    another function, at every λ. Both matchers call this before solving anything."""
+    from .errors import SettingsError
+
+    mode = ATTENTION[attention]
+    fixed = next((s.fixed for s in spaces.values() if s.kind == sp.ATTENTION and s.fixed), ())
+    if fixed and mode.move not in KEEPS_POSITIONS:
+        keeping = ", ".join(m.name for m in ATTENTION.values() if m.move in KEEPS_POSITIONS)
+        raise SettingsError(
+            f"Attention mode {attention!r} reorders features across heads, which would move the rotary features "
+            f"{fixed[0]}–{fixed[-1]} of every attention head of {family} (rotary embeddings fix them in place).",
+            f"Use attention mode {keeping}: they keep those features in place.",
+        )
+
+
 def help_text(part: str) -> str:
     """Every mode of `part` with its summary, for the CLI's --help."""
     return "; ".join(f"{m.name}: {m.summary}" for m in MODES[part].values())
@@ -176,7 +198,7 @@ def _match_activations(pair, settings):
 
     stats = pair.statistics(settings)
     pair.progress("matching", 0.0, "solving assignments")
-    return compute_matching(stats, pair.a.spaces, settings)
+    return compute_matching(stats, pair.a.spaces, settings, family=pair.a.family.name)
 
 
 def _match_weights(pair, settings):

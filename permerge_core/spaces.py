@@ -214,4 +214,4 @@ def of_model(family, config) -> dict[str, Space]:
     """The spaces of a checkpoint of `family` with this config (Checkpoint.spaces)."""
     shape = family.shape(config)
     return model_spaces(shape, family.residual_layout.count(shape.layers), attention_width=shape.attention,
-                        kv_groups=shape.kv_groups, stream_admits=family.stream_admits)
+                        kv_groups=shape.kv_groups, stream_admits=family.stream_admits, fixed=range(shape.rotary_dims))

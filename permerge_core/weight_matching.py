@@ -46,7 +46,7 @@ import torch
 
 from . import spaces as sp
 from .matching import HeadMatching, Matching, identity, merge_settings
-from .modes import ATTENTION, RESIDUAL, Problem, solve_permutation
+from .modes import ATTENTION, RESIDUAL, Problem, refuse_moving_fixed, solve_permutation
 from .permuting import permutation_plan, reindex, touched_units, touches_by_tensor
 from .settings import WEIGHTS
 
@@ -142,6 +142,7 @@ def match_weights(
     """The weight matching of B to A under `settings`' modes (see the module docstring), as a
     Matching in the usual convention: perm[i] = j, A's unit i ↔ B's unit j. Each space is
     solved by its mode's own solver (modes.py), on the weights' similarity."""
+    refuse_moving_fixed(settings.attention, spaces, family.name)
     started = time.perf_counter()
     attention, residual = ATTENTION[settings.attention], RESIDUAL[settings.residual]
     layers = [s for s in spaces.values() if s.kind != sp.RESIDUAL]

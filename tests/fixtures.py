@@ -59,18 +59,29 @@ def make_gpt2_tokenizer(folder: Path):
     return tok
 
 
+DECODERS = ("gpt2", "gpt_neox")  # families that read text through the byte-level BPE below
+
+
 def vocab_size(family: str = "bert") -> int:
-    return GPT2_VOCAB if family == "gpt2" else 5 + len(set(WORDS)) + 28
+    return GPT2_VOCAB if family in DECODERS else 5 + len(set(WORDS)) + 28
 
 
-def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2, positions=128, tied=True):
-    from transformers import BertConfig, GPT2Config, RobertaConfig
+def tiny_config(family="bert", layers=2, hidden=16, heads=4, ffn=32, vocab=None, num_labels=2, positions=128, tied=None,
+                rotary=0.5, parallel=True):
+    from transformers import BertConfig, GPT2Config, GPTNeoXConfig, RobertaConfig
 
     if family == "gpt2":  # `tied` False: an lm_head of its own, not the token embeddings
         return GPT2Config(
             vocab_size=vocab or GPT2_VOCAB, n_positions=positions, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=ffn,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-            tie_word_embeddings=tied,
+            tie_word_embeddings=tied is not False,
+        )
+    if family == "gpt_neox":  # Pythia's shape; `rotary` of each head's q/k rotated (Pythia: 0.25), untied unless `tied`
+        return GPTNeoXConfig(
+            vocab_size=vocab or GPT2_VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=ffn, max_position_embeddings=positions, use_parallel_residual=parallel,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": rotary},
+            hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=bool(tied),
         )
 
     cls = BertConfig if family == "bert" else RobertaConfig
@@ -94,7 +105,7 @@ def random_model(family="bert", kind="mlm", seed=0, **shape):
                 fan_in = p.shape[0] if ".c_" in name else p.shape[1]  # GPT-2's Conv1D stores [in, out]
                 p.copy_(torch.randn_like(p) / (fan_in ** 0.5 if "embeddings" not in name else 1.0))
             if p.dim() == 1:
-                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if any(n in name for n in ("LayerNorm.weight", "layer_norm.weight", "ln_")) and name.endswith("weight") else 0.0))
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if any(n in name for n in ("LayerNorm.weight", "layer_norm.weight", "layernorm.weight", "ln_")) and name.endswith("weight") else 0.0))
     return model
 
 
@@ -116,15 +127,25 @@ def random_text(lines=200, seed=0) -> str:
 def save_model(model, folder: Path, tokenizer_folder: Path | None = None, dtype=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (model.to(dtype) if dtype else model).save_pretrained(folder)
-    (make_gpt2_tokenizer if model.config.model_type == "gpt2" else make_tokenizer)(folder)
+    (make_gpt2_tokenizer if model.config.model_type in DECODERS else make_tokenizer)(folder)
     return folder
 
 
-def random_head_perm(hidden: int, heads: int, rng: np.random.Generator) -> np.ndarray:
-    """A function-preserving attention permutation: shuffle heads, then features within heads."""
+def random_inner(dk: int, rng: np.random.Generator, fixed=()) -> np.ndarray:
+    """A random order of a head's `dk` features that keeps the `fixed` ones in place (the
+    same draw as rng.permutation(dk) where none is fixed)."""
+    movable = np.setdiff1d(np.arange(dk), np.asarray(fixed, dtype=np.int64))
+    order = np.arange(dk)
+    order[movable] = movable[rng.permutation(len(movable))]
+    return order
+
+
+def random_head_perm(hidden: int, heads: int, rng: np.random.Generator, fixed=()) -> np.ndarray:
+    """A function-preserving attention permutation: shuffle heads, then features within heads
+    (all but the `fixed` positions of each head, rotary features)."""
     dk = hidden // heads
     order = rng.permutation(heads)
-    return np.concatenate([order[j] * dk + rng.permutation(dk) for j in range(heads)])
+    return np.concatenate([order[j] * dk + random_inner(dk, rng, fixed) for j in range(heads)])
 
 
 def spaces_of(model) -> dict:
@@ -145,18 +166,21 @@ def merge(**fields):
 def random_move(space, move: str, rng: np.random.Generator) -> np.ndarray:
     """A random permutation of `space` of kind `move` (permerge_core.spaces), never the identity
     where the move allows another: heads shuffled as wholes and features inside them (HEADS),
-    features inside each head only (WITHIN_HEADS), anything (PERMUTATION and the stream's moves)."""
+    features inside each head only (WITHIN_HEADS), anything (PERMUTATION and the stream's moves).
+    Head moves keep the space's fixed positions in place."""
     from permerge_core import spaces
 
     if move == spaces.IDENTITY:
         return np.arange(space.width)
+    movable = space.head_dim - len(space.fixed)
+    only_identity = {spaces.HEADS: space.heads == 1 and movable <= 1, spaces.WITHIN_HEADS: movable <= 1}.get(move, space.width == 1)
     while True:
         if move == spaces.HEADS:
-            perm = random_head_perm(space.width, space.heads, rng)
+            perm = random_head_perm(space.width, space.heads, rng, space.fixed)
         elif move == spaces.WITHIN_HEADS:
             dk = space.head_dim
-            perm = np.concatenate([j * dk + rng.permutation(dk) for j in range(space.heads)])
+            perm = np.concatenate([j * dk + random_inner(dk, rng, space.fixed) for j in range(space.heads)])
         else:
             perm = rng.permutation(space.width)
-        if space.width == 1 or not np.array_equal(perm, np.arange(space.width)):
+        if only_identity or not np.array_equal(perm, np.arange(space.width)):
             return perm

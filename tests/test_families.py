@@ -27,11 +27,10 @@ SHAPE = dict(layers=2, hidden=16, heads=4, ffn=32)
 
 
 def _model(name: str, architecture: str):
-    family = FAMILIES[name]
-    head = family.heads[architecture]
+    head = FAMILIES[name].heads[architecture]
     model = random_model(name, head.kind, seed=3, **SHAPE)
     assert type(model).__name__ == head.model_class
-    return family, head, model
+    return FAMILIES[name].for_config(model.config), head, model
 
 
 @pytest.mark.parametrize("name,architecture", HEADS)
@@ -54,13 +53,13 @@ def test_every_touch_resolves_to_a_tensor_with_its_space_on_the_axis(name, archi
 
 
 def _planted(family, config, rng) -> Matching:
-    """Random function-preserving permutations of every space: heads kept whole, one residual
-    permutation."""
+    """Random function-preserving permutations of every space: heads kept whole (their rotary
+    features in place), one residual permutation."""
     shape = family.shape(config)
     perms = {"residual": rng.permutation(shape.hidden)}
     for i in range(shape.layers):
         perms[f"layer.{i}.ffn"] = rng.permutation(shape.ffn)
-        perms[f"layer.{i}.attention"] = random_head_perm(shape.attention, shape.heads, rng)
+        perms[f"layer.{i}.attention"] = random_head_perm(shape.attention, shape.heads, rng, range(shape.rotary_dims))
     return Matching(perms, {}, {"ffn": True, "attention": "heads", "residual": "first", "absolute": False})
 
 

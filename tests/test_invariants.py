@@ -14,11 +14,12 @@ from permerge_core.data import TokenBatches
 from permerge_core.evaluation import barrier, max_abs_logit_diff
 from permerge_core.interpolation import Interpolator, lambda_grid
 from permerge_core.matching import Matching, compute_matching
+from permerge_core import spaces as sp
 from permerge_core.spaces import model_spaces
 from permerge_core.permuting import inverse, permutation_plan, permute_state_dict, permuted_model
 from permerge_core.statistics import collect_statistics
 
-from fixtures import FAMILY_CLASSES, merge, random_head_perm, random_ids, random_model, spaces_of
+from fixtures import FAMILY_CLASSES, merge, random_head_perm, random_ids, random_model, random_move, spaces_of
 
 SHAPES = [
     dict(layers=2, hidden=16, heads=4, ffn=32),
@@ -26,28 +27,29 @@ SHAPES = [
     dict(layers=2, hidden=6, heads=6, ffn=10),  # heads of size 1
     dict(layers=2, hidden=9, heads=3, ffn=13),  # odd widths
 ]
-LM = {"bert": MLM, "roberta": MLM, "gpt2": CAUSAL_LM}  # each family's language-model head
+LM = {"bert": MLM, "roberta": MLM, "gpt2": CAUSAL_LM, "gpt_neox": CAUSAL_LM}  # each family's language-model head
 
 
 def head_for(model):
-    family = FAMILIES[model.config.model_type]
+    family = FAMILIES[model.config.model_type].for_config(model.config)  # as load_checkpoint gives it
     return family, _choose_head(family, [type(model).__name__], set())
 
 
 def random_matching(cfg, attention="heads", residual="first", seed=0) -> Matching:
     rng = np.random.default_rng(seed)
     L, d, H, f, *_ = astuple(FAMILIES[cfg.model_type].shape(cfg))
+    spaces = sp.of_model(FAMILIES[cfg.model_type], cfg)  # they carry the rotary features that stay in place
     perms = {}
     for i in range(L):
         perms[f"layer.{i}.ffn"] = rng.permutation(f)
         if attention == "ignore-heads":
             perms[f"layer.{i}.attention"] = rng.permutation(d)
         elif attention == "monotonic":
-            perms[f"layer.{i}.attention"] = np.concatenate([j * (d // H) + rng.permutation(d // H) for j in range(H)])
+            perms[f"layer.{i}.attention"] = random_move(spaces[sp.attention(i)], sp.WITHIN_HEADS, rng)
         elif attention == "none":
             perms[f"layer.{i}.attention"] = np.arange(d)
         else:
-            perms[f"layer.{i}.attention"] = random_head_perm(d, H, rng)
+            perms[f"layer.{i}.attention"] = random_move(spaces[sp.attention(i)], sp.HEADS, rng)
     if residual == "sep":
         for n in range(2 * L + 1):
             perms[f"residual.{n}"] = rng.permutation(d)

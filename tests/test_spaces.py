@@ -103,7 +103,7 @@ MOVES = [(sp.FFN, sp.PERMUTATION), (sp.ATTENTION, sp.HEADS), (sp.ATTENTION, sp.W
          (sp.RESIDUAL, sp.SHARED), (sp.RESIDUAL, sp.PER_NODE)]
 
 
-@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "gpt2", "gpt_neox"])
 @pytest.mark.parametrize("kind,move", MOVES, ids=[f"{k}-{m}" for k, m in MOVES])
 def test_a_move_keeps_the_function_exactly_when_the_space_admits_it(family, kind, move):
     """Only the spaces of `kind` move (the rest stay in place), so each rule is tested alone:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import bert, gpt2, roberta
+from . import bert, gpt2, gpt_neox, roberta
 from .schema import Family, Touch
 
-FAMILIES: dict[str, Family] = {module.FAMILY.name: module.FAMILY for module in (bert, roberta, gpt2)}
+FAMILIES: dict[str, Family] = {module.FAMILY.name: module.FAMILY for module in (bert, roberta, gpt2, gpt_neox)}
 
 
 def supported_architectures() -> list[str]:

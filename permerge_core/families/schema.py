@@ -30,7 +30,7 @@ write one module with one `Family` value and list it in `families/__init__.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,6 +38,7 @@ import numpy as np
 EMBED = "embed"  # the node the embeddings write
 AFTER_ATTENTION = "after_attention"  # what layer i's attention writes
 AFTER_FFN = "after_ffn"  # what layer i's FFN writes
+AFTER_LAYER = "after_layer"  # what a parallel-residual layer i writes: its attention and FFN outputs in one sum
 # Two rules name a node by where it is rather than by what writes it:
 LAYER_INPUT = "layer_input"  # the node layer i reads: the last node before layer i's first
 FINAL = "final"  # the last node: what the head reads
@@ -115,6 +116,11 @@ class ConfigKeys:
     position_offset: int = 0  # table rows no token position uses (RoBERTa starts after the padding id)
     head_dim: str | None = None  # a head's width, where the config sets it; else hidden // heads
     kv_heads: str | None = None  # key/value heads, where grouped-query attention shares them; else one per head
+    # Rotary embeddings: the fraction of each head's query/key features they rotate, as a path
+    # into the config whose dotted steps are attributes or dict keys
+    # ("rope_parameters.partial_rotary_factor"); unset there means 1.0, as transformers reads it.
+    # None: the family has no rotary embeddings.
+    rotary_fraction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,39 @@ class Shape:
     positions: int  # rows of the position table (config value; see ConfigKeys.position_offset)
     attention: int  # the concatenated heads' width, heads × head width (the attention space)
     kv_groups: int | None = None  # key/value groups the heads fall in (None: every head its own)
+    rotary_dims: int = 0  # the first features of every head that rotary embeddings rotate (they stay in place)
+
+
+def rotary_dims(head_dim: int, fraction: float) -> int:
+    """How many leading features of a head transformers' rotary embedding rotates: one frequency
+    per pair, int(head_dim × fraction) rounded up to a whole number of pairs (the cos/sin it
+    builds are twice the frequencies long, and that length is what it slices off q and k)."""
+    dims = int(head_dim * fraction)
+    return min(head_dim, dims + dims % 2)
+
+
+def config_value(config, path: str, default=None):
+    """The value at a dotted `path` of a config: each step an attribute or, inside a dict, a key."""
+    value = config
+    for step in path.split("."):
+        value = value.get(step) if isinstance(value, dict) else getattr(value, step, None)
+        if value is None:
+            return default
+    return value
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A config value the family's declaration assumes: a checkpoint with another is refused at
+    load (rather than aligned under a symmetry it does not have), with `why` and `fix`."""
+
+    key: str
+    value: object
+    why: str
+    fix: str
+
+
+PER_HEAD = "per head"  # Part.chunks of a fused tensor laid out head by head: the config's head count
 
 
 @dataclass(frozen=True)
@@ -134,16 +173,19 @@ class Part:
     `count` equal blocks, and the part is block `index` of every chunk, in chunk order.
 
     GPT-2's c_attn is q | k | v: (k, 3) with one chunk. GPT-NeoX's query_key_value holds
-    [q_h | k_h | v_h] for every head h: (k, 3, chunks=heads), so the part's units come head by
-    head, as the attention space numbers them."""
+    [q_h | k_h | v_h] for every head h: (k, 3, chunks=PER_HEAD), so the part's units come head by
+    head, as the attention space numbers them. The head count is the config's, so a family
+    declares PER_HEAD and `Family.for_config` puts the number in (a checkpoint's family has it)."""
 
     index: int
     count: int
-    chunks: int = 1
+    chunks: int | str = 1  # or PER_HEAD: one chunk per attention head, filled in by Family.for_config
 
     def indices(self, length: int) -> np.ndarray:
         """The positions along an axis of `length` that the part addresses, in unit order:
         unit u of the touched space is row indices()[u] of the tensor."""
+        if isinstance(self.chunks, str):
+            raise ValueError(f"{self} has one chunk per head: take the family from Family.for_config(config)")
         if length % (self.chunks * self.count):
             raise ValueError(f"an axis of {length} does not split into {self.chunks} × {self.count} equal blocks")
         block = length // (self.chunks * self.count)
@@ -285,6 +327,8 @@ class Family:
     stream_admits: frozenset[str] = frozenset()
     fast_path: FastPath | None = None  # None: the evaluation always runs the whole model
     training: Training | None = None  # None: `train` does not build this family
+    # Config values the declaration holds only for (GPT-NeoX's parallel residual): others are refused at load.
+    requires: tuple[Requirement, ...] = ()
 
     def shape(self, config) -> Shape:
         keys = self.config_keys
@@ -292,8 +336,27 @@ class Family:
         ffn = getattr(config, keys.ffn, None) or hidden * (keys.ffn_multiple or 0)
         head_dim = (getattr(config, keys.head_dim, None) if keys.head_dim else None) or hidden // heads
         kv_groups = getattr(config, keys.kv_heads, None) if keys.kv_heads else None
+        rotary = rotary_dims(head_dim, config_value(config, keys.rotary_fraction, 1.0)) if keys.rotary_fraction else 0
         return Shape(getattr(config, keys.layers), hidden, heads, ffn, getattr(config, keys.positions, None), heads * head_dim,
-                     None if kv_groups in (None, heads) else kv_groups)
+                     None if kv_groups in (None, heads) else kv_groups, rotary)
+
+    def for_config(self, config) -> Family:
+        """The family as a checkpoint with this config has it (Checkpoint.family): every
+        `Part(..., chunks=PER_HEAD)` of the encoder's tensors gets the config's head count. The
+        family itself where no part depends on the config."""
+        heads = self.shape(config).heads
+
+        def fill(touches: tuple[Touch, ...]) -> tuple[Touch, ...]:
+            return tuple(replace(t, part=replace(t.part, chunks=heads)) if t.part and t.part.chunks == PER_HEAD else t for t in touches)
+
+        enc = self.encoder
+        bound = replace(enc, embeddings=fill(enc.embeddings), ffn=fill(enc.ffn), attention=fill(enc.attention),
+                        residual_per_layer=fill(enc.residual_per_layer), final=fill(enc.final))
+        return self if bound == enc else replace(self, encoder=bound)
+
+    def unmet_requirement(self, config) -> Requirement | None:
+        """The first of `requires` this config does not meet, None if it meets them all."""
+        return next((r for r in self.requires if config_value(config, r.key) != r.value), None)
 
     def usable_positions(self, config) -> int | None:
         """The longest sequence the model can read, None if its config does not say."""

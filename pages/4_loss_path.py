@@ -7,7 +7,7 @@ from dataclasses import replace
 import streamlit as st
 
 from permerge_app import charts, ui, views
-from permerge_core import is_function_preserving
+from permerge_core import SettingsError, is_function_preserving
 from permerge_core.repair import LABEL as REPAIR_LABEL, REPAIRED
 from permerge_core.modes import MATCHERS
 from permerge_core.settings import WEIGHTS
@@ -65,13 +65,20 @@ with ui.progress():
     if MATCHERS[s.matcher].compares:  # the weight matching beside the activation matching
         curves["permuted (weights)"], colors["permuted (weights)"] = [], charts.EXTRA[-1]
         p.curve(replace(s, matcher=WEIGHTS), "permuted", on_point=collect("permuted (weights)"))
+    refused = {}
     for n, name in enumerate(variants):
         curves[name] = []
         colors[name] = charts.EXTRA[n % len(charts.EXTRA)]
-        p.curve(views.variant_settings(s, name), "permuted", on_point=collect(name))
+        try:
+            p.curve(views.variant_settings(s, name), "permuted", on_point=collect(name))
+        except SettingsError as err:  # a variant this pair's family refuses (ignore-heads on rotary heads)
+            del curves[name]
+            refused[name] = err
 
 fig = figure()
 placeholder.plotly_chart(fig, key="loss_final")
+for name, err in refused.items():
+    st.caption(f"⚠ Variant '{name}' is not drawn: {err}")
 st.caption(
     f"'permuted' uses the sidebar settings: {permuted_label}. "
     + objective.path_caption(metric)
@@ -79,7 +86,7 @@ st.caption(
 
 preserving = {"vanilla": True, "permuted": s.function_preserving, "permuted (weights)": s.function_preserving,
               REPAIR_LABEL: s.function_preserving}
-preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants})
+preserving.update({v: is_function_preserving(views.VARIANTS[v]["attention"], views.VARIANTS[v]["residual"]) for v in variants if v in curves})
 rows = views.barrier_rows(curves, preserving)
 by_name = {r["curve"]: r for r in rows}
 # Every curve of the sidebar's settings gets its barrier here; each beyond the permuted one is

@@ -741,3 +741,17 @@ def test_mixed_bert_and_gpt2_pair_is_refused_naming_both_families(world, decoder
     at = app(world, model_b=decoders[0]).run()
     no_crash(at)
     assert any("family: A has bert, B has gpt2" in e.value for e in at.error)
+
+
+def test_a_rotary_pair_draws_every_variant_it_can_and_says_why_not_the_others(world):
+    """ignore-heads would move rotary features, so a GPT-NeoX pair refuses it: the Loss path page
+    draws the other curves and names the refused variant with the reason."""
+    root = world["root"] / "neox"
+    pair = [str(save_model(random_model("gpt_neox", "causal-lm", seed=s, layers=2, hidden=16, heads=4, ffn=32), root / f"seed-{s}")) for s in (0, 1)]
+    at = goto(app(world, model_a=pair[0], model_b=pair[1], models_dir=str(root),
+                  variants=["FFN only", "FFN + ignore-heads attention"]), "4_loss_path")
+    no_crash(at)
+    names = {t.get("name") for t in charts(at)["loss_final"]["data"]}
+    assert {"vanilla", "permuted", "FFN only"} <= names and "FFN + ignore-heads attention" not in names
+    assert any("'FFN + ignore-heads attention' is not drawn" in c.value and "rotary" in c.value for c in at.caption)
+    assert {r["curve"] for r in at.dataframe[0].value.to_dict("records")} == {"vanilla", "permuted", "FFN only"}

@@ -17,6 +17,14 @@ def tiny_pair(tmp_path_factory) -> dict:
     return {"a": a, "b": b, "text": text, "root": root}
 
 
+@pytest.fixture(scope="session")
+def text(tmp_path_factory) -> Path:
+    """A text file of 300 random lines (the tiny models' vocabulary), for matching and evaluation."""
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text(random_text(300))
+    return path
+
+
 @pytest.fixture
 def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"

@@ -184,3 +184,18 @@ def random_move(space, move: str, rng: np.random.Generator) -> np.ndarray:
             perm = rng.permutation(space.width)
         if only_identity or not np.array_equal(perm, np.arange(space.width)):
             return perm
+
+
+def small_cli_align(model_a, model_b, text, tmp_path) -> dict:
+    """`python -m permerge_core align` on a tiny pair with small budgets (through cli.main, in
+    this process); its exit code must be 0. Returns report.json."""
+    import json
+
+    from permerge_core.cli import main
+
+    out = tmp_path / "out"
+    code = main(["align", "--model-a", str(model_a), "--model-b", str(model_b), "--match-data", str(text), "--eval-data", str(text),
+                 "--match-tokens", "2000", "--eval-tokens", "600", "--max-length", "32", "--lambdas", "3", "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    assert code == 0
+    return json.loads((out / "report.json").read_text())

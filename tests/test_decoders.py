@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fixtures import make_gpt2_tokenizer, random_head_perm, random_model, random_text, save_model
+from fixtures import make_gpt2_tokenizer, random_head_perm, random_model, save_model, small_cli_align
 from permerge_core import AlignSettings, Pipeline
 from permerge_core.families import FAMILIES
 from permerge_core.checkpoints import load_checkpoint, validate_pair
@@ -23,13 +23,6 @@ from permerge_core.weight_matching import WeightObjective
 
 SHAPE = dict(layers=2, hidden=16, heads=4, ffn=32)
 SMALL = dict(match_tokens=3000, eval_tokens=1000, lambdas=5, max_length=32, batch_size=8)
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "text.txt"
-    path.write_text(random_text(300))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +115,7 @@ def test_report_keys_are_the_same_for_a_decoder_and_an_encoder(planted, tiny_pai
 
 
 def test_cli_align_on_a_decoder_pair_names_the_next_token_loss(planted, text, tmp_path):
-    from permerge_core.cli import main
-
-    out = tmp_path / "out"
-    code = main(["align", "--model-a", str(planted["a"]), "--model-b", str(planted["b"]), "--match-data", str(text), "--eval-data", str(text),
-                 "--match-tokens", "2000", "--eval-tokens", "600", "--max-length", "32", "--lambdas", "3", "--out", str(out),
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet"])
-    assert code == 0
-    report = json.loads((out / "report.json").read_text())
+    report = small_cli_align(planted["a"], planted["b"], text, tmp_path)
     assert report["eval"]["predicted"] == "predicted tokens" and report["models"]["b"]["architecture"] == "GPT2LMHeadModel"
 
 

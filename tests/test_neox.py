@@ -4,13 +4,12 @@ shuffles come back exactly through both matchers and the CLI; what it cannot ali
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from fixtures import random_ids, random_model, random_move, random_text, save_model, spaces_of
+from fixtures import random_ids, random_model, random_move, save_model, small_cli_align, spaces_of
 from permerge_core import AlignSettings, Pipeline
 from permerge_core import spaces as sp
 from permerge_core.checkpoints import load_checkpoint, validate_pair
@@ -153,13 +152,6 @@ def test_b_prime_computes_b_under_every_function_preserving_mode(shape, kind, at
 
 
 @pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "text.txt"
-    path.write_text(random_text(300))
-    return path
-
-
-@pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """A and B = A shuffled: the stream, every FFN, every layer's heads and each head's free
     (non-rotary) features, saved as checkpoints."""
@@ -211,14 +203,7 @@ def test_weight_matching_recovers_a_planted_shuffle_from_the_weights_alone(plant
 
 
 def test_cli_align_runs_end_to_end_on_a_neox_pair(planted, text, tmp_path):
-    from permerge_core.cli import main
-
-    out = tmp_path / "out"
-    code = main(["align", "--model-a", str(planted["a"]), "--model-b", str(planted["b"]), "--match-data", str(text), "--eval-data", str(text),
-                 "--match-tokens", "2000", "--eval-tokens", "600", "--max-length", "32", "--lambdas", "3", "--out", str(out),
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet"])
-    assert code == 0
-    report = json.loads((out / "report.json").read_text())
+    report = small_cli_align(planted["a"], planted["b"], text, tmp_path)
     assert report["function_preserving"] is True and report["max_abs_logit_diff"] < 1e-4
     assert report["models"]["b"]["architecture"] == "GPTNeoXForCausalLM" and abs(report["barrier"]["permuted"]) < 1e-4
 

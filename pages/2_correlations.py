@@ -31,25 +31,27 @@ if np.array_equal(perm, np.arange(d)):
     component = {spaces.FFN: "FFN alignment", spaces.ATTENTION: "Attention alignment", spaces.RESIDUAL: "Residual alignment"}[kind]
     st.info(f"{component} is off in the current settings (or found the identity): 'after' equals 'before'.", icon=":material/info:")
 
-before_view = views.block_extreme(corr, 96)
-after_view = views.block_extreme(views.aligned(corr, perm), 96)
-if before_view.block > 1:
-    r, c = before_view.values.shape
+before_view = views.leading_units(corr, 96)
+after_view = views.leading_units(views.aligned(corr, perm), 96)
+if before_view.shape[0] < d:
+    r = before_view.shape[0]
     st.caption(
-        f"Overview: {d}×{d} = {d * d:,} correlations shown as {r}×{c} cells, each the strongest correlation (largest "
-        f"magnitude, with its sign) of a {before_view.block}×{before_view.block} block of units, so matched pairs stay visible "
-        "(a block mean would dilute them). The zoom below shows exact values."
+        f"Overview: the first {r} of {d} units of A against the first {r} of B (before) and of B′ (after), every correlation "
+        f"exact. Pooling all {d * d:,} into blocks would hide the alignment: a matched pair is one entry in its block. "
+        "The zoom below moves to any other region."
     )
 else:
     st.caption(f"All {d}×{d} = {d * d:,} correlations, one cell each.")
 st.plotly_chart(
-    charts.correlation_pair(before_view.values, after_view.values, f"{label}: A × B correlation ({d} {unit}s)",
+    charts.correlation_pair(before_view.values, after_view.values,
+                            f"{label}: A × B correlation ({before_view.shape[0]} of {d} {unit}s)" if before_view.shape[0] < d
+                            else f"{label}: A × B correlation ({d} {unit}s)",
                             before_view.row_labels, before_view.col_labels, unit_note=unit),
     key="corr_overview",
 )
 
-if before_view.block > 1:
-    with st.expander("Zoom into a region (exact values)", expanded=True):
+if before_view.shape[0] < d:
+    with st.expander("Zoom into another region (exact values)", expanded=False):
         z1, z2, z3 = st.columns(3)
         size = z3.slider("Window size (units)", 8, min(128, d), min(64, d), key="corr_zoom_size")
         row0 = z1.number_input("First A unit (row)", 0, d - 1, 0, key="corr_zoom_row")

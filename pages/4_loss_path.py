@@ -102,7 +102,7 @@ for column, name in zip(m[2:], beside):
 m[-1].metric("λ points", f"{s.lambdas}")
 st.subheader("Barriers")
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
-    "curve": st.column_config.TextColumn(width="large"),  # the names are long ("permuted (weights)", variants)
+    "curve": st.column_config.TextColumn(width="medium"),  # wide enough for "permuted (weights)"; the variants wrap in the hover
     **{k: st.column_config.NumberColumn(format="%.4f") for k in rows[0] if k not in ("curve", "peak λ", "function-preserving")},
 })
 

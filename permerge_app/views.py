@@ -27,7 +27,7 @@ from permerge_core.modes import APP_VARIANTS, is_function_preserving, non_preser
 from permerge_core.objectives import METRIC_LABELS
 
 __all__ = [
-    "BlockView", "VARIANTS", "block_average", "block_extreme", "aligned", "zoom_window", "matched_pair",
+    "BlockView", "VARIANTS", "block_average", "leading_units", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
     "barrier_rows", "curves_csv", "variant_settings", "known_pair_barriers",
@@ -68,18 +68,15 @@ def _range_labels(starts: np.ndarray, total: int) -> list[str]:
     return [str(s) if e - s == 1 else f"{s}–{e - 1}" for s, e in zip(starts, ends)]
 
 
-def block_extreme(matrix, max_side: int = 128) -> BlockView:
-    """Like `block_average`, but each cell is its block's entry of largest magnitude (with its
-    sign). A matched pair is one strong entry among b² weak ones: a block mean dilutes it to
-    nothing, so 'before' and 'after' look alike; the extreme keeps it, so an aligned matrix
-    shows its bright diagonal at any size."""
+def leading_units(matrix, side: int = 96) -> BlockView:
+    """The first `side` units of both axes, every correlation exact (the whole matrix when it
+    is smaller). Pooling a large matrix hides alignment: a matched pair is one entry among b²
+    in its block, so block means dilute it and block maxima drown it among the strong
+    off-partner correlations FFN units have; an exact corner of the aligned matrix shows its
+    diagonal."""
     m = _as_numpy(matrix)
-    view = block_average(m, max_side)
-    if view.block == 1:
-        return view
-    high = np.maximum.reduceat(np.maximum.reduceat(m, view.row_starts, axis=0), view.col_starts, axis=1)
-    low = np.minimum.reduceat(np.minimum.reduceat(m, view.row_starts, axis=0), view.col_starts, axis=1)
-    return BlockView(np.where(np.abs(high) >= np.abs(low), high, low), view.block, view.row_starts, view.col_starts, view.shape)
+    rows, cols = min(side, m.shape[0]), min(side, m.shape[1])
+    return BlockView(m[:rows, :cols].copy(), 1, np.arange(rows), np.arange(cols), (rows, cols))
 
 
 def block_average(matrix, max_side: int = 128) -> BlockView:

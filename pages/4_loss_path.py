@@ -100,6 +100,8 @@ for column, name in zip(m[2:], beside):
     column.metric(f"{name} barrier", f"{by_name[name]['barrier (nats)']:.3f} nats",
                   delta=f"{by_name[name]['barrier (nats)'] - by_name['permuted']['barrier (nats)']:+.3f} vs permuted", delta_color="inverse")
 m[-1].metric("λ points", f"{s.lambdas}")
+st.caption(f"Every barrier here is measured on {objective.scored_on(s)} at {s.lambdas} λ points: other pages, or other budgets "
+           "and grids, measure the same barrier on other data and can show other values.")
 st.subheader("Barriers")
 st.dataframe(rows, hide_index=True, width="stretch", column_config={
     "curve": st.column_config.TextColumn(width="medium"),  # wide enough for "permuted (weights)"; the variants wrap in the hover

@@ -55,7 +55,9 @@ references = {"vanilla": result["vanilla_barrier"]}
 if comparison:
     references["weight matching"] = comparison["barrier"]["weights"]
 
-st.plotly_chart(charts.barrier_vs_tokens(rows, references, "Permuted barrier against matching tokens"), key="stability_barrier")
+budget = f"{p.objective.scored_on(study)}, {study.lambdas} λ points"
+st.plotly_chart(charts.barrier_vs_tokens(rows, references, f"Permuted barrier against matching tokens (every barrier on {budget})"),
+                key="stability_barrier")
 st.plotly_chart(charts.agreement_vs_tokens(rows, "Units paired alike: between disjoint resamples (solid), as by the largest budget (dotted)"),
                 key="stability_agreement")
 if int(high) < s.match_tokens:

@@ -254,6 +254,7 @@ def test_loss_path_under_both_matchers_shows_the_weights_barrier_beside_the_acti
     assert {"vanilla barrier", "permuted barrier", "permuted (weights) barrier"} <= set(metrics)
     for name in ("vanilla", "permuted", "permuted (weights)"):
         assert metrics[f"{name} barrier"] == f"{table[name]['barrier (nats)']:.3f} nats"
+    assert any(f"measured on 1,000 evaluation tokens at {LAMBDAS} λ points" in c.value for c in at.caption)  # the budget beside the barriers
 
 
 def test_loss_path_shows_two_curves_barriers_and_variants(world, served_files):
@@ -460,6 +461,7 @@ def test_stability_page_draws_the_ablation_and_compares_the_matchers(world):
     assert traces[0]["name"].endswith("between resamples") and "dash" not in traces[0]["line"]  # the honest measure leads
     assert all(t["line"]["dash"] == "dot" for t in traces if t["name"].endswith("vs the largest budget"))
     assert any("The sidebar matches on 1,500 tokens; this study stops at 256" in c.value for c in at.caption)
+    assert "every barrier on 500 evaluation tokens, 3 λ points" in figs["stability_barrier"]["layout"]["title"]["text"]  # the study's own budget
     heads = arr(figs["stability_heads"]["data"][0]["z"])
     assert heads.shape == (2, 3) and np.all(heads[:, -1] == 1.0)  # layer × budget
     table = at.dataframe[0].value

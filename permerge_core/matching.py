@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import spaces as sp
-from .modes import ATTENTION, RESIDUAL, Problem, Solution, is_function_preserving, refuse_moving_fixed, solve_permutation
+from .modes import RESIDUAL, Problem, Solution, is_function_preserving, refuse_moving_fixed, solvers
 from .settings import ACTIVATIONS
 
 __all__ = ["HeadMatching", "Matching", "compute_matching", "is_function_preserving"]
@@ -125,7 +125,7 @@ def compute_matching(stats, spaces: dict[str, sp.Space], settings, family: str =
     each space's heads, fixed positions and what it admits; a mode that would move fixed
     positions is refused, naming `family`."""
     refuse_moving_fixed(settings.attention, spaces, family)
-    attention, residual, absolute = ATTENTION[settings.attention], RESIDUAL[settings.residual], settings.absolute
+    residual, absolute = RESIDUAL[settings.residual], settings.absolute
     if residual.move not in (sp.IDENTITY, sp.PER_NODE) and residual.score is None:
         raise ValueError(f"residual mode {residual.name!r} makes one permutation for the stream but names no correlation to solve it on")
     # Every assignment is a pure function of the statistics and the merge settings other than
@@ -140,37 +140,25 @@ def compute_matching(stats, spaces: dict[str, sp.Space], settings, family: str =
                        cached=lambda key, compute: _remember(memo, (key, name, solver_settings), compute))
 
     jobs: dict[str, Callable[[], Solution]] = {}
-    for name, space in spaces.items():
-        if space.kind == sp.FFN and settings.ffn:
-            jobs[name] = lambda p=problem(name, space): solve_permutation(p)
-        elif space.kind == sp.ATTENTION:
-            jobs[name] = lambda p=problem(name, space): attention.solve(p)
-        elif space.kind == sp.RESIDUAL and residual.move == sp.PER_NODE:
-            jobs[name] = lambda p=problem(name, space): residual.solve(p)
-    stream = sp.stream(spaces)
-    if residual.score is not None:  # one permutation for the stream, solved on the mode's correlation
-        def solve_stream() -> tuple[np.ndarray, Solution]:
-            score = _score(residual.score(stats), absolute)
-            return score, residual.solve(Problem(stream, lambda: score))
+    for name, (space, solve) in solvers(spaces, settings).items():
+        if name == sp.STREAM:  # one permutation for the stream, solved on the mode's correlation
+            def solve_stream(space=space, solve=solve) -> tuple[np.ndarray, Solution]:
+                score = _score(residual.score(stats), absolute)
+                return score, solve(Problem(space, lambda: score))
 
-        jobs[sp.STREAM] = lambda: _remember(memo, ("residual", settings.residual, solver_settings), solve_stream)[1]
+            jobs[name] = lambda: _remember(memo, ("residual", settings.residual, solver_settings), solve_stream)[1]
+        else:
+            jobs[name] = lambda p=problem(name, space), solve=solve: solve(p)
     solved = _solve(jobs)
 
-    perms: dict[str, np.ndarray] = {}
-    heads: dict[int, HeadMatching] = {}
-    for name, space in spaces.items():
-        if space.kind != sp.RESIDUAL:
-            perms[name] = solved[name].perm.copy() if name in solved else identity(space.width)
-            if name in solved and solved[name].heads is not None:
-                heads[space.layer] = solved[name].heads
-        elif residual.move == sp.PER_NODE:
-            perms[name] = solved[name].perm.copy()
-    score = None
-    if residual.score is not None:
-        score = memo[("residual", settings.residual, solver_settings)][0]
-        perms[sp.STREAM] = solved[sp.STREAM].perm.copy()
-    elif residual.move != sp.PER_NODE:
-        perms[sp.STREAM] = identity(stream.width)
+    # Every layer's space (identity where nothing moved it), then the stream or its nodes.
+    perms = {name: solved[name].perm.copy() if name in solved else identity(space.width)
+             for name, space in spaces.items() if space.kind != sp.RESIDUAL}
+    perms.update({name: found.perm.copy() for name, found in solved.items() if sp.parse(name).kind == sp.RESIDUAL})
+    if residual.move == sp.IDENTITY:
+        perms[sp.STREAM] = identity(sp.stream(spaces).width)
+    heads = {spaces[name].layer: found.heads for name, found in solved.items() if found.heads is not None}
+    score = memo[("residual", settings.residual, solver_settings)][0] if sp.STREAM in solved else None
     return Matching(perms, heads, merge_settings(settings), score, {"matcher": ACTIVATIONS})
 
 

@@ -154,6 +154,26 @@ RESIDUAL_MODES = tuple(RESIDUAL)
 MODES = {"attention": ATTENTION, "residual": RESIDUAL}
 
 
+def solvers(spaces: dict[str, sp.Space], settings) -> dict[str, tuple[sp.Space, Callable[[Problem], Solution]]]:
+    """Every space `settings` moves, by name, with the solver that moves it, in the order of
+    `spaces` (each layer's, then the residual stream's): the FFN when `ffn` is on, attention
+    unless its mode moves nothing, and the stream as one space (`spaces.STREAM`) when the
+    residual mode shares one permutation, or each node when it gives each its own. Both
+    matchers solve exactly these; every other space stays in place."""
+    attention, residual = ATTENTION[settings.attention], RESIDUAL[settings.residual]
+    out = {}
+    for name, space in spaces.items():
+        if space.kind == sp.FFN and settings.ffn:
+            out[name] = (space, solve_permutation)
+        elif space.kind == sp.ATTENTION and attention.move != sp.IDENTITY:
+            out[name] = (space, attention.solve)
+        elif space.kind == sp.RESIDUAL and residual.move == sp.PER_NODE:
+            out[name] = (space, residual.solve)
+    if residual.move == sp.SHARED:
+        out[sp.STREAM] = (sp.stream(spaces), residual.solve)
+    return out
+
+
 def is_function_preserving(attention: str, residual: str) -> bool:
     return ATTENTION[attention].preserves_function and RESIDUAL[residual].preserves_function
 

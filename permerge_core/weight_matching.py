@@ -46,7 +46,7 @@ import torch
 
 from . import spaces as sp
 from .matching import HeadMatching, Matching, identity, merge_settings
-from .modes import ATTENTION, RESIDUAL, Problem, refuse_moving_fixed, solve_permutation
+from .modes import RESIDUAL, Problem, refuse_moving_fixed, solvers
 from .permuting import permutation_plan, reindex, touched_units, touches_by_tensor
 from .settings import WEIGHTS
 
@@ -144,32 +144,23 @@ def match_weights(
     solved by its mode's own solver (modes.py), on the weights' similarity."""
     refuse_moving_fixed(settings.attention, spaces, family.name)
     started = time.perf_counter()
-    attention, residual = ATTENTION[settings.attention], RESIDUAL[settings.residual]
     layers = [s for s in spaces.values() if s.kind != sp.RESIDUAL]
-    problem = WeightObjective(model_a, model_b, family, head, sp.num_layers(spaces), per_node=residual.move == sp.PER_NODE)
-    solvers = {}
-    for space in layers:
-        if space.kind == sp.FFN and settings.ffn:
-            solvers[space.name] = (space, solve_permutation)
-        elif space.kind == sp.ATTENTION and attention.move != sp.IDENTITY:
-            solvers[space.name] = (space, attention.solve)
-    if residual.move == sp.SHARED:
-        solvers[sp.STREAM] = (sp.stream(spaces), residual.solve)
-    elif residual.move == sp.PER_NODE:
-        solvers.update({s.name: (s, residual.solve) for s in spaces.values() if s.kind == sp.RESIDUAL})
+    problem = WeightObjective(model_a, model_b, family, head, sp.num_layers(spaces),
+                              per_node=RESIDUAL[settings.residual].move == sp.PER_NODE)
+    moved = solvers(spaces, settings)
 
     rng = np.random.default_rng(seed)
     perms = problem.identity()
     heads: dict[int, HeadMatching] = {}
     residual_score = None
     objective = [problem.value(perms)]
-    converged = not solvers
+    converged = not moved
     sweeps = 0
     while not converged and sweeps < max_sweeps:
         sweeps += 1
         changed = False
-        for name in rng.permutation(list(solvers)):
-            space, solve = solvers[name]
+        for name in rng.permutation(list(moved)):
+            space, solve = moved[name]
             score = problem.similarity(name, perms)
             found = solve(Problem(space, lambda: score))
             if found.heads is not None:

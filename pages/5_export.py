@@ -38,13 +38,10 @@ if st.button("Save merged model", disabled=not target.strip(), type="primary"):
 
 with ui.progress():
     merged, ends = p.merged_loss(s, lam, repair), p.loss_of_a(s)
-b_prime = p.merged_loss(s, 0.0) if not repair else None
 m = st.columns(3)
 m[0].metric(f"loss of θ(λ={lam:g}){' + REPAIR' if repair else ''}", f"{merged['loss']:.3f} nats",
             delta=f"{merged['loss'] - ends['loss']:+.3f} vs A", delta_color="inverse")
 m[1].metric("L(A), λ = 1", f"{ends['loss']:.3f} nats")
-if b_prime is not None:
-    m[2].metric("L(B′), λ = 0", f"{b_prime['loss']:.3f} nats")
 st.caption(f"The {p.objective.loss_name} of the model this page exports, evaluated on {p.objective.scored_on(s)} "
            "(the data the Loss path page's curves are scored on).")
 

@@ -16,6 +16,7 @@ st.caption(
 p, s = ui.current()
 stats, matching = ui.statistics_and_matching(p, s)
 L = stats.num_layers
+OVERVIEW_UNITS = 96  # units of each side the overview shows
 
 KINDS = {spaces.FFN: "FFN units", spaces.ATTENTION: "attention features", spaces.RESIDUAL: "residual stream"}
 c1, c2 = st.columns([1, 2])
@@ -31,10 +32,13 @@ if np.array_equal(perm, np.arange(d)):
     component = {spaces.FFN: "FFN alignment", spaces.ATTENTION: "Attention alignment", spaces.RESIDUAL: "Residual alignment"}[kind]
     st.info(f"{component} is off in the current settings (or found the identity): 'after' equals 'before'.", icon=":material/info:")
 
-before_view = views.leading_units(corr, 96)
-after_view = views.leading_units(views.aligned(corr, perm), 96)
-if before_view.shape[0] < d:
-    r = before_view.shape[0]
+# The overview is the first units of each side, every correlation exact: pooling the whole
+# matrix hides the alignment (a matched pair is one entry in its block; block means dilute it,
+# block maxima drown it among the strong off-partner correlations FFN units have).
+full_before, full_after = corr.numpy(), views.aligned(corr, perm)
+corner, _ = views.zoom_window(d, d, 0, 0, OVERVIEW_UNITS)
+r = corner.stop
+if r < d:
     st.caption(
         f"Overview: the first {r} of {d} units of A against the first {r} of B (before) and of B′ (after), every correlation "
         f"exact. Pooling all {d * d:,} into blocks would hide the alignment: a matched pair is one entry in its block. "
@@ -43,14 +47,13 @@ if before_view.shape[0] < d:
 else:
     st.caption(f"All {d}×{d} = {d * d:,} correlations, one cell each.")
 st.plotly_chart(
-    charts.correlation_pair(before_view.values, after_view.values,
-                            f"{label}: A × B correlation ({before_view.shape[0]} of {d} {unit}s)" if before_view.shape[0] < d
-                            else f"{label}: A × B correlation ({d} {unit}s)",
-                            before_view.row_labels, before_view.col_labels, unit_note=unit),
+    charts.correlation_pair(full_before[corner, corner], full_after[corner, corner],
+                            f"{label}: A × B correlation ({r} of {d} {unit}s)" if r < d else f"{label}: A × B correlation ({d} {unit}s)",
+                            unit_note=unit),
     key="corr_overview",
 )
 
-if before_view.shape[0] < d:
+if r < d:
     with st.expander("Zoom into another region (exact values)", expanded=False):
         z1, z2, z3 = st.columns(3)
         size = z3.slider("Window size (units)", 8, min(128, d), min(64, d), key="corr_zoom_size")
@@ -58,8 +61,6 @@ if before_view.shape[0] < d:
         col0 = z2.number_input("First column", 0, d - 1, 0, key="corr_zoom_col",
                                help="Of B (before) and of B′, i.e. of A's order (after). Equal to the row shows the diagonal.")
         rows, cols = views.zoom_window(d, d, int(row0), int(col0), int(size))
-        full_after = views.aligned(corr, perm)
-        full_before = corr.numpy()
         st.caption(f"Rows {rows.start}–{rows.stop - 1}, columns {cols.start}–{cols.stop - 1}: {(rows.stop - rows.start) ** 2:,} exact correlations.")
         st.plotly_chart(
             charts.correlation_pair(full_before[rows, cols], full_after[rows, cols], f"{label}: zoom", unit_note=unit,

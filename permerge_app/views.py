@@ -15,8 +15,7 @@ diagonal holds the matched correlations.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from permerge_core.modes import APP_VARIANTS, is_function_preserving, non_preser
 from permerge_core.objectives import METRIC_LABELS
 
 __all__ = [
-    "BlockView", "VARIANTS", "block_average", "leading_units", "aligned", "zoom_window", "matched_pair",
+    "VARIANTS", "aligned", "zoom_window", "matched_pair",
     "space_options", "space_label", "space_permutation", "per_layer_matched",
     "display_heads", "head_edges", "all_layer_edges", "head_block",
     "barrier_rows", "curves_csv", "variant_settings", "known_pair_barriers",
@@ -38,65 +37,6 @@ __all__ = [
 
 
 # ---- correlation matrices ------------------------------------------------------------------
-
-@dataclass
-class BlockView:
-    """A matrix reduced to at most `max_side`×`max_side` cells by averaging square blocks.
-
-    `values[r, c]` is the mean of rows `row_starts[r]`…`row_starts[r+1]−1` and columns
-    `col_starts[c]`…; `block` is the block side (1 means the matrix is shown as is). The last
-    block of a side may be smaller when the dimension is not a multiple of `block`.
-    """
-
-    values: np.ndarray
-    block: int
-    row_starts: np.ndarray
-    col_starts: np.ndarray
-    shape: tuple[int, int]
-
-    @property
-    def row_labels(self) -> list[str]:
-        return _range_labels(self.row_starts, self.shape[0])
-
-    @property
-    def col_labels(self) -> list[str]:
-        return _range_labels(self.col_starts, self.shape[1])
-
-
-def _range_labels(starts: np.ndarray, total: int) -> list[str]:
-    ends = list(starts[1:]) + [total]
-    return [str(s) if e - s == 1 else f"{s}–{e - 1}" for s, e in zip(starts, ends)]
-
-
-def leading_units(matrix, side: int = 96) -> BlockView:
-    """The first `side` units of both axes, every correlation exact (the whole matrix when it
-    is smaller). Pooling a large matrix hides alignment: a matched pair is one entry among b²
-    in its block, so block means dilute it and block maxima drown it among the strong
-    off-partner correlations FFN units have; an exact corner of the aligned matrix shows its
-    diagonal."""
-    m = _as_numpy(matrix)
-    rows, cols = min(side, m.shape[0]), min(side, m.shape[1])
-    return BlockView(m[:rows, :cols].copy(), 1, np.arange(rows), np.arange(cols), (rows, cols))
-
-
-def block_average(matrix, max_side: int = 128) -> BlockView:
-    """Average `matrix` over b×b blocks, b the smallest side that gives ≤ max_side cells a side.
-
-    A 3072×3072 FFN matrix (9.4 M cells) becomes 128×128 blocks of 24×24 units: the overview
-    keeps its large-scale structure (e.g. a bright diagonal after alignment) while sending
-    16 k cells to the browser.
-    """
-    m = _as_numpy(matrix)
-    rows, cols = m.shape
-    block = max(1, math.ceil(max(rows, cols) / max_side))
-    row_starts = np.arange(0, rows, block)
-    col_starts = np.arange(0, cols, block)
-    if block == 1:
-        return BlockView(m.copy(), 1, row_starts, col_starts, (rows, cols))
-    sums = np.add.reduceat(np.add.reduceat(m, row_starts, axis=0), col_starts, axis=1)
-    counts = np.outer(np.diff(np.append(row_starts, rows)), np.diff(np.append(col_starts, cols)))
-    return BlockView(sums / counts, block, row_starts, col_starts, (rows, cols))
-
 
 def aligned(matrix, perm) -> np.ndarray:
     """B's columns in A's order: `aligned[i, i] = corr[i, perm[i]]`, the matched correlation."""

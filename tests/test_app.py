@@ -757,3 +757,20 @@ def test_a_rotary_pair_draws_every_variant_it_can_and_says_why_not_the_others(wo
     assert {"vanilla", "permuted", "FFN only"} <= names and "FFN + ignore-heads attention" not in names
     assert any("'FFN + ignore-heads attention' is not drawn" in c.value and "rotary" in c.value for c in at.caption)
     assert {r["curve"] for r in at.dataframe[0].value.to_dict("records")} == {"vanilla", "permuted", "FFN only"}
+
+
+def test_correlations_overview_of_a_wide_space_is_its_first_units_exactly(world):
+    """Wider than the overview: its first 96 units of each side, every correlation exact (a pooled
+    view would hide the alignment), the same values the zoom shows for that corner."""
+    root = world["root"] / "wide"
+    pair = [str(save_model(random_model("bert", "mlm", seed=s, layers=1, hidden=16, heads=4, ffn=128), root / f"m{s}")) for s in (0, 1)]
+    at = goto(app(world, model_a=pair[0], model_b=pair[1], models_dir=str(root)), "2_correlations")
+    no_crash(at)
+    before, after = (arr(t["z"]) for t in charts(at)["corr_overview"]["data"])
+    assert before.shape == after.shape == (96, 96)
+    assert any("the first 96 of 128 units" in c.value for c in at.caption)
+    at.number_input(key="corr_zoom_row").set_value(0).run()  # the zoom at the same corner shows the same numbers
+    at.slider(key="corr_zoom_size").set_value(96).run()
+    zoom_before, zoom_after = (arr(t["z"]) for t in charts(at)["corr_zoom"]["data"])
+    np.testing.assert_array_equal(zoom_before, before)
+    np.testing.assert_array_equal(zoom_after, after)

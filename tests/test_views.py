@@ -9,14 +9,9 @@ from permerge_core.tasks import load_labelled
 from test_tasks import _labelled_file
 
 
-def test_views_block_average_and_alignment():
+def test_views_alignment_and_zoom_window():
     rng = np.random.default_rng(0)
     m = rng.uniform(-1, 1, (300, 300))
-    bv = views.block_average(m, 96)
-    assert bv.block == 4 and bv.values.shape == (75, 75)
-    assert bv.values[0, 0] == pytest.approx(m[:4, :4].mean()) and bv.values[-1, -1] == pytest.approx(m[-4:, -4:].mean())
-    odd = views.block_average(rng.uniform(-1, 1, (10, 10)), 4)  # 3×3-blocks, a smaller last block
-    assert odd.values.shape == (4, 4) and odd.row_labels[-1] == "9"
     perm = rng.permutation(300)
     diag, matched = views.matched_pair(m, perm)
     assert np.allclose(np.diag(views.aligned(m, perm)), matched) and np.allclose(diag, np.diag(m))
@@ -64,14 +59,21 @@ def test_barrier_bars_that_peak_at_the_same_lambda_stand_apart_and_alone_ones_st
     assert bars["permuted barrier"].y == (1.0, 2.9) and "λ = 0.50" in bars["permuted barrier"].hovertemplate
 
 
-def test_leading_units_are_an_exact_corner_where_pooling_would_hide_the_matched_diagonal():
-    rng = np.random.default_rng(3)
-    matched = rng.uniform(-0.6, 0.6, (200, 200))  # strong off-partner correlations, as FFN units have
-    np.fill_diagonal(matched, 0.5)
-    corner = views.leading_units(matched, 96)
-    assert corner.block == 1 and corner.shape == (96, 96) and np.array_equal(corner.values, matched[:96, :96])
-    assert corner.row_labels[:2] == ["0", "1"]
-    pooled = views.block_average(matched, 25)
-    assert np.abs(np.diag(pooled.values)).max() < 0.2  # the diagonal dissolves in block means
-    small = views.leading_units(matched[:10, :10], 96)  # small enough: the matrix itself
-    assert small.shape == (10, 10) and np.array_equal(small.values, matched[:10, :10])
+def test_a_partial_plane_is_drawn_as_its_computed_points_only():
+    """Interpolating between a few computed points draws valleys nobody measured; a complete
+    plane is a contour."""
+    import math
+
+    from permerge_app import charts
+
+    basis = {"x_b": 0.4, "norm_u": 2.0, "norm_v": 3.0}
+    points = {"a": {"loss": 1.0}, "b": {"loss": 1.2}, "b_prime": {"loss": 1.1}}
+    grid = [[2.0, None, 3.0], [None, None, None], [1.5, None, 4.0]]  # grid[j][i]: the loss at (x[i], y[j])
+    partial = {"x": [0.0, 0.5, 1.0], "y": [-1.0, 0.0, 1.0], "grid": grid, "basis": basis, "points": points, "complete": False}
+    fig = charts.loss_plane(partial, {}, "t")
+    assert not any(t.type == "contour" for t in fig.data)
+    shown = next(t for t in fig.data if t.name == "computed points")
+    assert sorted(zip(shown.x, shown.y, shown.customdata)) == [(0.0, -1.0, 2.0), (0.0, 1.0, 1.5), (1.0, -1.0, 3.0), (1.0, 1.0, 4.0)]
+    assert list(shown.marker.color) == [math.log10(v - 1.1) for v in (2.0, 3.0, 1.5, 4.0)]
+    full = charts.loss_plane({**partial, "grid": [[2.0] * 3] * 3, "complete": True}, {}, "t")
+    assert [t.type for t in full.data][0] == "contour" and "1.50 units of x" in full.layout.title.subtitle.text
